@@ -1,0 +1,212 @@
+"""Run configuration: one typed dataclass, YAML presets for defaults, flags and --set on top.
+
+Derived values (scaled learning rate, steps per epoch) are computed by the training code and
+never written back here; ``OUT/config.yaml`` holds exactly what the user resolved.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class Config:
+    # data
+    data: str = "digits"  # data spec: digits, a folder, ... (see `fastclr pretrain --help`)
+    image_size: int = 16  # side of the training views in pixels
+    max_images: int = 0  # use only this many training images (0: all); a seeded class-balanced subset
+    # model
+    arch: str = "resnet_mini"  # encoder: resnet_mini (CPU demos), resnet18 ... resnet152, wide_resnet50_2, any torchvision model
+    cifar_stem: bool = True  # 3x3 stride-1 first conv and no max-pool: right for images of 64 px or less
+    head_layers: int = 2  # 2 for SimCLR v1, 3 for v2
+    head_hidden: int = 0  # hidden width of the head (0: the encoder's width d, as the paper)
+    proj_dim: int = 128  # width of z
+    # augmentation (SIMCLR.md section 2)
+    min_scale: float = 0.08  # smallest crop area fraction
+    color_strength: float = 0.5  # s: 0.5 for CIFAR, 1.0 for ImageNet
+    blur: bool = False  # Gaussian blur: ImageNet-size images only
+    flip: bool = True  # horizontal flip: off for digits and text
+    views: int = 2  # views per image; every other view of an image is a positive
+    # loss
+    loss: str = "nt_xent"  # nt_xent | nt_logistic | margin_triplet
+    temperature: float = 0.5  # 0.5 for CIFAR (0.2 small batches), 0.1 for ImageNet at batch 4096
+    margin: float = 1.0  # margin of the triplet loss
+    max_negatives: int = 0  # cap on negatives per anchor (0: the whole batch), an ablation
+    # optimisation (SIMCLR.md section 5)
+    optimizer: str = "lars"  # lars | sgd | adamw
+    lr: float = 0.3  # base learning rate before lr_rule
+    lr_rule: str = "linear"  # linear: lr * B/256; sqrt: lr * sqrt(B); none
+    weight_decay: float = 1e-6  # 1e-6 (v1), 1e-4 (v2)
+    momentum: float = 0.9
+    trust_coefficient: float = 0.001  # LARS eta
+    warmup_epochs: float = 10.0  # linear warm-up, then cosine decay to zero
+    epochs: int = 100
+    batch_size: int = 256  # global batch B (the paper's), split across processes
+    max_steps: int = 0  # stop after this many steps (0: run all epochs); the schedule still spans all epochs
+    seed: int = 0
+    # execution
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 where supported) | bf16 | fp32
+    channels_last: bool = True
+    log_every: int = 10  # steps between metrics.jsonl lines (the only host syncs of the step)
+    # evaluation at the end of pretraining (SIMCLR.md section 7)
+    eval: bool = True
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    eval_batch_size: int = 512
+    # output
+    out: str = "runs/fastclr"
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+PRESETS_DIR = "configs"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("fastclr").joinpath(PRESETS_DIR).iterdir() if p.name.endswith(".yaml"))
+
+
+def _field_type(name: str) -> type:
+    hints = typing.get_type_hints(Config)
+    return hints[name]
+
+
+def parse_value(name: str, raw: object) -> object:
+    """Convert a raw value (YAML or a --set string) to the field's type, or raise UserError."""
+    if name not in FIELDS:
+        raise UserError(f"unknown config key {name!r}; valid keys: {', '.join(FIELDS)}")
+    kind = _field_type(name)
+    if isinstance(raw, str) and kind is not str:
+        try:
+            raw = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise UserError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            raise TypeError
+        if kind is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise TypeError
+            return int(raw)
+        if kind is float:
+            if isinstance(raw, bool):
+                raise TypeError
+            return float(raw)
+        if kind is str:
+            return str(raw)
+    except (TypeError, ValueError):
+        pass
+    raise UserError(f"{name}={raw!r} is not a valid {kind.__name__}")
+
+
+def read_preset(name_or_file: str) -> dict:
+    """Load a preset by name (shipped in fastclr/configs) or from a YAML file path."""
+    path = Path(name_or_file)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise UserError(f"--config {name_or_file}: no such file")
+        text = path.read_text()
+    else:
+        ref = resources.files("fastclr").joinpath(PRESETS_DIR, f"{name_or_file}.yaml")
+        if not ref.is_file():
+            raise UserError(f"--config {name_or_file!r} is neither a preset ({', '.join(preset_names())}) nor a YAML file")
+        text = ref.read_text()
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"--config {name_or_file}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"--config {name_or_file}: expected a mapping of key: value")
+    return values
+
+
+def build_config(preset: str | None, overrides: dict[str, object], sets: list[str]) -> Config:
+    """Defaults, then the preset, then explicit flags, then --set key=value (last wins)."""
+    values: dict[str, object] = {}
+    for k, v in read_preset(preset or "digits").items():
+        values[k] = parse_value(k, v)
+    for k, v in overrides.items():
+        if v is not None:
+            values[k] = parse_value(k, v)
+    for item in sets:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        values[k.strip()] = parse_value(k.strip(), v)
+    return Config(**values)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(values: dict) -> Config:
+    """Rebuild a Config from a checkpoint's dict, ignoring keys this version does not know."""
+    return Config(**{k: v for k, v in values.items() if k in FIELDS})
+
+
+def save(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+_RANGES: list[tuple[str, typing.Callable[[object], bool], str]] = [
+    ("image_size", lambda v: v >= 8, ">= 8"),
+    ("max_images", lambda v: v >= 0, ">= 0"),
+    ("head_layers", lambda v: 1 <= v <= 4, "1 to 4"),
+    ("head_hidden", lambda v: v >= 0, ">= 0"),
+    ("proj_dim", lambda v: v >= 1, ">= 1"),
+    ("min_scale", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("color_strength", lambda v: 0 <= v <= 2, "in [0, 2]"),
+    ("views", lambda v: v >= 2, ">= 2"),
+    ("loss", lambda v: v in ("nt_xent", "nt_logistic", "margin_triplet"), "nt_xent, nt_logistic or margin_triplet"),
+    ("temperature", lambda v: v > 0, "> 0"),
+    ("margin", lambda v: v >= 0, ">= 0"),
+    ("max_negatives", lambda v: v >= 0, ">= 0"),
+    ("optimizer", lambda v: v in ("lars", "sgd", "adamw"), "lars, sgd or adamw"),
+    ("lr", lambda v: v > 0, "> 0"),
+    ("lr_rule", lambda v: v in ("linear", "sqrt", "none"), "linear, sqrt or none"),
+    ("weight_decay", lambda v: v >= 0, ">= 0"),
+    ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("trust_coefficient", lambda v: v > 0, "> 0"),
+    ("warmup_epochs", lambda v: v >= 0, ">= 0"),
+    ("epochs", lambda v: v >= 1, ">= 1"),
+    ("batch_size", lambda v: v >= 2, ">= 2"),
+    ("max_steps", lambda v: v >= 0, ">= 0"),
+    ("device", lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "auto, cpu or cuda"),
+    ("precision", lambda v: v in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
+    ("log_every", lambda v: v >= 1, ">= 1"),
+    ("knn_k", lambda v: v >= 1, ">= 1"),
+    ("knn_temperature", lambda v: v > 0, "> 0"),
+    ("eval_batch_size", lambda v: v >= 1, ">= 1"),
+]
+
+
+def validate(cfg: Config) -> None:
+    """Check every value against its valid range; raise UserError naming field, value and range."""
+    for name, ok, valid in _RANGES:
+        value = getattr(cfg, name)
+        if not ok(value):
+            raise UserError(f"{name}={value!r} is out of range: must be {valid}")
+    if cfg.min_scale > 1.0:
+        raise UserError(f"min_scale={cfg.min_scale} must be <= 1")
+    if cfg.loss == "margin_triplet" and cfg.batch_size > 1024:
+        raise UserError(f"loss=margin_triplet builds a batch^3 hinge tensor; use batch_size <= 1024, not {cfg.batch_size}")
+
+
+def describe_fields() -> str:
+    """One line per config key, for --help: name, default and its comment-free type."""
+    lines = []
+    for f in dataclasses.fields(Config):
+        lines.append(f"  {f.name} = {f.default!r}")
+    return "\n".join(lines)
+
+

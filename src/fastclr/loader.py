@@ -1,0 +1,50 @@
+"""Batches from images held in memory (on the training device for the fast path).
+
+Each epoch shuffles the whole data set with a generator keyed on (seed, epoch), so the order is
+the same whatever the number of processes; global batch b of an epoch is positions
+[b*B, (b+1)*B) of that permutation, and process r of k takes its r-th slice of B/k. The last
+partial batch is dropped (as the reference code does), so every step sees a full global batch.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from .rng import keyed_generator
+
+
+class InMemoryLoader:
+    """Yields (index [b], images uint8 [b, 3, H, W]) on ``device``; b = batch_size / world_size.
+
+    Args:
+        images: uint8 [N, 3, H, W] (moved to ``device`` once).
+        batch_size: the global batch B.
+        rank, world_size: this process's slice of every global batch.
+    """
+
+    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} is not divisible by {world_size} processes")
+        self.images = images.to(device)
+        self.batch_size = batch_size
+        self.local = batch_size // world_size
+        self.rank = rank
+        self.seed = seed
+        self.device = device
+
+    def __len__(self) -> int:
+        """Steps per epoch."""
+        return self.images.shape[0] // self.batch_size
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The epoch's permutation of sample indices (int64 [N], on the CPU)."""
+        return torch.randperm(self.images.shape[0], generator=keyed_generator(self.seed, epoch, 0x5EED))
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of ``epoch`` from step ``start`` on (for resuming mid-epoch)."""
+        perm = self.order(epoch).to(self.device)
+        for b in range(start, len(self)):
+            lo = b * self.batch_size + self.rank * self.local
+            index = perm[lo : lo + self.local]
+            yield index, self.images[index]
