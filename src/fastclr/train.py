@@ -14,53 +14,17 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, config, datasets, loss
-from .augment import AugmentConfig, augment
+from . import checkpoint, config, datasets
 from .errors import UserError
 from .features import extract
 from .knn import knn_accuracy
 from .lars import build_optimizer, scaled_lr, set_lr
 from .loader import InMemoryLoader
 from .model import SimCLR
-from .precision import autocast, pick_device, resolve
+from .precision import pick_device, resolve
 from .probe import linear_probe
 from .schedule import lr_at
-
-
-def augment_config(cfg: config.Config) -> AugmentConfig:
-    return AugmentConfig(size=cfg.image_size, min_scale=cfg.min_scale, flip=cfg.flip, color_strength=cfg.color_strength, blur=cfg.blur)
-
-
-def build_model(cfg: config.Config) -> SimCLR:
-    return SimCLR(cfg.arch, cfg.cifar_stem, cfg.head_layers, cfg.head_hidden or None, cfg.proj_dim)
-
-
-def make_views(images: torch.Tensor, index: torch.Tensor, epoch: int, cfg: config.Config, aug: AugmentConfig) -> torch.Tensor:
-    """All V views of a batch, view-major: rows v*b .. (v+1)*b - 1 are view v. [V*b, 3, S, S]."""
-    return torch.cat([augment(images, index, seed=cfg.seed, epoch=epoch, view=v, cfg=aug) for v in range(cfg.views)])
-
-
-def contrastive_loss(z: torch.Tensor, cfg: config.Config, step: int) -> torch.Tensor:
-    """The configured loss on view-major projections z [V*b, D]."""
-    views = z.float().chunk(cfg.views)
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step) if cfg.max_negatives else None
-    cap = cfg.max_negatives or None
-    if cfg.loss == "nt_xent":
-        return loss.nt_xent(*views, temperature=cfg.temperature, max_negatives=cap, generator=gen)
-    if cfg.loss == "nt_logistic":
-        return loss.nt_logistic(*views, temperature=cfg.temperature, max_negatives=cap, generator=gen)
-    return loss.margin_triplet(*views, margin=cfg.margin, max_negatives=cap, generator=gen)
-
-
-def train_step(model, optimizer, x: torch.Tensor, cfg: config.Config, step: int, device, precision: str) -> torch.Tensor:
-    """One optimisation step on views x [V*b, 3, S, S]; returns the loss as a device tensor (no sync)."""
-    with autocast(device, precision):
-        _, z = model(x)
-    value = contrastive_loss(z, cfg, step)
-    optimizer.zero_grad(set_to_none=True)
-    value.backward()
-    optimizer.step()
-    return value.detach()
+from .step import augment_config, build_model, make_views, train_step
 
 
 def evaluate_encoder(model: SimCLR, data: datasets.DataSplits, cfg: config.Config, device, precision: str) -> dict[str, float]:
