@@ -128,21 +128,25 @@ def sample_params(
 def crop_resize(images: torch.Tensor, p: dict[str, torch.Tensor], size: int) -> torch.Tensor:
     """Crop each image to its box, resize to size x size (bilinear) and flip where asked.
 
-    One affine grid_sample for the whole batch; the box maps pixel centres exactly as a crop
-    followed by a bilinear resize. Args: images float [N, C, H, W]. Returns float [N, C, size, size].
+    One grid_sample for the whole batch. Sampling positions are those of a crop followed by a
+    bilinear resize with half-pixel centres, clamped to the box, so the result equals torchvision's
+    ``resized_crop(..., antialias=False)`` (then ``hflip``). Bilinear sampling does not low-pass
+    filter: crops larger than twice the output alias slightly, unlike antialiased resizing; large
+    images are cropped on the CPU workers instead (see the folder loader).
+
+    Args:
+        images: float [N, C, H, W]. Returns: float [N, C, size, size].
     """
     n, _, h, w = images.shape
-    sx = p["crop_w"] / w
-    sy = p["crop_h"] / h
-    cx = (2 * p["left"] + p["crop_w"]) / w - 1  # crop centre in [-1, 1] (align_corners=False)
-    cy = (2 * p["top"] + p["crop_h"]) / h - 1
-    sx = torch.where(p["flip"], -sx, sx)
-    theta = torch.zeros(n, 2, 3, device=images.device, dtype=images.dtype)
-    theta[:, 0, 0] = sx
-    theta[:, 0, 2] = cx
-    theta[:, 1, 1] = sy
-    theta[:, 1, 2] = cy
-    grid = F.affine_grid(theta, [n, images.shape[1], size, size], align_corners=False)
+    out = torch.arange(size, device=images.device, dtype=images.dtype) + 0.5  # output pixel centres
+    ys = p["top"].to(images.dtype)[:, None] + out[None, :] * (p["crop_h"] / size).to(images.dtype)[:, None] - 0.5  # [N, S]
+    xs = p["left"].to(images.dtype)[:, None] + out[None, :] * (p["crop_w"] / size).to(images.dtype)[:, None] - 0.5
+    ys = torch.minimum(torch.maximum(ys, p["top"][:, None]), (p["top"] + p["crop_h"] - 1)[:, None])
+    xs = torch.minimum(torch.maximum(xs, p["left"][:, None]), (p["left"] + p["crop_w"] - 1)[:, None])
+    xs = torch.where(p["flip"][:, None], xs.flip(1), xs)
+    gy = (2 * ys + 1) / h - 1  # pixel -> [-1, 1] for align_corners=False
+    gx = (2 * xs + 1) / w - 1
+    grid = torch.stack((gx[:, None, :].expand(n, size, size), gy[:, :, None].expand(n, size, size)), dim=-1)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 

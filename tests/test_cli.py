@@ -1,0 +1,70 @@
+"""The CLI contract: last stdout line is one JSON object; user mistakes exit 2 with one line."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "fastclr", *args], capture_output=True, text=True, cwd=cwd or ROOT, timeout=600)
+
+
+def test_pretrain_smoke(tmp_path):
+    out = tmp_path / "run"
+    r = run("pretrain", "--max-steps", "2", "--out", str(out), "--set", "log_every=1")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["steps"] == 2 and result["out"] == str(out)
+    for key in ("epochs", "final_loss", "images_per_s"):
+        assert key in result
+    for key in ("knn_top1", "linear_top1", "random_init_knn_top1", "random_init_linear_top1"):
+        assert 0.0 <= result["eval"][key] <= 1.0
+    assert (out / "config.yaml").is_file() and (out / "checkpoints" / "last.pt").is_file()
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines if "loss" in m][:2] == [1, 2]
+
+    import torch
+
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["format"] == "fastclr" and state["step"] == 2
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["pretrain", "--bogus"], "unrecognized arguments"),
+        (["pretrain", "--set", "temprature=0.1"], "unknown config key"),
+        (["pretrain", "--epochs", "zero"], "invalid int value"),
+        (["pretrain", "--data", "/nonexistent/images"], "/nonexistent/images"),
+        (["pretrain", "--config", "nosuchpreset"], "nosuchpreset"),
+        (["pretrain", "--arch", "resnet9000", "--max-steps", "1"], "resnet9000"),
+        (["pretrain", "--set", "temperature=-1"], "temperature=-1"),
+        (["pretrain", "--batch-size", "5000", "--max-steps", "1"], "batch_size=5000"),
+        (["nosuchcommand"], "invalid choice"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(tmp_path, args, needle):
+    r = run(*args, "--out", str(tmp_path / "o")) if args[0] == "pretrain" else run(*args)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("fastclr: error:")]
+    assert len(errors) == 1 and needle in errors[0], r.stderr
+
+
+def test_python_one_liner_matches_the_formula():
+    code = "import fastclr, torch; torch.manual_seed(0); print(fastclr.nt_xent(torch.randn(8,16), torch.randn(8,16)).item())"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    a, b = torch.randn(8, 16), torch.randn(8, 16)
+    z = F.normalize(torch.cat([a, b]).double(), dim=1)
+    sim = z @ z.T / 0.5
+    sim.fill_diagonal_(float("-inf"))
+    pos = torch.cat([torch.arange(8, 16), torch.arange(8)])
+    expected = -(sim[torch.arange(16), pos] - sim.logsumexp(1)).mean()
+    assert float(r.stdout) == pytest.approx(float(expected), rel=1e-5)

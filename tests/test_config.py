@@ -1,0 +1,45 @@
+import pytest
+
+from fastclr import config
+from fastclr.errors import UserError
+
+
+@pytest.mark.parametrize("name", ["digits", "cifar10_resnet18", "cifar10_cpu", "stl10_resnet18", "imagenet_resnet50"])
+def test_presets_load_and_validate(name):
+    assert name in config.preset_names()
+    cfg = config.build_config(name, {}, [])
+    config.validate(cfg)
+
+
+def test_precedence_preset_then_flags_then_set():
+    cfg = config.build_config("cifar10_cpu", {"epochs": 3, "batch_size": None}, ["epochs=5", "temperature=0.1", "blur=true"])
+    assert cfg.epochs == 5 and cfg.temperature == 0.1 and cfg.blur is True and cfg.batch_size == 256
+
+
+def test_unknown_key_lists_valid_ones():
+    with pytest.raises(UserError, match="valid keys: data, image_size"):
+        config.build_config(None, {}, ["temprature=0.1"])
+
+
+@pytest.mark.parametrize("item", ["epochs=ten", "blur=maybe", "lr=[1]", "epochs=1.5", "nokey"])
+def test_bad_values_are_user_errors(item):
+    with pytest.raises(UserError):
+        config.build_config(None, {}, [item])
+
+
+@pytest.mark.parametrize("field,value", [("temperature", 0.0), ("views", 1), ("lr", -1.0), ("batch_size", 1), ("loss", "cross_entropy")])
+def test_validate_names_field_value_and_range(field, value):
+    cfg = config.build_config(None, {}, [])
+    setattr(cfg, field, value)
+    with pytest.raises(UserError, match=f"{field}="):
+        config.validate(cfg)
+
+
+def test_yaml_file_preset(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("epochs: 2\ntemperature: 0.3\n")
+    cfg = config.build_config(str(f), {}, [])
+    assert cfg.epochs == 2 and cfg.temperature == 0.3
+    f.write_text("bogus: 1\n")
+    with pytest.raises(UserError, match="unknown config key 'bogus'"):
+        config.build_config(str(f), {}, [])
