@@ -4,14 +4,28 @@ Each epoch shuffles the whole data set with a generator keyed on (seed, epoch), 
 the same whatever the number of processes; global batch b of an epoch is positions
 [b*B, (b+1)*B) of that permutation, and process r of k takes its r-th slice of B/k. The last
 partial batch is dropped (as the reference code does), so every step sees a full global batch.
+The streaming loader for large images (``stream.py``) uses the same order.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import torch
 
 from .rng import keyed_generator
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The epoch's permutation of sample indices 0..n-1 (int64 [n], on the CPU)."""
+    return torch.randperm(n, generator=keyed_generator(seed, epoch, 0x5EED))
+
+
+def batch_index(perm: torch.Tensor, b: int, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
+    """This process's slice of global batch ``b`` of an epoch's permutation: int64 [batch_size / world_size]."""
+    local = batch_size // world_size
+    lo = b * batch_size + rank * local
+    return perm[lo : lo + local]
 
 
 class InMemoryLoader:
@@ -30,6 +44,7 @@ class InMemoryLoader:
         self.batch_size = batch_size
         self.local = batch_size // world_size
         self.rank = rank
+        self.world_size = world_size
         self.seed = seed
         self.device = device
 
@@ -39,12 +54,22 @@ class InMemoryLoader:
 
     def order(self, epoch: int) -> torch.Tensor:
         """The epoch's permutation of sample indices (int64 [N], on the CPU)."""
-        return torch.randperm(self.images.shape[0], generator=keyed_generator(self.seed, epoch, 0x5EED))
+        return epoch_order(self.images.shape[0], self.seed, epoch)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of ``epoch`` from step ``start`` on (for resuming mid-epoch)."""
         perm = self.order(epoch).to(self.device)
         for b in range(start, len(self)):
-            lo = b * self.batch_size + self.rank * self.local
-            index = perm[lo : lo + self.local]
+            index = batch_index(perm, b, self.batch_size, self.rank, self.world_size)
             yield index, self.images[index]
+
+
+def build_loader(source, batch_size: int, seed: int, device: torch.device, *, views: int, aug, workers: int = 0, rank: int = 0, world_size: int = 1):
+    """The loader for a pretraining source: InMemoryLoader for an ImageSet (images on the device),
+    stream.StreamLoader for a FileSet (large images decoded and cropped by ``workers`` CPU processes)."""
+    from .stream import FileSet, StreamLoader
+
+    if isinstance(source, FileSet):
+        workers = min(workers, os.cpu_count() or 1)  # more processes than cores only add contention
+        return StreamLoader(source, batch_size, seed, device, views=views, cfg=aug, workers=workers, rank=rank, world_size=world_size)
+    return InMemoryLoader(source.images, batch_size, seed, device, rank=rank, world_size=world_size)

@@ -1,0 +1,239 @@
+"""Throughput of fastclr's pipeline against a per-image torchvision reference, side by side.
+
+    python benchmarks/throughput.py --config cifar10_cpu            # this machine's CPU
+    python benchmarks/throughput.py --config cifar10_resnet18 --device cuda
+
+Measures, in one run and on the same synthetic 32x32 uint8 images (pixel content does not change
+the cost of these ops):
+  (a) augmentation alone: fastclr's batched augmentation on the device, versus torchvision's
+      per-image transforms (RandomResizedCrop, flip, ColorJitter p=0.8, grayscale p=0.2, ToTensor,
+      Normalize) in a DataLoader with workers, two views per image;
+  (b) the full pretraining step: fastclr (device-resident uint8 data, batched augmentation,
+      bf16 autocast where supported, channels_last, LARS with foreach ops, no host sync in the
+      step) versus the reference pipeline feeding a float32 step of the same model, loss and
+      optimizer.
+Each figure is the median over repeats after a warm-up. MFU = counted FLOPs of the step / time /
+the peak measured here by a large matrix product in the step's precision (CPU) or the datasheet
+dense bf16 rate (CUDA). Prints machine, torch version and commit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fastclr import config as C
+from fastclr.augment import MEAN, STD, augment
+from fastclr.lars import build_optimizer, scaled_lr
+from fastclr.precision import autocast, pick_device, resolve
+from fastclr.step import augment_config, build_model, contrastive_loss
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+class PILPairs(Dataset):
+    """The reference: PIL images in memory, two torchvision-transformed views per item."""
+
+    def __init__(self, images: torch.Tensor, cfg: C.Config):
+        from PIL import Image
+        from torchvision import transforms as T
+
+        self.images = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images]
+        s = cfg.color_strength
+        self.t = T.Compose([
+            T.RandomResizedCrop(cfg.image_size, scale=(cfg.min_scale, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.ToTensor(),
+            T.Normalize(MEAN, STD),
+        ])
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        im = self.images[i]
+        return self.t(im), self.t(im)
+
+
+def reference_loader(images, cfg, workers, batch):
+    return DataLoader(PILPairs(images, cfg), batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+
+
+def batches_per_second(loader, count):
+    it = iter(loader)
+    next(it)  # warm-up: workers started
+    t = time.perf_counter()
+    got = 0
+    for _ in range(count):
+        try:
+            next(it)
+        except StopIteration:
+            it = iter(loader)
+            next(it)
+        got += 1
+    return got / (time.perf_counter() - t)
+
+
+def step_flops(model, x, cfg, device, precision):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        with autocast(device, precision):
+            _, z = model(x)
+        contrastive_loss(z, cfg, 0).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def matmul_peak(device, precision, n=4096):
+    """The ceiling: the best of several large matrix products in the step's precision."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / min(timed(lambda: a @ b, device, 2, 8))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="cifar10_cpu")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--workers", type=int, default=2, help="reference DataLoader workers")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--images", type=int, default=4096, help="synthetic images held in memory")
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args()
+
+    cfg = C.build_config(args.config, {"batch_size": args.batch_size}, [])
+    device = pick_device(args.device)
+    precision = resolve(cfg.precision, device)
+    B, V = cfg.batch_size, cfg.views
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g)
+    dev_images = images.to(device)
+    aug = augment_config(cfg)
+    index = torch.arange(B, device=device)
+
+    # (a) augmentation alone
+    def ours_aug():
+        for v in range(V):
+            augment(dev_images[:B], index, seed=0, epoch=0, view=v, cfg=aug)
+
+    ours_aug_s = statistics.median(timed(ours_aug, device, 2, args.repeats))
+    ref = reference_loader(images, cfg, args.workers, B)
+    ref_aug_bps = statistics.median([batches_per_second(ref, 3) for _ in range(max(2, args.repeats // 2))])
+
+    # (b) full step
+    torch.manual_seed(0)
+    fast = build_model(cfg).to(device).to(memory_format=torch.channels_last)
+    fast_opt = build_optimizer(fast, cfg.optimizer, scaled_lr(cfg.lr, B, cfg.lr_rule), cfg.weight_decay)
+    perm = torch.randperm(args.images, device=device)
+    state = {"b": 0}
+
+    def ours_step():
+        lo = (state["b"] * B) % (args.images - B)
+        state["b"] += 1
+        idx = perm[lo : lo + B]
+        x = torch.cat([augment(dev_images[idx], idx, seed=0, epoch=0, view=v, cfg=aug) for v in range(V)])
+        x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            _, z = fast(x)
+        loss = contrastive_loss(z, cfg, 0)
+        fast_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        fast_opt.step()
+
+    ours_step_s = statistics.median(timed(ours_step, device, 2, args.repeats))
+
+    torch.manual_seed(0)
+    slow = build_model(cfg).to(device)
+    slow_opt = build_optimizer(slow, cfg.optimizer, scaled_lr(cfg.lr, B, cfg.lr_rule), cfg.weight_decay)
+    ref_it = iter(ref)
+
+    def ref_step():
+        nonlocal ref_it
+        try:
+            a, b = next(ref_it)
+        except StopIteration:
+            ref_it = iter(ref)
+            a, b = next(ref_it)
+        x = torch.cat([a, b]).to(device)
+        _, z = slow(x)
+        loss = contrastive_loss(z, cfg, 0)
+        slow_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        slow_opt.step()
+
+    ref_step_s = statistics.median(timed(ref_step, device, 2, args.repeats))
+
+    x = torch.cat([augment(dev_images[:B], index, seed=0, epoch=0, view=v, cfg=aug) for v in range(V)]).contiguous(memory_format=torch.channels_last)
+    flops = step_flops(fast, x, cfg, device, precision)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name()
+        peak = 989e12 if "H100" in name or "H200" in name else matmul_peak(device, precision)
+        peak_src = "datasheet dense bf16" if "H100" in name or "H200" in name else "measured matmul"
+    else:
+        name = platform.processor() or platform.machine()
+        peak, peak_src = matmul_peak(device, precision), f"measured {precision} matmul"
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        commit = "unknown"
+    res = {
+        "config": args.config,
+        "device": f"{device.type} ({name}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "commit": commit,
+        "batch": B,
+        "views": V,
+        "precision": precision,
+        "aug_ours_views_per_s": B * V / ours_aug_s,
+        "aug_reference_views_per_s": ref_aug_bps * B * V,
+        "step_ours_images_per_s": B / ours_step_s,
+        "step_reference_images_per_s": B / ref_step_s,
+        "step_flops": flops,
+        "mfu": flops / ours_step_s / peak,
+        "peak_flops": peak,
+        "peak_source": peak_src,
+    }
+    res["aug_ratio"] = res["aug_ours_views_per_s"] / res["aug_reference_views_per_s"]
+    res["step_ratio"] = res["step_ours_images_per_s"] / res["step_reference_images_per_s"]
+    print(f"machine     {res['device']}, torch {res['torch']}, commit {commit}, {args.config}, batch {B} x {V} views, {precision}", file=sys.stderr)
+    print(f"augment     fastclr {res['aug_ours_views_per_s']:10.0f} views/s   reference {res['aug_reference_views_per_s']:10.0f} views/s   ratio {res['aug_ratio']:.1f}x", file=sys.stderr)
+    print(f"train step  fastclr {res['step_ours_images_per_s']:10.0f} img/s     reference {res['step_reference_images_per_s']:10.0f} img/s     ratio {res['step_ratio']:.1f}x", file=sys.stderr)
+    print(f"            fastclr {res['step_ours_images_per_s'] * V:10.0f} views/s, {flops / B / V / 1e9:.2f} GFLOP/view, MFU {100 * res['mfu']:.1f}% of {peak / 1e12:.2f} TFLOP/s ({peak_src})", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
