@@ -72,14 +72,15 @@ def test_switches_turn_ops_off():
     assert not p["flip"].any() and not p["jitter"].any() and not p["blur"].any()
 
 
-def test_crop_resize_equals_torchvision_resized_crop():
+@pytest.mark.parametrize("size", [24, 64, 10])
+def test_crop_resize_equals_torchvision_resized_crop(size):
     g = torch.Generator().manual_seed(0)
-    img = torch.rand(6, 3, 40, 30, generator=g)
-    p = params(n=6, h=40, w=30)
-    out = A.crop_resize(img, p, 24)
-    for i in range(6):
+    img = torch.rand(8, 3, 40, 30, generator=g)
+    p = params(n=8, h=40, w=30)
+    out = A.crop_resize(img, p, size)
+    for i in range(8):
         t, l, ch, cw = (int(p[k][i]) for k in ("top", "left", "crop_h", "crop_w"))
-        ref = TF.resized_crop(img[i], t, l, ch, cw, [24, 24], antialias=False)
+        ref = TF.resized_crop(img[i], t, l, ch, cw, [size, size], antialias=True)
         if p["flip"][i]:
             ref = TF.horizontal_flip(ref)
         assert torch.allclose(out[i], ref, atol=1e-5), i

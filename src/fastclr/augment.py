@@ -125,29 +125,40 @@ def sample_params(
     return params
 
 
-def crop_resize(images: torch.Tensor, p: dict[str, torch.Tensor], size: int) -> torch.Tensor:
-    """Crop each image to its box, resize to size x size (bilinear) and flip where asked.
+def _resample_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """Per-sample 1-d resampling matrices [N, out_size, in_size] for a crop [start, start + length).
 
-    One grid_sample for the whole batch. Sampling positions are those of a crop followed by a
-    bilinear resize with half-pixel centres, clamped to the box, so the result equals torchvision's
-    ``resized_crop(..., antialias=False)`` (then ``hflip``). Bilinear sampling does not low-pass
-    filter: crops larger than twice the output alias slightly, unlike antialiased resizing; large
-    images are cropped on the CPU workers instead (see the folder loader).
+    The triangle (bilinear) filter with half-pixel centres, widened by the downscale factor so
+    that shrinking low-pass filters (antialiasing), truncated to the crop and renormalised: the
+    filter of PIL and of torchvision's ``resize(..., antialias=True)``. For upscaling it is plain
+    bilinear interpolation clamped to the crop.
+    """
+    scale = (length / out_size).to(dtype)  # [N] input pixels per output pixel
+    support = scale.clamp_min(1.0)
+    o = torch.arange(out_size, device=start.device, dtype=dtype) + 0.5
+    centre = start.to(dtype)[:, None] + o[None, :] * scale[:, None]  # [N, out]
+    i = torch.arange(in_size, device=start.device, dtype=dtype) + 0.5  # input pixel centres
+    w = (1 - ((i[None, None, :] - centre[:, :, None]) / support[:, None, None]).abs()).clamp_min(0)  # [N, out, in]
+    inside = (i[None, :] > start.to(dtype)[:, None]) & (i[None, :] < (start + length).to(dtype)[:, None])  # [N, in]
+    w = w * inside[:, None, :]
+    return w / w.sum(2, keepdim=True).clamp_min(1e-12)
+
+
+def crop_resize(images: torch.Tensor, p: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+    """Crop each image to its box, resize to size x size and flip where asked, as two batched matmuls.
+
+    out = Wy @ image @ Wx^T with per-sample resampling matrices (:func:`_resample_weights`); the
+    flip reverses Wx's rows. Equals torchvision's ``resized_crop(..., antialias=True)`` (then
+    ``hflip``) up to float rounding, for upscaling and downscaling alike.
 
     Args:
         images: float [N, C, H, W]. Returns: float [N, C, size, size].
     """
-    n, _, h, w = images.shape
-    out = torch.arange(size, device=images.device, dtype=images.dtype) + 0.5  # output pixel centres
-    ys = p["top"].to(images.dtype)[:, None] + out[None, :] * (p["crop_h"] / size).to(images.dtype)[:, None] - 0.5  # [N, S]
-    xs = p["left"].to(images.dtype)[:, None] + out[None, :] * (p["crop_w"] / size).to(images.dtype)[:, None] - 0.5
-    ys = torch.minimum(torch.maximum(ys, p["top"][:, None]), (p["top"] + p["crop_h"] - 1)[:, None])
-    xs = torch.minimum(torch.maximum(xs, p["left"][:, None]), (p["left"] + p["crop_w"] - 1)[:, None])
-    xs = torch.where(p["flip"][:, None], xs.flip(1), xs)
-    gy = (2 * ys + 1) / h - 1  # pixel -> [-1, 1] for align_corners=False
-    gx = (2 * xs + 1) / w - 1
-    grid = torch.stack((gx[:, None, :].expand(n, size, size), gy[:, :, None].expand(n, size, size)), dim=-1)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    _, _, h, w = images.shape
+    wy = _resample_weights(p["top"], p["crop_h"], h, size, images.dtype)  # [N, S, H]
+    wx = _resample_weights(p["left"], p["crop_w"], w, size, images.dtype)  # [N, S, W]
+    wx = torch.where(p["flip"].view(-1, 1, 1), wx.flip(1), wx)
+    return wy.unsqueeze(1) @ images @ wx.transpose(1, 2).unsqueeze(1)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -161,57 +172,65 @@ def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tens
     return (f * a + (1 - f) * b).clamp(0, 1)
 
 
-def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(1)
-    maxc, _ = x.max(1)
-    minc, _ = x.min(1)
-    delta = maxc - minc
-    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
-    d = delta.clamp_min(1e-12)
-    rc, gc, bc = (maxc - r) / d, (maxc - g) / d, (maxc - b) / d
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    return torch.stack((h, s, maxc), 1)
-
-
-def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    h, s, v = x.unbind(1)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.to(torch.int64) % 6
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    r = torch.stack((v, q, p, p, t, v), 1).gather(1, i.unsqueeze(1))
-    g = torch.stack((t, v, v, q, p, p), 1).gather(1, i.unsqueeze(1))
-    b = torch.stack((p, p, t, v, v, q), 1).gather(1, i.unsqueeze(1))
-    return torch.cat((r, g, b), 1)
-
-
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate hue by shift (fraction of a turn, [N]) in HSV space."""
-    hsv = _rgb_to_hsv(x)
-    h = (hsv[:, 0] + shift.view(-1, 1, 1)) % 1.0
-    return _hsv_to_rgb(torch.stack((h, hsv[:, 1], hsv[:, 2]), 1))
+    """Rotate hue by ``shift`` (fraction of a turn, [N]) in HSV space; value and saturation kept.
+
+    Same function as torchvision's adjust_hue (RGB -> HSV, shift, HSV -> RGB), written with the
+    closed form HSV -> RGB: c_n = V - (V - min) * clamp(min(k, 4 - k), 0, 1), k = (n + 6H) mod 6,
+    n = 5, 3, 1 for R, G, B, which needs a handful of full-tensor ops instead of a six-way select.
+    """
+    r, g, b = x.unbind(1)
+    maxc = torch.maximum(torch.maximum(r, g), b)  # elementwise: much faster than a reduction with indices
+    minc = torch.minimum(torch.minimum(r, g), b)
+    delta = maxc - minc
+    d = delta.clamp_min(1e-12)
+    h6 = torch.where(maxc == r, (g - b) / d, torch.where(maxc == g, 2.0 + (b - r) / d, 4.0 + (r - g) / d))
+    h6 = h6 + 6.0 * shift.view(-1, 1, 1)  # grey pixels (delta = 0) stay grey whatever their hue
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(n + h6.unsqueeze(1), 6.0)  # [N, 3, H, W]
+    return maxc.unsqueeze(1) - delta.unsqueeze(1) * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+
+
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (x * factor.view(-1, 1, 1, 1)).clamp(0, 1)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(x, grayscale(x).mean((1, 2, 3), keepdim=True), factor)
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(x, grayscale(x), factor)
+
+
+_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+_JITTER_KEYS = ("brightness", "contrast", "saturation", "hue")
+
+
+def _apply_to(x: torch.Tensor, rows: torch.Tensor, op, factor: torch.Tensor) -> torch.Tensor:
+    """x with ``op`` applied to the samples where ``rows`` (bool [N]) is set.
+
+    On the CPU only those samples are computed (the index costs no device sync there); on an
+    accelerator every sample is computed and the result selected, so the step never waits on the host.
+    """
+    if x.device.type == "cpu":
+        idx = rows.nonzero().flatten()
+        if idx.numel():
+            x.index_copy_(0, idx, op(x.index_select(0, idx), factor.index_select(0, idx)))
+        return x
+    return torch.where(rows.view(-1, 1, 1, 1), op(x, factor), x)
 
 
 def color_distort(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     """Colour jitter in a per-sample random order (where p["jitter"]), then random grayscale.
 
-    At each of the four positions every sample runs exactly one op; the other three get their
-    identity factor (exact: 1 * x + 0 * m = x), so no per-sample Python branching is needed.
+    At each of the four positions every jittered sample runs the one op its permutation puts there.
     """
-    one = torch.ones_like(p["brightness"])
-    on = p["jitter"]
+    x = x.clone()
     for pos in range(4):
-        op = p["order"][:, pos]
-        b = torch.where(on & (op == 0), p["brightness"], one)
-        c = torch.where(on & (op == 1), p["contrast"], one)
-        s = torch.where(on & (op == 2), p["saturation"], one)
-        x = (x * b.view(-1, 1, 1, 1)).clamp(0, 1)
-        x = _blend(x, grayscale(x).mean((1, 2, 3), keepdim=True), c)
-        x = _blend(x, grayscale(x), s)
-        hue_on = (on & (op == 3)).view(-1, 1, 1, 1)
-        if x.device.type != "cpu" or bool(hue_on.any()):  # skip unused work on CPU; never sync a GPU
-            x = torch.where(hue_on, adjust_hue(x, p["hue"]), x)
+        op_here = p["order"][:, pos]
+        for k, (op, key) in enumerate(zip(_JITTER_OPS, _JITTER_KEYS)):
+            x = _apply_to(x, p["jitter"] & (op_here == k), op, p[key])
     return torch.where(p["gray"].view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
 
 

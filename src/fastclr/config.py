@@ -6,6 +6,7 @@ never written back here; ``OUT/config.yaml`` holds exactly what the user resolve
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from importlib import resources
@@ -22,8 +23,12 @@ class Config:
     data: str = "digits"  # data spec: digits, a folder, ... (see `fastclr pretrain --help`)
     image_size: int = 16  # side of the training views in pixels
     max_images: int = 0  # use only this many training images (0: all); a seeded class-balanced subset
+    download: bool = False  # fetch a missing cifar10 / cifar100 / stl10 into its ROOT (needs internet)
+    max_bad_fraction: float = 0.01  # stop before training when more of a folder's files than this cannot be decoded
+    workers: int = 4  # CPU processes that decode images (folders, lists, the large-image stream); 0: the main process
     # model
     arch: str = "resnet_mini"  # encoder: resnet_mini (CPU demos), resnet18 ... resnet152, wide_resnet50_2, any torchvision model
+    init: str = ""  # start the encoder from a torchvision/timm state dict or .safetensors file ("": random init); keys checked exactly
     cifar_stem: bool = True  # 3x3 stride-1 first conv and no max-pool: right for images of 64 px or less
     head_layers: int = 2  # 2 for SimCLR v1, 3 for v2
     head_hidden: int = 0  # hidden width of the head (0: the encoder's width d, as the paper)
@@ -56,11 +61,17 @@ class Config:
     precision: str = "auto"  # auto (bf16 where supported) | bf16 | fp32
     channels_last: bool = True
     log_every: int = 10  # steps between metrics.jsonl lines (the only host syncs of the step)
+    checkpoint_every: int = 500  # steps between checkpoints (also at each epoch's end, at the end and on SIGTERM/SIGINT)
+    keep_checkpoints: int = 3  # newest checkpoints kept in OUT/checkpoints (last.pt is the newest)
+    sync_bn: bool = True  # global BN over all processes when k > 1 (SIMCLR.md section 5); off: per-process BN
+    chunk_size: int = 0  # gradient cache: forward this many views at a time (0: the whole batch); BN is then per chunk
     # evaluation at the end of pretraining (SIMCLR.md section 7)
     eval: bool = True
     knn_k: int = 200
     knn_temperature: float = 0.1
     eval_batch_size: int = 512
+    knn_every: int = 0  # kNN monitor every N epochs during pretraining, into metrics.jsonl (0: off; needs labels)
+    online_probe: bool = False  # linear classifier on detached h trained alongside (the reference's "linear eval while pretraining")
     # output
     out: str = "runs/fastclr"
 
@@ -161,6 +172,8 @@ def save(cfg: Config, path: Path) -> None:
 _RANGES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("image_size", lambda v: v >= 8, ">= 8"),
     ("max_images", lambda v: v >= 0, ">= 0"),
+    ("max_bad_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("workers", lambda v: 0 <= v <= 256, "0 to 256"),
     ("head_layers", lambda v: 1 <= v <= 4, "1 to 4"),
     ("head_hidden", lambda v: v >= 0, ">= 0"),
     ("proj_dim", lambda v: v >= 1, ">= 1"),
@@ -184,9 +197,14 @@ _RANGES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("device", lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "auto, cpu or cuda"),
     ("precision", lambda v: v in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
     ("log_every", lambda v: v >= 1, ">= 1"),
+    ("checkpoint_every", lambda v: v >= 1, ">= 1"),
+    ("keep_checkpoints", lambda v: v >= 1, ">= 1"),
+    ("seed", lambda v: v >= 0, ">= 0"),
+    ("chunk_size", lambda v: v == 0 or v >= 2, "0 (off) or >= 2 (BN needs 2 views per chunk)"),
     ("knn_k", lambda v: v >= 1, ">= 1"),
     ("knn_temperature", lambda v: v > 0, "> 0"),
     ("eval_batch_size", lambda v: v >= 1, ">= 1"),
+    ("knn_every", lambda v: v >= 0, ">= 0 (0: off)"),
 ]
 
 
@@ -194,6 +212,8 @@ def validate(cfg: Config) -> None:
     """Check every value against its valid range; raise UserError naming field, value and range."""
     for name, ok, valid in _RANGES:
         value = getattr(cfg, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{name}={value!r} is not a finite number: must be {valid}")
         if not ok(value):
             raise UserError(f"{name}={value!r} is out of range: must be {valid}")
     if cfg.min_scale > 1.0:

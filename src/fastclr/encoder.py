@@ -90,6 +90,9 @@ def build_encoder(arch: str, cifar_stem: bool) -> tuple[nn.Module, int]:
     if arch == "resnet_mini":
         enc = MiniResNet(small_input=cifar_stem)
         return enc, enc.num_features
+    if arch == "resnet_micro":  # half the widths of resnet_mini: a smaller student for distillation demos
+        enc = MiniResNet((16, 32, 64, 128), small_input=cifar_stem)
+        return enc, enc.num_features
     try:
         model = torchvision.models.get_model(arch, weights=None)
     except (ValueError, KeyError):

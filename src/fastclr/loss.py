@@ -34,6 +34,7 @@ def contrastive_terms(
     candidate_sample: torch.Tensor,
     max_negatives: int | None = None,
     generator: torch.Generator | None = None,
+    scores: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cosine similarities of anchors against candidates, with the positive and negative masks.
 
@@ -46,6 +47,9 @@ def contrastive_terms(
         max_negatives: keep at most this many negatives per anchor, chosen uniformly at random
             (the "M negatives" ablation); None keeps all.
         generator: random source for that choice.
+        scores: [A, C] random numbers in [0, 1) for that choice instead of ``generator`` (the
+            training step keys them on the global anchor row, so the choice does not depend on
+            the number of processes).
     Returns:
         sim [A, C] cosine similarities, pos [A, C] bool, neg [A, C] bool. Only A x C is ever built.
     """
@@ -57,7 +61,7 @@ def contrastive_terms(
     pos = same & ~self_mask
     neg = ~same
     if max_negatives is not None and max_negatives < int(neg.sum(1).max()):
-        score = torch.rand(a, c, generator=generator, device="cpu").to(sim.device)
+        score = scores if scores is not None else torch.rand(a, c, generator=generator, device="cpu").to(sim.device)
         score = score.masked_fill(~neg, -1.0)
         keep = score.topk(max_negatives, dim=1).indices  # [A, M]
         capped = torch.zeros_like(neg)

@@ -1,0 +1,75 @@
+"""Small fixtures for the evaluation tests: a labelled image folder and a checkpoint, in seconds."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fastclr import checkpoint, config
+from fastclr.model import SimCLR
+
+
+def digit_folder(root: Path, train_per_class: int = 12, test_per_class: int = 4, classes: int = 10) -> Path:
+    """train/<digit>/*.png and test/<digit>/*.png from scikit-learn's digits (8x8 greyscale as RGB)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+    for c in range(classes):
+        members = np.flatnonzero(d.target == c)
+        for split, lo, n in (("train", 0, train_per_class), ("test", train_per_class, test_per_class)):
+            folder = root / split / str(c)
+            folder.mkdir(parents=True, exist_ok=True)
+            for j, i in enumerate(members[lo : lo + n]):
+                Image.fromarray(np.repeat(images[i][:, :, None], 3, 2)).save(folder / f"{j:03d}.png")
+    return root
+
+
+def make_checkpoint(path: Path, data: str, arch: str = "resnet_mini", cifar_stem: bool = True, image_size: int = 8, seed: int = 0, **fields) -> tuple[Path, SimCLR]:
+    """A fastclr checkpoint of a randomly initialised (BN statistics perturbed) network, fp32 on the CPU."""
+    cfg = config.Config(data=data, arch=arch, cifar_stem=cifar_stem, image_size=image_size, precision="fp32", device="cpu", flip=False, min_scale=0.3, eval_batch_size=64, **fields)
+    torch.manual_seed(seed)
+    model = SimCLR(cfg.arch, cfg.cifar_stem, cfg.head_layers, cfg.head_hidden or None, cfg.proj_dim)
+    with torch.no_grad():  # non-trivial BN statistics, so "BN stayed frozen" is a real check
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    checkpoint.save({"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "config": config.to_dict(cfg), "model": model.state_dict(), "step": 0}, path)
+    return path, model
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """Run ``fastclr ARGS`` in this process (``python -m fastclr`` exits with what main returns), capturing its output."""
+    import contextlib
+    import io
+
+    from fastclr.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(["fastclr", *args], code, out.getvalue(), err.getvalue())
+
+
+def cli_subprocess(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``fastclr ARGS`` in a fresh interpreter: exit code and streams exactly as a user sees them."""
+    return subprocess.run([sys.executable, "-m", "fastclr", *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def last_json(r: subprocess.CompletedProcess) -> dict:
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def one_line_error(r: subprocess.CompletedProcess) -> str:
+    """Assert exit 2 with exactly one line on stderr and no traceback; return that line."""
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
