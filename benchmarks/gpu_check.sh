@@ -16,7 +16,7 @@ python3 -c "import fastclr" 2>/dev/null || python3 -m pip install -q --no-deps -
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 [ -d /tmp/cifar10/train ] || tar -xJf "$ARCHIVE" -C /tmp/cifar10
 
-python3 benchmarks/throughput.py --config cifar10_resnet18 --device cuda --repeats 20 --workers 8 --json "$OUT/throughput.json" > /dev/null
+python3 benchmarks/throughput.py --config cifar10_resnet18 --device cuda --repeats 20 --workers 8 --compile --json "$OUT/throughput.json" > /dev/null
 
 start=$(date +%s)
 python3 -m fastclr pretrain --config cifar10_resnet18 --data /tmp/cifar10 --epochs "$EPOCHS" --out "$OUT/run" --set log_every=50 | tail -n 1 > "$OUT/pretrain.json"
@@ -32,6 +32,7 @@ rows = [
     ("device", t["device"]), ("torch", t["torch"]), ("commit", t["commit"]),
     ("augment views/s (fastclr / reference)", f"{t['aug_ours_views_per_s']:.0f} / {t['aug_reference_views_per_s']:.0f} ({t['aug_ratio']:.1f}x)"),
     ("step views/s (fastclr / reference)", f"{2 * t['step_ours_images_per_s']:.0f} / {2 * t['step_reference_images_per_s']:.0f} ({t['step_ratio']:.1f}x)"),
+    ("step views/s with torch.compile", f"{2 * t.get('step_compiled_images_per_s', float('nan')):.0f}"),
     ("MFU", f"{100 * t['mfu']:.1f}% ({t['peak_source']})"),
     ("pretrain epochs / wall s (incl. eval)", f"{p['epochs']:.0f} / {wall}"),
     ("pretrain images/s", f"{p['images_per_s']:.0f}"),

@@ -129,6 +129,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--images", type=int, default=4096, help="synthetic images held in memory")
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--compile", action="store_true", help="also time the fastclr step with torch.compile (compilation excluded)")
     args = ap.parse_args()
 
     cfg = C.build_config(args.config, {"batch_size": args.batch_size}, [])
@@ -157,20 +158,24 @@ def main():
     perm = torch.randperm(args.images, device=device)
     state = {"b": 0}
 
-    def ours_step():
+    def ours_step(net=fast):
         lo = (state["b"] * B) % (args.images - B)
         state["b"] += 1
         idx = perm[lo : lo + B]
         x = torch.cat([augment(dev_images[idx], idx, seed=0, epoch=0, view=v, cfg=aug) for v in range(V)])
         x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
-            _, z = fast(x)
+            _, z = net(x)
         loss = contrastive_loss(z, cfg, 0)
         fast_opt.zero_grad(set_to_none=True)
         loss.backward()
         fast_opt.step()
 
     ours_step_s = statistics.median(timed(ours_step, device, 2, args.repeats))
+    compiled_step_s = None
+    if args.compile:
+        compiled = torch.compile(fast)
+        compiled_step_s = statistics.median(timed(lambda: ours_step(compiled), device, 3, args.repeats))
 
     torch.manual_seed(0)
     slow = build_model(cfg).to(device)
@@ -224,12 +229,16 @@ def main():
         "peak_flops": peak,
         "peak_source": peak_src,
     }
+    if compiled_step_s is not None:
+        res["step_compiled_images_per_s"] = B / compiled_step_s
     res["aug_ratio"] = res["aug_ours_views_per_s"] / res["aug_reference_views_per_s"]
     res["step_ratio"] = res["step_ours_images_per_s"] / res["step_reference_images_per_s"]
     print(f"machine     {res['device']}, torch {res['torch']}, commit {commit}, {args.config}, batch {B} x {V} views, {precision}", file=sys.stderr)
     print(f"augment     fastclr {res['aug_ours_views_per_s']:10.0f} views/s   reference {res['aug_reference_views_per_s']:10.0f} views/s   ratio {res['aug_ratio']:.1f}x", file=sys.stderr)
     print(f"train step  fastclr {res['step_ours_images_per_s']:10.0f} img/s     reference {res['step_reference_images_per_s']:10.0f} img/s     ratio {res['step_ratio']:.1f}x", file=sys.stderr)
     print(f"            fastclr {res['step_ours_images_per_s'] * V:10.0f} views/s, {flops / B / V / 1e9:.2f} GFLOP/view, MFU {100 * res['mfu']:.1f}% of {peak / 1e12:.2f} TFLOP/s ({peak_src})", file=sys.stderr)
+    if compiled_step_s is not None:
+        print(f"            fastclr + torch.compile {res['step_compiled_images_per_s']:10.0f} img/s ({res['step_compiled_images_per_s'] / res['step_ours_images_per_s']:.2f}x eager)", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     print(json.dumps(res))

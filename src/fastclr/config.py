@@ -60,6 +60,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 where supported) | bf16 | fp32
     channels_last: bool = True
+    compile: bool = False  # torch.compile the model (off by default until measured to pay on the device at hand)
     log_every: int = 10  # steps between metrics.jsonl lines (the only host syncs of the step)
     checkpoint_every: int = 500  # steps between checkpoints (also at each epoch's end, at the end and on SIGTERM/SIGINT)
     keep_checkpoints: int = 3  # newest checkpoints kept in OUT/checkpoints (last.pt is the newest)

@@ -123,7 +123,7 @@ class StopSignal:
 _SHAPE_KEYS = ("arch", "cifar_stem", "head_layers", "head_hidden", "proj_dim", "optimizer")
 _FREE_KEYS = {
     "out", "max_steps", "log_every", "checkpoint_every", "keep_checkpoints", "eval", "knn_k", "knn_temperature",
-    "eval_batch_size", "device", "workers", "download", "max_bad_fraction", "channels_last", "knn_every", "online_probe",
+    "eval_batch_size", "device", "workers", "download", "max_bad_fraction", "channels_last", "knn_every", "online_probe", "compile",
 }
 
 
@@ -201,6 +201,8 @@ def pretrain(cfg: config.Config, resume: bool = True) -> dict:
         model = model.to(memory_format=torch.channels_last)
     preflight.free_disk(out, preflight.checkpoint_bytes(model, cfg.optimizer))
     net = dist.wrap(model, device)  # DDP when k > 1; checkpoints and evaluation use the bare model
+    if cfg.compile:
+        net = torch.compile(net)  # the step runs compiled; checkpoints keep the bare model's keys
     optimizer = build_optimizer(model, cfg.optimizer, peak_lr, cfg.weight_decay, cfg.momentum, cfg.trust_coefficient)
     if dist.is_main():
         config.save(cfg, out / "config.yaml")
