@@ -147,7 +147,7 @@ def _resample_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, o
 def crop_resize(images: torch.Tensor, p: dict[str, torch.Tensor], size: int) -> torch.Tensor:
     """Crop each image to its box, resize to size x size and flip where asked, as two batched matmuls.
 
-    out = Wy @ image @ Wx^T with per-sample resampling matrices (:func:`_resample_weights`); the
+    out = Wy @ image @ Wx^T (each channel) with per-sample resampling matrices (:func:`_resample_weights`); the
     flip reverses Wx's rows. Equals torchvision's ``resized_crop(..., antialias=True)`` (then
     ``hflip``) up to float rounding, for upscaling and downscaling alike.
 
@@ -158,7 +158,11 @@ def crop_resize(images: torch.Tensor, p: dict[str, torch.Tensor], size: int) -> 
     wy = _resample_weights(p["top"], p["crop_h"], h, size, images.dtype)  # [N, S, H]
     wx = _resample_weights(p["left"], p["crop_w"], w, size, images.dtype)  # [N, S, W]
     wx = torch.where(p["flip"].view(-1, 1, 1), wx.flip(1), wx)
-    return wy.unsqueeze(1) @ images @ wx.transpose(1, 2).unsqueeze(1)
+    n, c, _, _ = images.shape
+    rows = torch.bmm(images.reshape(n, c * h, w), wx.transpose(1, 2))  # [N, C*H, S]: columns resampled
+    rows = rows.view(n, c, h, size).transpose(1, 2).reshape(n, h, c * size)  # [N, H, C*S]
+    out = torch.bmm(wy, rows)  # [N, S, C*S]: rows resampled (two batched products, channels folded in)
+    return out.view(n, size, c, size).transpose(1, 2).contiguous()
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -231,7 +235,11 @@ def color_distort(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
         op_here = p["order"][:, pos]
         for k, (op, key) in enumerate(zip(_JITTER_OPS, _JITTER_KEYS)):
             x = _apply_to(x, p["jitter"] & (op_here == k), op, p[key])
-    return torch.where(p["gray"].view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
+    return _apply_to(x, p["gray"], _to_gray, p["gray"])
+
+
+def _to_gray(x: torch.Tensor, _unused: torch.Tensor) -> torch.Tensor:
+    return grayscale(x).expand_as(x)
 
 
 def gaussian_blur(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
