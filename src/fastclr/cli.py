@@ -10,6 +10,7 @@ import json
 import sys
 
 from . import __version__
+from .config import describe_fields
 from .errors import UserError
 
 DATA_HELP = (
@@ -35,6 +36,7 @@ def add_pretrain(sub) -> None:
         help="SimCLR pretraining, then kNN and linear evaluation against a random-init encoder",
         description="Pretrain an encoder with SimCLR. Runs on scikit-learn's digits with no arguments. "
         "For 32x32 images use --config cifar10_resnet18 (GPU) or cifar10_cpu (a laptop CPU).",
+        epilog="config keys for --set KEY=VALUE (defaults before the preset; src/fastclr/config.py explains each):\n" + describe_fields(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="preset name (digits, cifar10_resnet18, cifar10_cpu, stl10_resnet18, imagenet_resnet50) or a YAML file")

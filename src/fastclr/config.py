@@ -224,10 +224,10 @@ def validate(cfg: Config) -> None:
 
 
 def describe_fields() -> str:
-    """One line per config key, for --help: name, default and its comment-free type."""
-    lines = []
-    for f in dataclasses.fields(Config):
-        lines.append(f"  {f.name} = {f.default!r}")
-    return "\n".join(lines)
+    """The config keys for --help, wrapped: ``name=default`` (the preset may change the default)."""
+    import textwrap
+
+    items = " ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(Config))
+    return textwrap.fill(items, width=100, initial_indent="  ", subsequent_indent="  ")
 
 
