@@ -1,5 +1,4 @@
 """The large-image path (CPU crop + device pixel ops) draws the same views as the in-memory path."""
-import numpy as np
 import pytest
 import torch
 from PIL import Image
