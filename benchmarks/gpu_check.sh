@@ -12,7 +12,7 @@ OUT=${OUT:-/tmp/fastclr-gpu}
 ARCHIVE=${CIFAR_ARCHIVE:-shared-data/cifar10-jpeg.tar.xz}
 mkdir -p "$OUT" /tmp/cifar10
 export PYTHONUNBUFFERED=1
-python3 -c "import fastclr" 2>/dev/null || python3 -m pip install -q --no-deps -e . || export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
+python3 -c "import fastclr" 2>/dev/null || export PYTHONPATH=$PWD/src:${PYTHONPATH:-}  # run from the checkout, no install
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 [ -d /tmp/cifar10/train ] || tar -xJf "$ARCHIVE" -C /tmp/cifar10
 
