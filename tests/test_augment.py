@@ -142,3 +142,11 @@ def test_eval_view_is_deterministic_centre_crop():
     imgs = torch.randint(0, 256, (2, 3, 40, 50), dtype=torch.uint8)
     a, b = A.eval_view(imgs, 32), A.eval_view(imgs, 32)
     assert a.shape == (2, 3, 32, 32) and torch.equal(a, b)
+
+
+def test_accelerator_select_path_equals_cpu_gather_path():
+    """The accelerator path (compute all, select) gives the CPU path's values (only the CPU one runs here otherwise)."""
+    imgs = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    p = params(A.AugmentConfig(size=16), n=64, h=16, w=16)
+    x = A.crop_resize(A.to_float(imgs), p, 16)
+    assert torch.allclose(A.color_distort(x, p, gather=False), A.color_distort(x, p, gather=True), atol=1e-6)

@@ -211,13 +211,14 @@ _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue
 _JITTER_KEYS = ("brightness", "contrast", "saturation", "hue")
 
 
-def _apply_to(x: torch.Tensor, rows: torch.Tensor, op, factor: torch.Tensor) -> torch.Tensor:
+def _apply_to(x: torch.Tensor, rows: torch.Tensor, op, factor: torch.Tensor, gather: bool) -> torch.Tensor:
     """x with ``op`` applied to the samples where ``rows`` (bool [N]) is set.
 
-    On the CPU only those samples are computed (the index costs no device sync there); on an
-    accelerator every sample is computed and the result selected, so the step never waits on the host.
+    ``gather`` (the CPU choice) computes only those samples, at the cost of a host sync that is
+    free there; otherwise (accelerators) every sample is computed and the result selected, so the
+    step never waits on the host. Both give the same values.
     """
-    if x.device.type == "cpu":
+    if gather:
         idx = rows.nonzero().flatten()
         if idx.numel():
             x.index_copy_(0, idx, op(x.index_select(0, idx), factor.index_select(0, idx)))
@@ -225,17 +226,19 @@ def _apply_to(x: torch.Tensor, rows: torch.Tensor, op, factor: torch.Tensor) -> 
     return torch.where(rows.view(-1, 1, 1, 1), op(x, factor), x)
 
 
-def color_distort(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+def color_distort(x: torch.Tensor, p: dict[str, torch.Tensor], gather: bool | None = None) -> torch.Tensor:
     """Colour jitter in a per-sample random order (where p["jitter"]), then random grayscale.
 
     At each of the four positions every jittered sample runs the one op its permutation puts there.
+    ``gather`` (default: on the CPU only) computes each op on just the samples that drew it.
     """
+    gather = x.device.type == "cpu" if gather is None else gather
     x = x.clone()
     for pos in range(4):
         op_here = p["order"][:, pos]
         for k, (op, key) in enumerate(zip(_JITTER_OPS, _JITTER_KEYS)):
-            x = _apply_to(x, p["jitter"] & (op_here == k), op, p[key])
-    return _apply_to(x, p["gray"], _to_gray, p["gray"])
+            x = _apply_to(x, p["jitter"] & (op_here == k), op, p[key], gather)
+    return _apply_to(x, p["gray"], _to_gray, p["gray"], gather)
 
 
 def _to_gray(x: torch.Tensor, _unused: torch.Tensor) -> torch.Tensor:
