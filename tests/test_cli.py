@@ -68,3 +68,14 @@ def test_python_one_liner_matches_the_formula():
     pos = torch.cat([torch.arange(8, 16), torch.arange(8)])
     expected = -(sim[torch.arange(16), pos] - sim.logsumexp(1)).mean()
     assert float(r.stdout) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_rerun_of_a_finished_run_reports_its_last_loss_as_strict_json(tmp_path):
+    out = tmp_path / "run"
+    first = run("pretrain", "--max-steps", "3", "--out", str(out), "--set", "log_every=1", "--set", "eval=false")
+    again = run("pretrain", "--max-steps", "3", "--out", str(out), "--set", "eval=false")
+    assert first.returncode == 0 and again.returncode == 0, again.stderr
+    line = again.stdout.strip().splitlines()[-1]
+    assert "NaN" not in line
+    a, b = json.loads(first.stdout.strip().splitlines()[-1]), json.loads(line)
+    assert b["steps"] == 3 and b["final_loss"] == a["final_loss"]

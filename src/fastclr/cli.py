@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from . import __version__
@@ -362,6 +363,17 @@ def build_parser() -> Parser:
     return parser
 
 
+def _strict_json(value):
+    """NaN and infinities become null, so the result line parses with any strict JSON reader."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -379,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     from .dist import is_main
 
     if is_main():  # under torchrun only rank 0 prints the result
-        print(json.dumps(result))
+        print(json.dumps(_strict_json(result)))
     return int(result.get("exit_code", 0)) if isinstance(result, dict) else 0  # 130 / 143 after SIGINT / SIGTERM
 
 

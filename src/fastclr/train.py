@@ -236,7 +236,7 @@ def pretrain(cfg: config.Config, resume: bool = True) -> dict:
     progress = Progress(run_steps, step)
     stop = StopSignal()
     model.train()
-    last_loss = float("nan")
+    last_loss: float | None = None  # None until a step of this process logs one
     bad_step = torch.full((), -1, dtype=torch.int64, device=device)  # first step with a non-finite loss, kept on the device
     t_start, images_done = time.perf_counter(), 0
     t_log, images_log = t_start, 0
@@ -281,6 +281,8 @@ def pretrain(cfg: config.Config, resume: bool = True) -> dict:
     progress.close()
     metrics.close()
     elapsed = time.perf_counter() - t_start
+    if last_loss is None and dist.is_main():  # resumed with nothing (or nothing logged) left to run
+        last_loss = last_logged_loss(out / "metrics.jsonl")
     if stopping:
         name = signal.Signals(stop.signum).name
         log(f"{name}: stopped after step {step} of {run_steps}; checkpoint {saved[1]}")
@@ -313,6 +315,20 @@ def pretrain(cfg: config.Config, resume: bool = True) -> dict:
     if dist.is_main():
         (out / "result.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def last_logged_loss(path: Path) -> float | None:
+    """The newest ``loss`` in a metrics.jsonl (None when there is none): the result of a resumed run."""
+    if not path.is_file():
+        return None
+    for line in reversed(path.read_text().splitlines()):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("loss"), (int, float)):
+            return float(record["loss"])
+    return None
 
 
 def all_finite(model: torch.nn.Module) -> bool:
