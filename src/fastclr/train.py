@@ -175,6 +175,8 @@ def pretrain(cfg: config.Config, resume: bool = True) -> dict:
     out = Path(cfg.out)
     preflight.output_folder(out)
     precision = resolve(cfg.precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN time its kernels once
     torch.manual_seed(cfg.seed)
 
     data = datasets.load(cfg.data, cfg.image_size, out_dir=out if dist.is_main() else None, download=cfg.download, max_bad_fraction=cfg.max_bad_fraction, workers=cfg.workers)
