@@ -170,3 +170,16 @@ def test_stl10_binary(tmp_path):
     assert len(data.pretrain) == 7 and data.pretrain.labels is None  # train + unlabeled
     assert torch.equal(data.pretrain.images[3:], torch.from_numpy(imgs["unlabeled"]))
     assert data.train.classes == [f"c{i}" for i in range(10)]
+
+
+def test_balanced_subset_is_balanced_and_depends_only_on_labels_count_seed():
+    import torch
+
+    from fastclr.datasets import ImageSet, balanced_subset
+
+    labels = torch.arange(100) % 4
+    data = ImageSet(torch.zeros(100, 3, 2, 2, dtype=torch.uint8), labels, [str(i) for i in range(100)], list("abcd"))
+    sub = balanced_subset(data, 10, seed=1)
+    assert torch.bincount(sub.labels).tolist() == [3, 3, 2, 2]
+    assert sub.ids == balanced_subset(data, 10, seed=1).ids != balanced_subset(data, 10, seed=2).ids
+    assert len(balanced_subset(data, 0, seed=1)) == 100

@@ -29,6 +29,7 @@ import torch
 
 from . import folders, standard
 from .errors import UserError
+from .rng import keyed_generator
 from .stream import FileSet
 
 IMAGE_SUFFIXES = folders.IMAGE_SUFFIXES
@@ -231,20 +232,32 @@ def load(
     return _splits(name, train, test, image_size, out_dir=Path(out_dir) if out_dir is not None else None, max_bad_fraction=max_bad_fraction, workers=workers)
 
 
+def balanced_indices(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a class-balanced subset of ``count`` samples.
+
+    Equal shares per class, the first (count mod C) classes taking one more; each class's pick is a
+    permutation keyed on (seed, class), so the subset depends on nothing but the labels, the count
+    and the seed. Used for ``max_images`` and for the semi-supervised label fractions.
+    """
+    classes = labels.unique()
+    picks = []
+    for i, c in enumerate(classes.tolist()):
+        members = torch.nonzero(labels == c).flatten()
+        quota = count // len(classes) + (1 if i < count % len(classes) else 0)
+        order = torch.randperm(len(members), generator=keyed_generator(seed, c, 0x1ABE1))
+        picks.append(members[order[:quota]])
+    return torch.cat(picks).sort().values
+
+
 def balanced_subset(data, count: int, seed: int):
     """A seeded subset of ``count`` samples (ImageSet or FileSet), class-balanced when labels are known."""
     if count <= 0 or count >= len(data):
         return data
-    g = torch.Generator().manual_seed(seed)
     if data.labels is None:
-        pick = torch.randperm(len(data), generator=g)[:count]
+        pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].sort().values
     else:
-        classes = data.labels.unique()
-        per = [torch.nonzero(data.labels == c).flatten() for c in classes]
-        per = [p[torch.randperm(len(p), generator=g)] for p in per]
-        take = [p[: count // len(classes) + (1 if i < count % len(classes) else 0)] for i, p in enumerate(per)]
-        pick = torch.cat(take)
-    return data.subset(pick.sort().values)
+        pick = balanced_indices(data.labels, count, seed)
+    return data.subset(pick)
 
 
 def warn(msg: str) -> None:

@@ -17,10 +17,9 @@ from torch import nn
 
 from . import checkpoint, config, supervised
 from .augment import AugmentConfig
-from .datasets import ImageSet
+from .datasets import ImageSet, balanced_indices
 from .errors import UserError
 from .model import SimCLR
-from .rng import keyed_generator
 
 
 class Classifier(nn.Module):
@@ -61,23 +60,14 @@ class Classifier(nn.Module):
 def label_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
     """Sorted indices of a class-balanced subset holding ``fraction`` of the labels.
 
-    round(fraction * N) examples (at least one per class) split equally between the classes, the
-    first (count mod C) classes taking one more; each class's pick is a permutation keyed on
-    (seed, class), so the subset depends on nothing but the labels, the fraction and the seed.
+    round(fraction * N) examples (at least one per class), drawn by :func:`datasets.balanced_indices`.
     """
     if not 0 < fraction <= 1:
         raise UserError(f"--label-fraction {fraction}: must be in (0, 1], e.g. 0.01 or 0.1")
     if fraction == 1:
         return torch.arange(labels.shape[0])
-    classes = labels.unique()
-    count = max(len(classes), round(fraction * labels.shape[0]))
-    picks = []
-    for i, c in enumerate(classes.tolist()):
-        members = torch.nonzero(labels == c).flatten()
-        quota = count // len(classes) + (1 if i < count % len(classes) else 0)
-        order = torch.randperm(len(members), generator=keyed_generator(seed, c, 0x1ABE1))
-        picks.append(members[order[:quota]])
-    return torch.cat(picks).sort().values
+    count = max(len(labels.unique()), round(fraction * labels.shape[0]))
+    return balanced_indices(labels, count, seed)
 
 
 def finetune(
