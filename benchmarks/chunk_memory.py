@@ -8,6 +8,7 @@ step, after a warm-up step at batch 16 of the same variant).
 
     python benchmarks/chunk_memory.py --batch 1024 --chunks 0 64 256 --runs 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,8 @@ def one_run(batch: int, chunk: int, image_size: int, threads: int) -> dict:
     import torch
 
     from fastclr.config import Config
-    from fastclr.lars import build_optimizer
-    from fastclr.step import build_model, train_step
+    from fastclr.method.lars import build_optimizer
+    from fastclr.train.step import build_model, train_step
 
     torch.set_num_threads(threads)
     cfg = dataclasses.replace(Config(), precision="fp32", chunk_size=chunk, image_size=image_size)
@@ -49,7 +50,9 @@ def one_run(batch: int, chunk: int, image_size: int, threads: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=1024, help="global batch B (V = 2 views each)")
-    ap.add_argument("--chunks", type=int, nargs="+", default=[0, 64, 256], help="chunk sizes in views; 0 is the one-pass step")
+    ap.add_argument(
+        "--chunks", type=int, nargs="+", default=[0, 64, 256], help="chunk sizes in views; 0 is the one-pass step"
+    )
     ap.add_argument("--image-size", type=int, default=16)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
@@ -60,18 +63,36 @@ def main() -> None:
         return
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True
+    ).stdout.strip()
     with open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
-    print(f"# {cpu}, {os.cpu_count()} cores, {args.threads} thread(s); torch {torch.__version__}; python {platform.python_version()}; commit {commit}")
-    print(f"# resnet_mini, {args.image_size}x{args.image_size}, batch {args.batch} x 2 views, fp32, LARS; {args.runs} runs each, mean +- std")
+    print(
+        f"# {cpu}, {os.cpu_count()} cores, {args.threads} thread(s); torch {torch.__version__}; python {platform.python_version()}; commit {commit}"
+    )
+    print(
+        f"# resnet_mini, {args.image_size}x{args.image_size}, batch {args.batch} x 2 views, fp32, LARS; {args.runs} runs each, mean +- std"
+    )
     print("| chunk size | peak growth of one step (MiB) | step time (s) |")
     print("| --- | --- | --- |")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     for chunk in args.chunks:
         runs = []
         for _ in range(args.runs):
-            cmd = [sys.executable, __file__, "--one", "--batch", str(args.batch), "--chunks", str(chunk), "--image-size", str(args.image_size), "--threads", str(args.threads)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                "--batch",
+                str(args.batch),
+                "--chunks",
+                str(chunk),
+                "--image-size",
+                str(args.image_size),
+                "--threads",
+                str(args.threads),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
             runs.append(json.loads(out.strip().splitlines()[-1]))
         label = "off (one pass)" if chunk == 0 else str(chunk)

@@ -8,6 +8,7 @@ Steps: ``fastclr prepare`` of the folder (timed once), then for each run an epoc
 Both produce the same V=2 normalised float views of every batch; the timing covers loading and
 augmentation only (no model), and waits for the device at the end of each epoch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,20 +22,25 @@ from pathlib import Path
 
 import torch
 
-from fastclr import folders
-from fastclr.augment import AugmentConfig
-from fastclr.loader import InMemoryLoader
-from fastclr.prepare import load_prepared, prepare
-from fastclr.step import make_views
 from fastclr.config import Config
-from fastclr.stream import FileSet, StreamLoader
+from fastclr.data import folders
+from fastclr.data.loader import InMemoryLoader
+from fastclr.data.prepare import load_prepared, prepare
+from fastclr.data.stream import FileSet, StreamLoader
+from fastclr.method.augment import AugmentConfig
+from fastclr.train.step import make_views
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         return "unknown"
 
@@ -70,13 +76,17 @@ def main() -> None:
     aug = AugmentConfig(size=args.size, min_scale=0.08, flip=True, color_strength=0.5)
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, GPU {gpu}; torch {torch.__version__}; commit {commit()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, GPU {gpu}; torch {torch.__version__}; commit {commit()}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(args.cache or tmp) / "cache"
         t0 = time.perf_counter()
         res = prepare(args.folder, args.size, cache, workers=args.workers)
         prep_s = time.perf_counter() - t0
-        print(f"prepare: {res['count']} images in {prep_s:.1f} s ({res['count'] / prep_s:.0f} images/s, {args.workers} workers), skipped {res['skipped']}")
+        print(
+            f"prepare: {res['count']} images in {prep_s:.1f} s ({res['count'] / prep_s:.0f} images/s, {args.workers} workers), skipped {res['skipped']}"
+        )
         data = load_prepared(cache)
         listing = folders.list_folder(Path(args.folder))
         files = FileSet(listing.files, torch.zeros(len(listing.files), 2, dtype=torch.int64))
@@ -88,7 +98,9 @@ def main() -> None:
                 secs, n = epoch_seconds(loader, run, cfg, aug, device)
                 if run:
                     rates[name].append(n / secs)
-        print(f"epoch of {len(cached) * args.batch} images, batch {args.batch}, 2 views at {args.size} px, device {device}, {args.runs} runs after 1 warm-up:")
+        print(
+            f"epoch of {len(cached) * args.batch} images, batch {args.batch}, 2 views at {args.size} px, device {device}, {args.runs} runs after 1 warm-up:"
+        )
         for name, r in rates.items():
             sd = statistics.stdev(r) if len(r) > 1 else 0.0
             print(f"  {name:15s} {statistics.mean(r):9.0f} +- {sd:.0f} images/s")

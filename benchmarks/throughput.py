@@ -16,6 +16,7 @@ Each figure is the median over repeats after a warm-up. MFU = counted FLOPs of t
 the peak measured here by a large matrix product in the step's precision (CPU) or the datasheet
 dense bf16 rate (CUDA). Prints machine, torch version and commit.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fastclr import config as C
-from fastclr.augment import MEAN, STD, augment
-from fastclr.lars import build_optimizer, scaled_lr
-from fastclr.precision import autocast, pick_device, resolve
-from fastclr.step import augment_config, build_model, contrastive_loss
+from fastclr.method.augment import MEAN, STD, augment
+from fastclr.method.lars import build_optimizer, scaled_lr
+from fastclr.train.precision import autocast, pick_device, resolve
+from fastclr.train.step import augment_config, build_model, contrastive_loss
 
 
 def sync(device):
@@ -64,14 +65,16 @@ class PILPairs(Dataset):
 
         self.images = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images]
         s = cfg.color_strength
-        self.t = T.Compose([
-            T.RandomResizedCrop(cfg.image_size, scale=(cfg.min_scale, 1.0)),
-            T.RandomHorizontalFlip(),
-            T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-            T.ToTensor(),
-            T.Normalize(MEAN, STD),
-        ])
+        self.t = T.Compose(
+            [
+                T.RandomResizedCrop(cfg.image_size, scale=(cfg.min_scale, 1.0)),
+                T.RandomHorizontalFlip(),
+                T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8),
+                T.RandomGrayscale(p=0.2),
+                T.ToTensor(),
+                T.Normalize(MEAN, STD),
+            ]
+        )
 
     def __len__(self):
         return len(self.images)
@@ -82,7 +85,14 @@ class PILPairs(Dataset):
 
 
 def reference_loader(images, cfg, workers, batch):
-    return DataLoader(PILPairs(images, cfg), batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+    return DataLoader(
+        PILPairs(images, cfg),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=workers > 0,
+    )
 
 
 def batches_per_second(loader, count):
@@ -129,7 +139,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--images", type=int, default=4096, help="synthetic images held in memory")
     ap.add_argument("--json", help="also write the figures to this file")
-    ap.add_argument("--compile", action="store_true", help="also time the fastclr step with torch.compile (compilation excluded)")
+    ap.add_argument(
+        "--compile", action="store_true", help="also time the fastclr step with torch.compile (compilation excluded)"
+    )
     args = ap.parse_args()
 
     cfg = C.build_config(args.config, {"batch_size": args.batch_size}, [])
@@ -198,7 +210,9 @@ def main():
 
     ref_step_s = statistics.median(timed(ref_step, device, 2, args.repeats))
 
-    x = torch.cat([augment(dev_images[:B], index, seed=0, epoch=0, view=v, cfg=aug) for v in range(V)]).contiguous(memory_format=torch.channels_last)
+    x = torch.cat([augment(dev_images[:B], index, seed=0, epoch=0, view=v, cfg=aug) for v in range(V)]).contiguous(
+        memory_format=torch.channels_last
+    )
     flops = step_flops(fast, x, cfg, device, precision)
     if device.type == "cuda":
         name = torch.cuda.get_device_name()
@@ -209,7 +223,9 @@ def main():
         peak, peak_src = matmul_peak(device, precision), f"measured {precision} matmul"
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
     except OSError:
         commit = "unknown"
     res = {
@@ -233,12 +249,27 @@ def main():
         res["step_compiled_images_per_s"] = B / compiled_step_s
     res["aug_ratio"] = res["aug_ours_views_per_s"] / res["aug_reference_views_per_s"]
     res["step_ratio"] = res["step_ours_images_per_s"] / res["step_reference_images_per_s"]
-    print(f"machine     {res['device']}, torch {res['torch']}, commit {commit}, {args.config}, batch {B} x {V} views, {precision}", file=sys.stderr)
-    print(f"augment     fastclr {res['aug_ours_views_per_s']:10.0f} views/s   reference {res['aug_reference_views_per_s']:10.0f} views/s   ratio {res['aug_ratio']:.1f}x", file=sys.stderr)
-    print(f"train step  fastclr {res['step_ours_images_per_s']:10.0f} img/s     reference {res['step_reference_images_per_s']:10.0f} img/s     ratio {res['step_ratio']:.1f}x", file=sys.stderr)
-    print(f"            fastclr {res['step_ours_images_per_s'] * V:10.0f} views/s, {flops / B / V / 1e9:.2f} GFLOP/view, MFU {100 * res['mfu']:.1f}% of {peak / 1e12:.2f} TFLOP/s ({peak_src})", file=sys.stderr)
+    print(
+        f"machine     {res['device']}, torch {res['torch']}, commit {commit}, {args.config}, batch {B} x {V} views, {precision}",
+        file=sys.stderr,
+    )
+    print(
+        f"augment     fastclr {res['aug_ours_views_per_s']:10.0f} views/s   reference {res['aug_reference_views_per_s']:10.0f} views/s   ratio {res['aug_ratio']:.1f}x",
+        file=sys.stderr,
+    )
+    print(
+        f"train step  fastclr {res['step_ours_images_per_s']:10.0f} img/s     reference {res['step_reference_images_per_s']:10.0f} img/s     ratio {res['step_ratio']:.1f}x",
+        file=sys.stderr,
+    )
+    print(
+        f"            fastclr {res['step_ours_images_per_s'] * V:10.0f} views/s, {flops / B / V / 1e9:.2f} GFLOP/view, MFU {100 * res['mfu']:.1f}% of {peak / 1e12:.2f} TFLOP/s ({peak_src})",
+        file=sys.stderr,
+    )
     if compiled_step_s is not None:
-        print(f"            fastclr + torch.compile {res['step_compiled_images_per_s']:10.0f} img/s ({res['step_compiled_images_per_s'] / res['step_ours_images_per_s']:.2f}x eager)", file=sys.stderr)
+        print(
+            f"            fastclr + torch.compile {res['step_compiled_images_per_s']:10.0f} img/s ({res['step_compiled_images_per_s'] / res['step_ours_images_per_s']:.2f}x eager)",
+            file=sys.stderr,
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     print(json.dumps(res))

@@ -1,4 +1,5 @@
 """Run a function on k local processes joined by gloo, as torchrun would (for the distributed tests)."""
+
 from __future__ import annotations
 
 import os
@@ -15,9 +16,11 @@ def free_port() -> int:
 
 
 def _entry(rank: int, world: int, port: int, fn, args) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world)
+    )
     torch.set_num_threads(1)
-    from fastclr import dist
+    from fastclr.train import dist
 
     dist.setup(torch.device("cpu"))
     try:

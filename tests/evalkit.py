@@ -1,4 +1,5 @@
 """Small fixtures for the evaluation tests: a labelled image folder and a checkpoint, in seconds."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fastclr import checkpoint, config
-from fastclr.model import SimCLR
+from fastclr import config
+from fastclr.method.model import SimCLR
+from fastclr.train import checkpoint
 
 
 def digit_folder(root: Path, train_per_class: int = 12, test_per_class: int = 4, classes: int = 10) -> Path:
@@ -30,9 +32,28 @@ def digit_folder(root: Path, train_per_class: int = 12, test_per_class: int = 4,
     return root
 
 
-def make_checkpoint(path: Path, data: str, arch: str = "resnet_mini", cifar_stem: bool = True, image_size: int = 8, seed: int = 0, **fields) -> tuple[Path, SimCLR]:
+def make_checkpoint(
+    path: Path,
+    data: str,
+    arch: str = "resnet_mini",
+    cifar_stem: bool = True,
+    image_size: int = 8,
+    seed: int = 0,
+    **fields,
+) -> tuple[Path, SimCLR]:
     """A fastclr checkpoint of a randomly initialised (BN statistics perturbed) network, fp32 on the CPU."""
-    cfg = config.Config(data=data, arch=arch, cifar_stem=cifar_stem, image_size=image_size, precision="fp32", device="cpu", flip=False, min_scale=0.3, eval_batch_size=64, **fields)
+    cfg = config.Config(
+        data=data,
+        arch=arch,
+        cifar_stem=cifar_stem,
+        image_size=image_size,
+        precision="fp32",
+        device="cpu",
+        flip=False,
+        min_scale=0.3,
+        eval_batch_size=64,
+        **fields,
+    )
     torch.manual_seed(seed)
     model = SimCLR(cfg.arch, cfg.cifar_stem, cfg.head_layers, cfg.head_hidden or None, cfg.proj_dim)
     with torch.no_grad():  # non-trivial BN statistics, so "BN stayed frozen" is a real check
@@ -40,7 +61,16 @@ def make_checkpoint(path: Path, data: str, arch: str = "resnet_mini", cifar_stem
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    checkpoint.save({"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "config": config.to_dict(cfg), "model": model.state_dict(), "step": 0}, path)
+    checkpoint.save(
+        {
+            "format": checkpoint.FORMAT,
+            "version": checkpoint.VERSION,
+            "config": config.to_dict(cfg),
+            "model": model.state_dict(),
+            "step": 0,
+        },
+        path,
+    )
     return path, model
 
 
@@ -59,7 +89,9 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 def cli_subprocess(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``fastclr ARGS`` in a fresh interpreter: exit code and streams exactly as a user sees them."""
-    return subprocess.run([sys.executable, "-m", "fastclr", *args], capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "fastclr", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def last_json(r: subprocess.CompletedProcess) -> dict:

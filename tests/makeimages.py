@@ -1,4 +1,5 @@
 """Image files for the data tests: good ones in every format, and every kind of bad file."""
+
 import io
 import os
 from pathlib import Path

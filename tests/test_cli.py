@@ -1,4 +1,5 @@
 """The CLI contract: last stdout line is one JSON object; user mistakes exit 2 with one line."""
+
 import json
 import subprocess
 import sys
@@ -9,7 +10,9 @@ from conftest import ROOT
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "fastclr", *args], capture_output=True, text=True, cwd=cwd or ROOT, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "fastclr", *args], capture_output=True, text=True, cwd=cwd or ROOT, timeout=600
+    )
 
 
 def test_pretrain_smoke(tmp_path):

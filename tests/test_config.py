@@ -12,7 +12,9 @@ def test_presets_load_and_validate(name):
 
 
 def test_precedence_preset_then_flags_then_set():
-    cfg = config.build_config("cifar10_cpu", {"epochs": 3, "batch_size": None}, ["epochs=5", "temperature=0.1", "blur=true"])
+    cfg = config.build_config(
+        "cifar10_cpu", {"epochs": 3, "batch_size": None}, ["epochs=5", "temperature=0.1", "blur=true"]
+    )
     assert cfg.epochs == 5 and cfg.temperature == 0.1 and cfg.blur is True and cfg.batch_size == 256
 
 
@@ -27,7 +29,9 @@ def test_bad_values_are_user_errors(item):
         config.build_config(None, {}, [item])
 
 
-@pytest.mark.parametrize("field,value", [("temperature", 0.0), ("views", 1), ("lr", -1.0), ("batch_size", 1), ("loss", "cross_entropy")])
+@pytest.mark.parametrize(
+    "field,value", [("temperature", 0.0), ("views", 1), ("lr", -1.0), ("batch_size", 1), ("loss", "cross_entropy")]
+)
 def test_validate_names_field_value_and_range(field, value):
     cfg = config.build_config(None, {}, [])
     setattr(cfg, field, value)

@@ -4,6 +4,7 @@ Each case builds its input (files, environment) and returns the command line; th
 this process (``fastclr.cli.main``) so a case can also fake the environment (free disk space).
 Run ``python tests/test_errors.py`` to print the table of docs/errors.md from the real messages.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -16,9 +17,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastclr import checkpoint, cli
+from fastclr import cli
+from fastclr.train import checkpoint
 
-TINY = ["--max-steps", "1", "--set", "eval=false", "--set", "image_size=8", "--set", "max_images=64", "--batch-size", "8"]
+TINY = [
+    "--max-steps",
+    "1",
+    "--set",
+    "eval=false",
+    "--set",
+    "image_size=8",
+    "--set",
+    "max_images=64",
+    "--batch-size",
+    "8",
+]
 
 
 @dataclass
@@ -51,7 +64,7 @@ def _out_under_a_file(tmp, mp):
 
 
 def _full_disk(tmp, mp):
-    from fastclr import preflight
+    from fastclr.train import preflight
 
     mp.setattr(preflight.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1 << 20))
     return ["pretrain", "--out", str(tmp / "run"), *TINY]
@@ -81,7 +94,9 @@ class _CreatesFile:
 
 
 def _malicious(tmp, mp):
-    return _run_with_checkpoint(tmp, lambda d: torch.save({"format": "fastclr", "x": _CreatesFile(str(tmp / "pwned"))}, d / "last.pt"))
+    return _run_with_checkpoint(
+        tmp, lambda d: torch.save({"format": "fastclr", "x": _CreatesFile(str(tmp / "pwned"))}, d / "last.pt")
+    )
 
 
 def _all_truncated(tmp, mp):
@@ -99,11 +114,18 @@ def _foreign_file(tmp, mp):
 
 
 def _plain_pickle(tmp, mp):
-    return _run_with_checkpoint(tmp, lambda d: (d / "last.pt").write_bytes(pickle.dumps({"format": "fastclr", "step": 1}, protocol=4)))
+    return _run_with_checkpoint(
+        tmp, lambda d: (d / "last.pt").write_bytes(pickle.dumps({"format": "fastclr", "step": 1}, protocol=4))
+    )
 
 
 def _other_arch(tmp, mp):
-    return _run_with_checkpoint(tmp, lambda d: checkpoint.save({"format": "fastclr", "step": 5, "config": {"arch": "resnet18"}, "model": {}}, d / "last.pt"))
+    return _run_with_checkpoint(
+        tmp,
+        lambda d: checkpoint.save(
+            {"format": "fastclr", "step": 5, "config": {"arch": "resnet18"}, "model": {}}, d / "last.pt"
+        ),
+    )
 
 
 def _report_without_matplotlib(tmp, mp):
@@ -122,39 +144,95 @@ CASES = {
     "unknown flag": Case("`--bogus`", pretrain("--bogus"), "unrecognized arguments: --bogus"),
     "flag type": Case("`--epochs ten`", pretrain("--epochs", "ten"), "invalid int value: 'ten'"),
     "unknown command": Case("`fastclr frobnicate`", lambda t, m: ["frobnicate"], "invalid choice: 'frobnicate'"),
-    "unknown key": Case("`--set temprature=0.1`", pretrain("--set", "temprature=0.1"), "unknown config key 'temprature'"),
+    "unknown key": Case(
+        "`--set temprature=0.1`", pretrain("--set", "temprature=0.1"), "unknown config key 'temprature'"
+    ),
     "set syntax": Case("`--set temperature` (no `=`)", pretrain("--set", "temperature"), "expected key=value"),
     "int type": Case("`--set epochs=2.5`", pretrain("--set", "epochs=2.5"), "epochs=2.5 is not a valid int"),
-    "temperature 0": Case("`--set temperature=0`", pretrain("--set", "temperature=0"), "temperature=0.0 is out of range: must be > 0"),
+    "temperature 0": Case(
+        "`--set temperature=0`", pretrain("--set", "temperature=0"), "temperature=0.0 is out of range: must be > 0"
+    ),
     "negative lr": Case("`--set lr=-0.1`", pretrain("--set", "lr=-0.1"), "lr=-0.1 is out of range: must be > 0"),
     "nan lr": Case("`--set lr=nan`", pretrain("--set", "lr=nan"), "lr=nan is not a finite number: must be > 0"),
     "batch 1": Case("`--batch-size 1`", pretrain("--batch-size", "1"), "batch_size=1 is out of range: must be >= 2"),
     "one view": Case("`--set views=1`", pretrain("--set", "views=1"), "views=1 is out of range: must be >= 2"),
-    "precision": Case("`--set precision=fp16`", pretrain("--set", "precision=fp16"), "precision='fp16' is out of range: must be auto, bf16 or fp32"),
-    "negative steps": Case("`--max-steps -5`", pretrain("--max-steps", "-5"), "max_steps=-5 is out of range: must be >= 0"),
-    "checkpoint_every": Case("`--set checkpoint_every=0`", pretrain("--set", "checkpoint_every=0"), "checkpoint_every=0 is out of range: must be >= 1"),
+    "precision": Case(
+        "`--set precision=fp16`",
+        pretrain("--set", "precision=fp16"),
+        "precision='fp16' is out of range: must be auto, bf16 or fp32",
+    ),
+    "negative steps": Case(
+        "`--max-steps -5`", pretrain("--max-steps", "-5"), "max_steps=-5 is out of range: must be >= 0"
+    ),
+    "checkpoint_every": Case(
+        "`--set checkpoint_every=0`",
+        pretrain("--set", "checkpoint_every=0"),
+        "checkpoint_every=0 is out of range: must be >= 1",
+    ),
     "no preset": Case("`--config nosuchpreset`", pretrain("--config", "nosuchpreset"), "is neither a preset"),
     "bad yaml": Case("`--config c.yaml` that is not YAML", _yaml("lr: [0.1\n"), "not valid YAML"),
     "yaml list": Case("`--config c.yaml` holding a list", _yaml("- lr\n- 0.1\n"), "expected a mapping of key: value"),
     "no data": Case("`--data /nonexistent/images`", pretrain("--data", "/nonexistent/images"), "/nonexistent/images"),
     "empty data": Case("`--data EMPTY_FOLDER`", _empty_folder, "no images found"),
-    "crop too large": Case("`--set image_size=64` on 8x8 digits", pretrain("--set", "image_size=64", "--set", "eval=false"), "image_size=64 is too large for the 8x8 images of digits: must be 8 to 32"),
-    "crop too small": Case("`--set min_scale=0.01` on 8x8 digits", pretrain("--set", "min_scale=0.01", "--set", "eval=false"), "min_scale=0.01 crops 0.8 px from the 8x8 images of digits: must be in [0.0625, 1]"),
-    "batch > data": Case("`--batch-size 5000` on 1,437 images", pretrain("--batch-size", "5000"), "batch_size=5000 is larger than the 1437 training images of digits: must be 2 to 1437"),
+    "crop too large": Case(
+        "`--set image_size=64` on 8x8 digits",
+        pretrain("--set", "image_size=64", "--set", "eval=false"),
+        "image_size=64 is too large for the 8x8 images of digits: must be 8 to 32",
+    ),
+    "crop too small": Case(
+        "`--set min_scale=0.01` on 8x8 digits",
+        pretrain("--set", "min_scale=0.01", "--set", "eval=false"),
+        "min_scale=0.01 crops 0.8 px from the 8x8 images of digits: must be in [0.0625, 1]",
+    ),
+    "batch > data": Case(
+        "`--batch-size 5000` on 1,437 images",
+        pretrain("--batch-size", "5000"),
+        "batch_size=5000 is larger than the 1437 training images of digits: must be 2 to 1437",
+    ),
     "out under file": Case("`--out file.txt/run` (a file in the path)", _out_under_a_file, "cannot be written"),
     "full disk": Case("an output folder with 1 MiB free", _full_disk, "has 1.0 MiB free: a checkpoint needs"),
-    "world split": Case("`WORLD_SIZE=3` with `--batch-size 8`", _world("3", "8"), "batch_size=8 does not divide over 3 processes: must be a multiple of 3"),
-    "world tiny": Case("`WORLD_SIZE=8` with `--batch-size 8`", _world("8", "8"), "batch_size=8 gives 1 image per process over 8 processes: must be >= 16"),
-    "malicious ckpt": Case("`last.pt` whose pickle would create a file", _malicious, "refused, it would import io.open when unpickled"),
+    "world split": Case(
+        "`WORLD_SIZE=3` with `--batch-size 8`",
+        _world("3", "8"),
+        "batch_size=8 does not divide over 3 processes: must be a multiple of 3",
+    ),
+    "world tiny": Case(
+        "`WORLD_SIZE=8` with `--batch-size 8`",
+        _world("8", "8"),
+        "batch_size=8 gives 1 image per process over 8 processes: must be >= 16",
+    ),
+    "malicious ckpt": Case(
+        "`last.pt` whose pickle would create a file", _malicious, "refused, it would import io.open when unpickled"
+    ),
     "plain pickle ckpt": Case("`last.pt` written by `pickle.dumps`", _plain_pickle, "refused"),
-    "truncated ckpts": Case("every checkpoint truncated or empty", _all_truncated, "no loadable checkpoint, every file is truncated or corrupt"),
+    "truncated ckpts": Case(
+        "every checkpoint truncated or empty",
+        _all_truncated,
+        "no loadable checkpoint, every file is truncated or corrupt",
+    ),
     "foreign ckpt": Case("`last.pt` from another program", _foreign_file, "not a fastclr checkpoint"),
-    "other arch": Case("`last.pt` of a resnet18 run, this run resnet_mini", _other_arch, "arch='resnet_mini' differs from 'resnet18' in checkpoint"),
-    "report missing": Case("`fastclr report /nonexistent/run`", lambda t, m: ["report", "/nonexistent/run"], "/nonexistent/run"),
+    "other arch": Case(
+        "`last.pt` of a resnet18 run, this run resnet_mini",
+        _other_arch,
+        "arch='resnet_mini' differs from 'resnet18' in checkpoint",
+    ),
+    "report missing": Case(
+        "`fastclr report /nonexistent/run`", lambda t, m: ["report", "/nonexistent/run"], "/nonexistent/run"
+    ),
     "report empty": Case("`fastclr report RUN` with no metrics.jsonl", _report_no_metrics, "metrics.jsonl"),
-    "report no mpl": Case("`fastclr report RUN` without matplotlib", _report_without_matplotlib, "pip install 'fastclr[report]'"),
-    "augment data": Case("`fastclr show-augment --data /nonexistent`", lambda t, m: ["show-augment", "--data", "/nonexistent", "--out", str(t / "a.png")], "/nonexistent"),
-    "augment out": Case("`fastclr show-augment --out views.jpg`", lambda t, m: ["show-augment", "--out", str(t / "views.jpg")], "must end in .png"),
+    "report no mpl": Case(
+        "`fastclr report RUN` without matplotlib", _report_without_matplotlib, "pip install 'fastclr[report]'"
+    ),
+    "augment data": Case(
+        "`fastclr show-augment --data /nonexistent`",
+        lambda t, m: ["show-augment", "--data", "/nonexistent", "--out", str(t / "a.png")],
+        "/nonexistent",
+    ),
+    "augment out": Case(
+        "`fastclr show-augment --out views.jpg`",
+        lambda t, m: ["show-augment", "--out", str(t / "views.jpg")],
+        "must end in .png",
+    ),
 }
 
 

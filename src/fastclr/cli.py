@@ -3,6 +3,7 @@
 Every command prints its results as the LAST line on stdout, one JSON object; progress and logs
 go to stderr. A user's mistake exits 2 with one line and no traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,9 +11,9 @@ import json
 import math
 import sys
 
-from . import __version__
-from .config import describe_fields
-from .errors import UserError
+from fastclr import __version__
+from fastclr.config import describe_fields
+from fastclr.errors import UserError
 
 DATA_HELP = (
     "data spec: 'digits' (scikit-learn's 8x8 digits, no download; the default); cifar10[:ROOT], cifar100[:ROOT], "
@@ -37,17 +38,29 @@ def add_pretrain(sub) -> None:
         help="SimCLR pretraining, then kNN and linear evaluation against a random-init encoder",
         description="Pretrain an encoder with SimCLR. Runs on scikit-learn's digits with no arguments. "
         "For 32x32 images use --config cifar10_resnet18 (GPU) or cifar10_cpu (a laptop CPU).",
-        epilog="config keys for --set KEY=VALUE (defaults before the preset; src/fastclr/config.py explains each):\n" + describe_fields(),
+        epilog="config keys for --set KEY=VALUE (defaults before the preset; src/fastclr/config.py explains each):\n"
+        + describe_fields(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", help="preset name (digits, cifar10_resnet18, cifar10_cpu, stl10_resnet18, imagenet_resnet50) or a YAML file")
+    p.add_argument(
+        "--config",
+        help="preset name (digits, cifar10_resnet18, cifar10_cpu, stl10_resnet18, imagenet_resnet50) or a YAML file",
+    )
     p.add_argument("--data", help=DATA_HELP)
     p.add_argument("--out", help="run folder: config.yaml, metrics.jsonl, checkpoints/last.pt, result.json")
-    p.add_argument("--arch", help="encoder: resnet_mini (CPU demos), resnet18/34/50/101/152, wide_resnet50_2, or any torchvision model")
-    p.add_argument("--init", help="start the encoder from a torchvision/timm state dict (.pth, read with weights_only) or a .safetensors file; keys are checked exactly")
+    p.add_argument(
+        "--arch",
+        help="encoder: resnet_mini (CPU demos), resnet18/34/50/101/152, wide_resnet50_2, or any torchvision model",
+    )
+    p.add_argument(
+        "--init",
+        help="start the encoder from a torchvision/timm state dict (.pth, read with weights_only) or a .safetensors file; keys are checked exactly",
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, dest="batch_size", help="global batch B (the learning-rate rules use it)")
-    p.add_argument("--max-steps", type=int, dest="max_steps", help="stop after S steps (the schedule still spans --epochs)")
+    p.add_argument(
+        "--max-steps", type=int, dest="max_steps", help="stop after S steps (the schedule still spans --epochs)"
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default: cuda if available), cpu, cuda")
     p.add_argument(
@@ -58,8 +71,19 @@ def add_pretrain(sub) -> None:
         "grows with C, not the batch; one extra forward pass). BN statistics are then per chunk, not per batch; "
         "0 (default) is off. Under torchrun each process forwards its V*B/k views in chunks of C",
     )
-    p.add_argument("--download", action="store_const", const=True, help="download a missing cifar10/cifar100/stl10 into its ROOT (needs internet)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set any config field, e.g. --set temperature=0.2 (repeatable)")
+    p.add_argument(
+        "--download",
+        action="store_const",
+        const=True,
+        help="download a missing cifar10/cifar100/stl10 into its ROOT (needs internet)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any config field, e.g. --set temperature=0.2 (repeatable)",
+    )
     p.add_argument(
         "--no-resume",
         action="store_true",
@@ -73,13 +97,34 @@ def add_pretrain(sub) -> None:
 def run_pretrain(args) -> dict:
     from pathlib import Path
 
-    from . import checkpoint
-    from .config import build_config
-    from .train import pretrain
+    from fastclr.config import build_config
+    from fastclr.train import checkpoint
+    from fastclr.train.loop import pretrain
 
-    flags = {k: getattr(args, k) for k in ("data", "out", "arch", "epochs", "batch_size", "max_steps", "seed", "device", "chunk_size", "download", "init")}
+    flags = {
+        k: getattr(args, k)
+        for k in (
+            "data",
+            "out",
+            "arch",
+            "epochs",
+            "batch_size",
+            "max_steps",
+            "seed",
+            "device",
+            "chunk_size",
+            "download",
+            "init",
+        )
+    }
     base = args.config
-    if base is None and args.out and not args.no_resume and checkpoint.existing(Path(args.out) / "checkpoints") and (Path(args.out) / "config.yaml").is_file():
+    if (
+        base is None
+        and args.out
+        and not args.no_resume
+        and checkpoint.existing(Path(args.out) / "checkpoints")
+        and (Path(args.out) / "config.yaml").is_file()
+    ):
         base = str(Path(args.out) / "config.yaml")  # resuming: the run's own settings, flags on top
     cfg = build_config(base, flags, args.set)
     if args.out is None and not any(s.startswith("out=") for s in args.set):
@@ -96,23 +141,40 @@ def add_prepare(sub) -> None:
         "For CIFAR-size images use --size 32; prepare at the size you train at.",
     )
     p.add_argument("spec", help=DATA_HELP)
-    p.add_argument("--size", type=int, required=True, help="side of the cached images in pixels (the training image_size)")
+    p.add_argument(
+        "--size", type=int, required=True, help="side of the cached images in pixels (the training image_size)"
+    )
     p.add_argument("--out", required=True, help="cache folder to write")
     p.add_argument("--download", action="store_true", help="download a missing cifar10/cifar100/stl10 (needs internet)")
     p.add_argument("--workers", type=int, default=4, help="CPU processes that decode (0: this process)")
-    p.add_argument("--max-bad-fraction", type=float, default=0.01, dest="max_bad_fraction", help="stop when more of the files than this cannot be decoded")
+    p.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=0.01,
+        dest="max_bad_fraction",
+        help="stop when more of the files than this cannot be decoded",
+    )
     p.set_defaults(func=run_prepare)
 
 
 def run_prepare(args) -> dict:
-    from .prepare import prepare
+    from fastclr.data.prepare import prepare
 
     if not 0 <= args.max_bad_fraction <= 1:
         raise UserError(f"--max-bad-fraction {args.max_bad_fraction}: must be in [0, 1]")
-    return prepare(args.spec, args.size, args.out, download=args.download, max_bad_fraction=args.max_bad_fraction, workers=max(args.workers, 0))
+    return prepare(
+        args.spec,
+        args.size,
+        args.out,
+        download=args.download,
+        max_bad_fraction=args.max_bad_fraction,
+        workers=max(args.workers, 0),
+    )
 
 
-CKPT_HELP = "a fastclr checkpoint: OUT/checkpoints/last.pt of `fastclr pretrain` (or OUT/finetuned.pt of `fastclr finetune`)"
+CKPT_HELP = (
+    "a fastclr checkpoint: OUT/checkpoints/last.pt of `fastclr pretrain` (or OUT/finetuned.pt of `fastclr finetune`)"
+)
 EVAL_DATA_HELP = "data spec (default: the data the checkpoint was trained on); needs class labels and a test split"
 
 
@@ -123,22 +185,37 @@ def _eval_flags(p, data_help: str = EVAL_DATA_HELP, random_init: bool = True) ->
     p.add_argument("--device", help="auto (default: the checkpoint's setting), cpu, cuda")
     p.add_argument("--seed", type=int, default=0)
     if random_init:
-        p.add_argument("--random-init", action="store_true", dest="random_init", help="evaluate the same architecture with random weights: the baseline to compare against")
+        p.add_argument(
+            "--random-init",
+            action="store_true",
+            dest="random_init",
+            help="evaluate the same architecture with random weights: the baseline to compare against",
+        )
 
 
 def add_knn(sub) -> None:
-    p = sub.add_parser("knn", help="weighted kNN accuracy of h (L2-normalised), train split -> test split", description="Weighted kNN on L2-normalised h: votes exp(sim / T) of the k nearest training images (DINO's protocol).")
+    p = sub.add_parser(
+        "knn",
+        help="weighted kNN accuracy of h (L2-normalised), train split -> test split",
+        description="Weighted kNN on L2-normalised h: votes exp(sim / T) of the k nearest training images (DINO's protocol).",
+    )
     _eval_flags(p)
     p.add_argument("--k", default="20,200", help="neighbour counts, comma separated (default 20,200)")
     p.add_argument("--temperature", type=float, default=0.1, help="T of the vote weights exp(sim / T) (default 0.1)")
-    p.add_argument("--batch-size", type=int, dest="batch_size", default=512, help="test images compared with the bank at a time (bounds memory)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        dest="batch_size",
+        default=512,
+        help="test images compared with the bank at a time (bounds memory)",
+    )
     p.set_defaults(func=run_knn)
 
 
 def run_knn(args) -> dict:
-    from . import restore
-    from .features import extract
-    from .knn import knn_predict, topk_accuracy
+    from fastclr.eval.features import extract
+    from fastclr.eval.knn import knn_predict, topk_accuracy
+    from fastclr.train import restore
 
     try:
         ks = sorted({int(k) for k in args.k.split(",") if k.strip()})
@@ -151,9 +228,17 @@ def run_knn(args) -> dict:
     train, test = restore.labelled_splits(restore.load_data(cfg, args.data), "knn")
     restored.model.eval()
     kw = {"size": cfg.image_size, "device": dev, "batch_size": cfg.eval_batch_size, "precision": precision}
-    train_f, test_f = extract(restored.model.encode, train.images, **kw), extract(restored.model.encode, test.images, **kw)
+    train_f, test_f = (
+        extract(restored.model.encode, train.images, **kw),
+        extract(restored.model.encode, test.images, **kw),
+    )
     classes = restore.num_classes(train)
-    acc = {str(k): topk_accuracy(knn_predict(train_f, train.labels, test_f, classes, k, args.temperature, args.batch_size), test.labels) for k in ks}
+    acc = {
+        str(k): topk_accuracy(
+            knn_predict(train_f, train.labels, test_f, classes, k, args.temperature, args.batch_size), test.labels
+        )
+        for k in ks
+    }
     return {"knn": acc, "temperature": args.temperature, "encoder": restored.source}
 
 
@@ -166,18 +251,32 @@ def add_linear(sub) -> None:
         "cached h with the L2 penalty tuned on held-out train images (the transfer protocol; fast on a CPU).",
     )
     _eval_flags(p)
-    p.add_argument("--features", action="store_true", help="L-BFGS on cached features instead of SGD on augmented views")
+    p.add_argument(
+        "--features", action="store_true", help="L-BFGS on cached features instead of SGD on augmented views"
+    )
     p.add_argument("--epochs", type=int, default=90, help="SGD epochs (paper: 90; 10-30 is enough for a CPU check)")
     p.add_argument("--batch-size", type=int, dest="batch_size", default=256)
-    p.add_argument("--lr", type=float, default=0.1, help="base learning rate, scaled by B/256, cosine-decayed (default 0.1)")
+    p.add_argument(
+        "--lr", type=float, default=0.1, help="base learning rate, scaled by B/256, cosine-decayed (default 0.1)"
+    )
     p.set_defaults(func=run_linear)
 
 
 def run_linear(args) -> dict:
-    from . import linear
+    from fastclr.eval import linear
 
     _positive(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-    return linear.run(args.checkpoint, args.data, features=args.features, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, random_init=args.random_init)
+    return linear.run(
+        args.checkpoint,
+        args.data,
+        features=args.features,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        random_init=args.random_init,
+    )
 
 
 def add_finetune(sub) -> None:
@@ -189,23 +288,50 @@ def add_finetune(sub) -> None:
         "Writes OUT/labels.txt (the labelled files) and OUT/finetuned.pt (a teacher for `fastclr distill`).",
     )
     _eval_flags(p)
-    p.add_argument("--label-fraction", type=float, required=True, dest="label_fraction", help="fraction of the train labels, in (0, 1]: 0.01 and 0.1 in the papers")
-    p.add_argument("--from-head-layer", type=int, default=0, dest="from_head_layer", help="0: classify h (v1); 1: classify the head's first layer (v2, best with head_layers=3)")
+    p.add_argument(
+        "--label-fraction",
+        type=float,
+        required=True,
+        dest="label_fraction",
+        help="fraction of the train labels, in (0, 1]: 0.01 and 0.1 in the papers",
+    )
+    p.add_argument(
+        "--from-head-layer",
+        type=int,
+        default=0,
+        dest="from_head_layer",
+        help="0: classify h (v1); 1: classify the head's first layer (v2, best with head_layers=3)",
+    )
     p.add_argument("--epochs", type=int, help="default 60 for fractions up to 1%%, else 30 (the paper's)")
     p.add_argument("--batch-size", type=int, dest="batch_size", default=256)
     p.add_argument("--lr", type=float, default=0.05, help="base learning rate, scaled by B/256 (paper: 0.05)")
-    p.add_argument("--init", help="start the encoder from this torchvision/timm state dict or .safetensors file (keys checked exactly)")
-    p.add_argument("--out", help="folder for labels.txt and finetuned.pt (default: RUN/finetune_F next to the checkpoint's run)")
+    p.add_argument(
+        "--init",
+        help="start the encoder from this torchvision/timm state dict or .safetensors file (keys checked exactly)",
+    )
+    p.add_argument(
+        "--out", help="folder for labels.txt and finetuned.pt (default: RUN/finetune_F next to the checkpoint's run)"
+    )
     p.set_defaults(func=run_finetune)
 
 
 def run_finetune(args) -> dict:
-    from . import finetune
+    from fastclr.eval import finetune
 
     _positive(batch_size=args.batch_size, lr=args.lr, **({"epochs": args.epochs} if args.epochs is not None else {}))
     return finetune.run(
-        args.checkpoint, args.label_fraction, args.data, from_head_layer=args.from_head_layer, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, seed=args.seed, device=args.device, out=args.out, random_init=args.random_init, init=args.init,
+        args.checkpoint,
+        args.label_fraction,
+        args.data,
+        from_head_layer=args.from_head_layer,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        out=args.out,
+        random_init=args.random_init,
+        init=args.init,
     )
 
 
@@ -218,9 +344,18 @@ def add_distill(sub) -> None:
     )
     p.add_argument("--teacher", required=True, help="OUT/finetuned.pt written by `fastclr finetune`")
     p.add_argument("--data", required=True, help=DATA_HELP)
-    p.add_argument("--student-arch", dest="student_arch", help="student encoder (default: the teacher's); resnet_micro is half of resnet_mini")
+    p.add_argument(
+        "--student-arch",
+        dest="student_arch",
+        help="student encoder (default: the teacher's); resnet_micro is half of resnet_mini",
+    )
     p.add_argument("--temperature", type=float, default=1.0, help="tau of both softmaxes (SimCLRv2: 1.0)")
-    p.add_argument("--alpha", type=float, default=0.0, help="weight of the labelled cross-entropy, in [0, 1] (0: distillation only)")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.0,
+        help="weight of the labelled cross-entropy, in [0, 1] (0: distillation only)",
+    )
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, dest="batch_size", default=256)
     p.add_argument("--lr", type=float, default=0.1, help="base learning rate, scaled by B/256")
@@ -231,27 +366,44 @@ def add_distill(sub) -> None:
 
 
 def run_distill(args) -> dict:
-    from . import distill
+    from fastclr.eval import distill
 
     _positive(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     return distill.run(
-        args.teacher, args.data, student_arch=args.student_arch, temperature=args.temperature, alpha=args.alpha, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, out=args.out,
+        args.teacher,
+        args.data,
+        student_arch=args.student_arch,
+        temperature=args.temperature,
+        alpha=args.alpha,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        out=args.out,
     )
 
 
 def add_embed(sub) -> None:
-    p = sub.add_parser("embed", help="embeddings (h, or z with --projection) of every image, in dataset order, with their ids")
+    p = sub.add_parser(
+        "embed", help="embeddings (h, or z with --projection) of every image, in dataset order, with their ids"
+    )
     _eval_flags(p, data_help=DATA_HELP, random_init=False)
     p.add_argument("--out", required=True, help="FILE.npy (+ FILE.ids.json) or FILE.parquet (needs pyarrow)")
     p.add_argument("--projection", action="store_true", help="z = g(h) instead of h")
-    p.add_argument("--split", choices=("pretrain", "train", "test"), default="pretrain", help="which images: every pretraining image (default), or the labelled train / test split")
+    p.add_argument(
+        "--split",
+        choices=("pretrain", "train", "test"),
+        default="pretrain",
+        help="which images: every pretraining image (default), or the labelled train / test split",
+    )
     p.add_argument("--batch-size", type=int, dest="batch_size", default=512)
     p.set_defaults(func=run_embed)
 
 
 def run_embed(args) -> dict:
-    from . import dist, embed, restore
+    from fastclr.eval import embed
+    from fastclr.train import dist, restore
 
     _positive(batch_size=args.batch_size)
     restored, dev, precision = restore.open_for_command(args.checkpoint, args.device)
@@ -263,9 +415,15 @@ def run_embed(args) -> dict:
     if images is None:
         raise UserError(f"--split {args.split}: data set {splits.name!r} has no such split; use --split pretrain")
     images = restore.in_memory(images, "embed")
-    fn = (lambda x: restored.model.project(restored.model.encode(x).float())) if args.projection else restored.model.encode
+    fn = (
+        (lambda x: restored.model.project(restored.model.encode(x).float()))
+        if args.projection
+        else restored.model.encode
+    )
     mine = embed.shard(len(images), dist.rank(), dist.world_size())
-    rows = embed.embed_rows(fn, images.images, mine, cfg.image_size, dev, args.batch_size, precision, progress=dist.is_main())
+    rows = embed.embed_rows(
+        fn, images.images, mine, cfg.image_size, dev, args.batch_size, precision, progress=dist.is_main()
+    )
     full = embed.gather_in_order(rows, mine, len(images), dev)
     result = {"out": args.out, "count": len(images), "dim": int(rows.shape[1])}
     if dist.is_main():
@@ -276,21 +434,28 @@ def run_embed(args) -> dict:
 
 
 def add_export(sub) -> None:
-    p = sub.add_parser("export", help="export the encoder alone: safetensors, torchvision state dict, ONNX or TorchScript")
+    p = sub.add_parser(
+        "export", help="export the encoder alone: safetensors, torchvision state dict, ONNX or TorchScript"
+    )
     p.add_argument("--checkpoint", required=True, help=CKPT_HELP)
-    p.add_argument("--format", required=True, choices=("safetensors", "torchvision", "onnx", "torchscript"), help="torchvision: loads into the plain constructor with strict=True (ResNets)")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=("safetensors", "torchvision", "onnx", "torchscript"),
+        help="torchvision: loads into the plain constructor with strict=True (ResNets)",
+    )
     p.add_argument("--out", required=True, help="output file (FILE.json describes the expected input)")
     p.set_defaults(func=run_export)
 
 
 def run_export(args) -> dict:
-    from . import restore
-    from .export import export
+    from fastclr.eval.export import export
+    from fastclr.train import restore
 
     restored = restore.load_model(args.checkpoint)
     cfg, state, fc = restored.cfg, restored.state, None
     if state.get("kind") == "classifier" and int(state.get("from_head_layer", 0)) == 0:
-        from .finetune import load_classifier
+        from fastclr.eval.finetune import load_classifier
 
         fc = load_classifier(args.checkpoint)[0].fc
     return export(restored.model, cfg.arch, cfg.cifar_stem, cfg.image_size, args.format, args.out, fc=fc)
@@ -312,13 +477,18 @@ def add_report(sub) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a fastclr pretrain run")
     p.add_argument("--out", help="HTML file to write (default: RUN_DIR/report.html)")
-    p.add_argument("--map", default="pca", choices=("pca", "tsne"), help="2-D map of the test representations: pca (instant) or tsne (slower, clusters clearer)")
+    p.add_argument(
+        "--map",
+        default="pca",
+        choices=("pca", "tsne"),
+        help="2-D map of the test representations: pca (instant) or tsne (slower, clusters clearer)",
+    )
     p.add_argument("--device", default="cpu", help="device for the representations (cpu is enough for a report)")
     p.set_defaults(func=run_report)
 
 
 def run_report(args) -> dict:
-    from .report import build
+    from fastclr.eval.report import build
 
     return build(args.run_dir, args.out, method=args.map, device=args.device)
 
@@ -335,13 +505,19 @@ def add_show_augment(sub) -> None:
     p.add_argument("--config", help="preset name or YAML file whose augmentation settings to use (default: digits)")
     p.add_argument("--count", type=int, default=8, help="images to show (1 to 64)")
     p.add_argument("--epoch", type=int, default=0, help="the epoch whose random draws to show")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set any config field, e.g. --set color_strength=1.0")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any config field, e.g. --set color_strength=1.0",
+    )
     p.set_defaults(func=run_show_augment)
 
 
 def run_show_augment(args) -> dict:
-    from .config import build_config, validate
-    from .report import show_augment
+    from fastclr.config import build_config, validate
+    from fastclr.eval.report import show_augment
 
     if not 1 <= args.count <= 64:
         raise UserError(f"--count {args.count}: must be 1 to 64")
@@ -351,7 +527,9 @@ def run_show_augment(args) -> dict:
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="fastclr", description="SimCLR: contrastive self-supervised learning of image representations.")
+    parser = Parser(
+        prog="fastclr", description="SimCLR: contrastive self-supervised learning of image representations."
+    )
     parser.add_argument("--version", action="version", version=f"fastclr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     add_pretrain(sub)
@@ -388,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fastclr: interrupted", file=sys.stderr)
         return 130
-    from .dist import is_main
+    from fastclr.train.dist import is_main
 
     if is_main():  # under torchrun only rank 0 prints the result
         print(json.dumps(_strict_json(result)))

@@ -3,6 +3,7 @@
 Derived values (scaled learning rate, steps per epoch) are computed by the training code and
 never written back here; ``OUT/config.yaml`` holds exactly what the user resolved.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UserError
+from fastclr.errors import UserError
 
 
 @dataclass
@@ -62,7 +63,9 @@ class Config:
     channels_last: bool = True
     compile: bool = False  # torch.compile the model (off by default until measured to pay on the device at hand)
     log_every: int = 10  # steps between metrics.jsonl lines (the only host syncs of the step)
-    checkpoint_every: int = 500  # steps between checkpoints (also at each epoch's end, at the end and on SIGTERM/SIGINT)
+    checkpoint_every: int = (
+        500  # steps between checkpoints (also at each epoch's end, at the end and on SIGTERM/SIGINT)
+    )
     keep_checkpoints: int = 3  # newest checkpoints kept in OUT/checkpoints (last.pt is the newest)
     sync_bn: bool = True  # global BN over all processes when k > 1 (SIMCLR.md section 5); off: per-process BN
     chunk_size: int = 0  # gradient cache: forward this many views at a time (0: the whole batch); BN is then per chunk
@@ -72,7 +75,9 @@ class Config:
     knn_temperature: float = 0.1
     eval_batch_size: int = 512
     knn_every: int = 0  # kNN monitor every N epochs during pretraining, into metrics.jsonl (0: off; needs labels)
-    online_probe: bool = False  # linear classifier on detached h trained alongside (the reference's "linear eval while pretraining")
+    online_probe: bool = (
+        False  # linear classifier on detached h trained alongside (the reference's "linear eval while pretraining")
+    )
     # output
     out: str = "runs/fastclr"
 
@@ -82,7 +87,9 @@ PRESETS_DIR = "configs"
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("fastclr").joinpath(PRESETS_DIR).iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[:-5] for p in resources.files("fastclr").joinpath(PRESETS_DIR).iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def _field_type(name: str) -> type:
@@ -130,7 +137,9 @@ def read_preset(name_or_file: str) -> dict:
     else:
         ref = resources.files("fastclr").joinpath(PRESETS_DIR, f"{name_or_file}.yaml")
         if not ref.is_file():
-            raise UserError(f"--config {name_or_file!r} is neither a preset ({', '.join(preset_names())}) nor a YAML file")
+            raise UserError(
+                f"--config {name_or_file!r} is neither a preset ({', '.join(preset_names())}) nor a YAML file"
+            )
         text = ref.read_text()
     try:
         values = yaml.safe_load(text) or {}
@@ -220,7 +229,9 @@ def validate(cfg: Config) -> None:
     if cfg.min_scale > 1.0:
         raise UserError(f"min_scale={cfg.min_scale} must be <= 1")
     if cfg.loss == "margin_triplet" and cfg.batch_size > 1024:
-        raise UserError(f"loss=margin_triplet builds a batch^3 hinge tensor; use batch_size <= 1024, not {cfg.batch_size}")
+        raise UserError(
+            f"loss=margin_triplet builds a batch^3 hinge tensor; use batch_size <= 1024, not {cfg.batch_size}"
+        )
 
 
 def describe_fields() -> str:
@@ -229,5 +240,3 @@ def describe_fields() -> str:
 
     items = " ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(Config))
     return textwrap.fill(items, width=100, initial_indent="  ", subsequent_indent="  ")
-
-

@@ -1,0 +1,296 @@
+"""Data specs -> images.
+
+A spec names where the images come from:
+
+- ``digits``: scikit-learn's 8x8 digits (shipped with the dependency, no download).
+- ``cifar10[:ROOT]``, ``cifar100[:ROOT]``: torchvision's on-disk format (``standard.py``); pretrain on
+  train, evaluate train -> test. ``stl10[:ROOT]``: pretrain on train + unlabeled, evaluate train -> test.
+  ROOT defaults to ``$FASTCLR_DATA`` or ``~/.cache/fastclr/data``; ``download=True`` fetches missing files.
+- a folder: ``train/`` with ``test/`` (or ``val/``) gives the evaluation split; class sub-folders are
+  labels; a flat folder is unlabeled (pretraining only). Write ``./cifar10`` for a folder of that name.
+- a list file (``.csv``, ``.txt``): ``path[,label]`` lines, paths relative to the list's folder; a
+  ``train.*`` list with a ``test.*`` (or ``val.*``) list beside it gives the evaluation split.
+- ``prepared:DIR``: a cache written by ``fastclr prepare`` (``prepare.py``), memory-mapped.
+
+Folders and lists are decoded once (``folders.py``, ``images.py``) to uint8 [N, 3, S, S] at the
+training size S (short side resized to S, centre crop). When the pretraining images are larger than
+S (median short side above S), pretraining instead streams them from disk at full resolution
+(``stream.py``: random-resized crop on CPU workers) and only the labelled evaluation splits are held
+in memory, at S. A sample's identity is its index in a sorted, stable listing.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastclr.data import folders, standard
+from fastclr.data.stream import FileSet
+from fastclr.errors import UserError
+from fastclr.method.rng import keyed_generator
+
+IMAGE_SUFFIXES = folders.IMAGE_SUFFIXES
+LIST_SUFFIXES = (".csv", ".txt")
+
+
+@dataclass
+class ImageSet:
+    """Decoded images with optional labels.
+
+    images: uint8 [N, 3, H, W]; labels: int64 [N] or None; ids: N strings (file paths or
+    indices); classes: label names, or None.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    ids: list[str]
+    classes: list[str] | None = None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, index: torch.Tensor) -> ImageSet:
+        idx = index.tolist()
+        return ImageSet(
+            self.images[index],
+            None if self.labels is None else self.labels[index],
+            [self.ids[i] for i in idx],
+            self.classes,
+        )
+
+
+@dataclass
+class DataSplits:
+    """What a spec provides: images to pretrain on, and labelled train/test splits when known.
+
+    ``pretrain`` is an in-memory ImageSet, or a FileSet streamed from disk for images larger than
+    the training size. ``skipped`` lists (path, reason) of files that could not be decoded;
+    ``sources`` the files the spec was read from (the prepared cache's change check uses them).
+    """
+
+    name: str
+    pretrain: ImageSet | FileSet
+    train: ImageSet | None  # labelled training split (evaluation: kNN bank, linear probe)
+    test: ImageSet | None  # labelled test split (evaluation accuracy)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    sources: list[Path] = field(default_factory=list)
+
+
+def load_digits() -> DataSplits:
+    """scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels), a fixed stratified 80/20 split."""
+    from sklearn.datasets import load_digits as _load
+    from sklearn.model_selection import train_test_split
+
+    d = _load()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)  # [N, 8, 8]
+    x = torch.from_numpy(images)[:, None].expand(-1, 3, -1, -1).contiguous()
+    y = torch.from_numpy(d.target.astype(np.int64))
+    idx = np.arange(len(y))
+    tr, te = train_test_split(idx, test_size=0.2, random_state=0, stratify=d.target)  # fixed: the test set never moves
+    tr, te = np.sort(tr), np.sort(te)
+    classes = [str(c) for c in range(10)]
+    ids = [str(i) for i in range(len(y))]
+    train = ImageSet(x[tr], y[tr], [ids[i] for i in tr], classes)
+    test = ImageSet(x[te], y[te], [ids[i] for i in te], classes)
+    return DataSplits("digits", train, train, test)
+
+
+def _arrays(name: str, x: np.ndarray, y: np.ndarray | None, classes: list[str] | None) -> ImageSet:
+    labels = None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64))
+    return ImageSet(
+        standard.to_tensor(x), labels, [f"{name}:{i}" for i in range(len(x))], classes if y is not None else None
+    )
+
+
+def load_standard(name: str, root: Path, download: bool = False) -> DataSplits:
+    """cifar10 / cifar100 / stl10 from ``root`` in torchvision's format (see ``standard.py``)."""
+    standard.ensure(name, root, download)
+    sources = standard.files(name, root)
+    if name == "stl10":
+        unlabeled, (xtr, ytr), (xte, yte), classes = standard.load_stl10(root)
+        train, test = _arrays("train", xtr, ytr, classes), _arrays("test", xte, yte, classes)
+        pre = ImageSet(
+            torch.cat([train.images, standard.to_tensor(unlabeled)]),
+            None,
+            train.ids + [f"unlabeled:{i}" for i in range(len(unlabeled))],
+        )
+        return DataSplits(name, pre, train, test, sources=sources)
+    (xtr, ytr), (xte, yte), classes = standard.load_cifar(name, root)
+    train, test = _arrays("train", xtr, ytr, classes), _arrays("test", xte, yte, classes)
+    return DataSplits(name, train, train, test, sources=sources)
+
+
+def _decode_listing(
+    listing: folders.Listing, size: int, workers: int
+) -> tuple[ImageSet, np.ndarray, list[tuple[str, str]]]:
+    images, keep, hw, skipped = folders.decode_all(listing.files, size, workers)
+    files = [f for f, k in zip(listing.files, keep) if k]
+    labels = (
+        None
+        if listing.labels is None
+        else torch.tensor([y for y, k in zip(listing.labels, keep) if k], dtype=torch.int64)
+    )
+    return ImageSet(torch.from_numpy(images), labels, [str(f) for f in files], listing.classes), hw, skipped
+
+
+def _splits(name, train_list, test_list, size, *, out_dir, max_bad_fraction, workers) -> DataSplits:
+    """Decode a train listing (and a test one), apply the bad-file policy, pick memory or streaming."""
+    train, hw, skipped = _decode_listing(train_list, size, workers)
+    test = None
+    total = len(train_list.files)
+    if test_list is not None:
+        test, _, bad = _decode_listing(test_list, size, workers)
+        skipped, total = skipped + bad, total + len(test_list.files)
+    folders.enforce(skipped, total, max_bad_fraction, out_dir)
+    if len(train) == 0:
+        raise UserError(f"--data {name}: none of the {len(train_list.files)} images could be decoded; see skipped.txt")
+    labelled = train.labels is not None
+    if test is not None and (test.labels is None or not labelled):
+        test = None
+    pre: ImageSet | FileSet = train
+    if float(np.median(hw.min(1))) > size:  # large images: stream them at full resolution
+        pre = FileSet([Path(i) for i in train.ids], torch.from_numpy(hw), train.labels, train.classes)
+    sources = train_list.files + (test_list.files if test_list is not None else [])
+    return DataSplits(name, pre, train if labelled else None, test, skipped, sources)
+
+
+def _test_sibling(path: Path, is_dir: bool) -> Path | None:
+    for n in ("test", "val"):
+        p = path.parent / (n if is_dir else n + path.suffix)
+        if p.is_dir() if is_dir else p.is_file():
+            return p
+    return None
+
+
+def listings(spec: str) -> tuple[folders.Listing, folders.Listing | None]:
+    """The train (and test) listing of a folder or list spec, without decoding anything."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        train = folders.read_list(path)
+        test_path = _test_sibling(path, False) if path.stem == "train" else None
+        return train, (folders.read_list(test_path, train.classes) if test_path and train.labels is not None else None)
+    if (path / "train").is_dir():
+        train = folders.list_folder(path / "train")
+        test_path = _test_sibling(path / "train", True)
+        return train, (
+            folders.list_folder(test_path, train.classes) if test_path and train.labels is not None else None
+        )
+    return folders.list_folder(path), None
+
+
+def parse(spec: str) -> tuple[str, Path | None]:
+    """Split a spec into its kind and path: ('digits', None), ('cifar10', ROOT), ('prepared', DIR),
+    ('folder', PATH) or ('list', PATH). Raises UserError for anything else."""
+    name, _, rest = spec.partition(":")
+    if spec == "digits":
+        return "digits", None
+    if name in standard.STANDARD:
+        return name, Path(rest).expanduser() if rest else standard.default_root()
+    if spec == "imagenet":  # the imagenet_resnet50 preset's placeholder: the data set has no public download
+        raise UserError(
+            "--data imagenet: ImageNet has no automatic download; point --data at your copy, a folder with train/ and val/ class sub-folders (e.g. --data /data/imagenet)"
+        )
+    if name == "prepared":
+        if not rest:
+            raise UserError("--data prepared:DIR needs the folder that `fastclr prepare` wrote")
+        return "prepared", Path(rest).expanduser()
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return "folder", path
+    if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+        return "list", path
+    if path.is_file():
+        raise UserError(
+            f"--data {spec}: a single file is not a data set; give a folder of images or a .csv/.txt list of 'path[,label]' lines"
+        )
+    raise UserError(
+        f"--data {spec!r}: not a known data set or an existing folder or list; use digits, cifar10[:ROOT], "
+        "cifar100[:ROOT], stl10[:ROOT], prepared:DIR, a folder of images or a .csv/.txt list"
+    )
+
+
+def sources(spec: str) -> list[Path]:
+    """The files a spec is read from (no decoding): what ``prepare`` fingerprints."""
+    kind, path = parse(spec)
+    if kind in standard.STANDARD:
+        return standard.files(kind, path)
+    if kind in ("folder", "list"):
+        train, test = listings(str(path))
+        return train.files + (test.files if test is not None else [])
+    return []
+
+
+def load(
+    spec: str,
+    image_size: int,
+    *,
+    out_dir: Path | str | None = None,
+    download: bool = False,
+    max_bad_fraction: float = 0.01,
+    workers: int = 0,
+) -> DataSplits:
+    """Resolve a data spec (see the module docstring) to images.
+
+    Args:
+        image_size: S, the side folders and lists are decoded to (standard sets keep their own size).
+        out_dir: where ``skipped.txt`` goes (nowhere if None).
+        download: fetch a missing standard set (needs internet).
+        max_bad_fraction: stop (UserError) when more of a folder's files than this cannot be decoded.
+        workers: CPU processes that decode images (0: this process).
+    """
+    kind, path = parse(spec)
+    if kind == "digits":
+        return load_digits()
+    if kind in standard.STANDARD:
+        return load_standard(kind, path, download)
+    if kind == "prepared":
+        from fastclr.data.prepare import load_prepared
+
+        return load_prepared(path)
+    train, test = listings(str(path))
+    name = path.stem if kind == "list" else path.name
+    return _splits(
+        name,
+        train,
+        test,
+        image_size,
+        out_dir=Path(out_dir) if out_dir is not None else None,
+        max_bad_fraction=max_bad_fraction,
+        workers=workers,
+    )
+
+
+def balanced_indices(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a class-balanced subset of ``count`` samples.
+
+    Equal shares per class, the first (count mod C) classes taking one more; each class's pick is a
+    permutation keyed on (seed, class), so the subset depends on nothing but the labels, the count
+    and the seed. Used for ``max_images`` and for the semi-supervised label fractions.
+    """
+    classes = labels.unique()
+    picks = []
+    for i, c in enumerate(classes.tolist()):
+        members = torch.nonzero(labels == c).flatten()
+        quota = count // len(classes) + (1 if i < count % len(classes) else 0)
+        order = torch.randperm(len(members), generator=keyed_generator(seed, c, 0x1ABE1))
+        picks.append(members[order[:quota]])
+    return torch.cat(picks).sort().values
+
+
+def balanced_subset(data, count: int, seed: int):
+    """A seeded subset of ``count`` samples (ImageSet or FileSet), class-balanced when labels are known."""
+    if count <= 0 or count >= len(data):
+        return data
+    if data.labels is None:
+        pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    else:
+        pick = balanced_indices(data.labels, count, seed)
+    return data.subset(pick)
+
+
+def warn(msg: str) -> None:
+    print(f"fastclr: warning: {msg}", file=sys.stderr)

@@ -1,0 +1,212 @@
+"""Users' own images: listing a folder or a file list, decoding all of it, and the bad-file policy.
+
+A sample's identity is its index in a sorted, stable listing (sorted by path relative to the
+root), so it is the same on every machine, worker count and process count.
+
+Listing: the folder is walked recursively, following symbolic links but never entering a folder
+twice (a link loop cannot derail the scan); hidden files and folders (``.DS_Store``, ``._x.jpg``,
+``.git``) and ``__MACOSX`` are ignored; only files with an image suffix are kept.
+
+Bad files: a file that cannot be decoded is skipped with a warning and listed with its reason in
+``OUT/skipped.txt``; if more than ``max_bad_fraction`` of the files are bad the run stops (exit 2)
+before training.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fastclr.data.images import BadImage, decode
+from fastclr.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_IGNORED_DIRS = ("__MACOSX",)
+_WARN_FIRST = 10  # warnings printed one per file; the rest are summed up
+
+
+@dataclass
+class Listing:
+    """Files of one split in sample order, with labels when the source has them.
+
+    files: N paths; labels: N class indices or None; classes: class names or None.
+    """
+
+    files: list[Path]
+    labels: list[int] | None
+    classes: list[str] | None
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name in _IGNORED_DIRS
+
+
+def scan(root: Path) -> list[Path]:
+    """Every image file below ``root`` (recursive, links followed once, hidden names skipped), sorted."""
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for top, dirs, files in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(top)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # a link back to a folder already walked: a loop or a duplicate
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not _hidden(d))
+        found.extend(Path(top) / f for f in files if not _hidden(f) and f.lower().endswith(IMAGE_SUFFIXES))
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def list_folder(root: Path, classes: list[str] | None = None) -> Listing:
+    """A folder's images; labels from the first-level folder names when every image is in one."""
+    files = scan(root)
+    if not files:
+        raise UserError(f"{root}: no images found ({', '.join(IMAGE_SUFFIXES)}); point --data at a folder of images")
+    parts = [p.relative_to(root).parts for p in files]
+    if not all(len(q) > 1 for q in parts):
+        return Listing(files, None, None)
+    found = sorted({q[0] for q in parts})
+    if classes is not None and found != classes:
+        raise UserError(
+            f"{root}: classes {found} differ from the train split's {classes}; both splits need the same class folders"
+        )
+    lookup = {c: i for i, c in enumerate(found)}
+    return Listing(files, [lookup[q[0]] for q in parts], found)
+
+
+def read_list(path: Path, classes: list[str] | None = None) -> Listing:
+    """A CSV or text file of ``path[,label]`` lines, paths relative to the list's folder.
+
+    Blank lines and lines starting with ``#`` are ignored, and so is a first line ``path[,label]``.
+    Either every line has a label or none has; labels are class names (sorted to indices).
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--data {path}: cannot read the list ({getattr(e, 'strerror', None) or e})") from None
+    rows = [
+        (n, r)
+        for n, r in enumerate(csv.reader(text.splitlines()), 1)
+        if r and r[0].strip() and not r[0].lstrip().startswith("#")
+    ]
+    if rows and rows[0][1][0].strip().lower() == "path":
+        rows = rows[1:]
+    if not rows:
+        raise UserError(f"--data {path}: the list names no files; write one 'path[,label]' per line")
+    with_label = [len(r) > 1 and r[1].strip() != "" for _, r in rows]
+    if any(with_label) and not all(with_label):
+        n = rows[with_label.index(False)][0]
+        raise UserError(f"--data {path}: line {n} has no label but other lines have one; label every line or none")
+    base = path.parent
+    files = [base / r[0].strip() for _, r in rows]
+    missing = [(n, r[0].strip()) for (n, r), f in zip(rows, files) if not f.exists()]
+    if missing:
+        n, name = missing[0]
+        raise UserError(
+            f"--data {path}: {len(missing)} listed files do not exist (first: line {n}, {name!r}); paths are relative to {base}"
+        )
+    if not all(with_label):
+        return Listing(files, None, None)
+    names = [r[1].strip() for _, r in rows]
+    found = sorted(set(names))
+    if classes is not None:  # a test list may hold fewer classes, never others
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise UserError(
+                f"--data {path}: labels {unknown} are not among the train split's classes {classes}; both lists need the same labels"
+            )
+        found = classes
+    lookup = {c: i for i, c in enumerate(found)}
+    return Listing(files, [lookup[c] for c in names], found)
+
+
+def _decode_one(job: tuple[str, int]) -> tuple[np.ndarray | None, tuple[int, int], str]:
+    path, size = job
+    try:
+        pixels, hw = decode(path, size)
+        return pixels, hw, ""
+    except BadImage as e:
+        return None, (0, 0), e.reason
+
+
+def iter_decode(
+    files: list[Path], size: int, workers: int = 0
+) -> Iterator[tuple[np.ndarray | None, tuple[int, int], str]]:
+    """Decode files in order with ``images.decode``: (uint8 [3, size, size] or None, (h, w), reason).
+
+    Args:
+        workers: CPU processes (0: this process). The order of the results is the order of ``files``.
+    """
+    jobs = [(str(f), size) for f in files]
+    if workers <= 0 or len(jobs) < 64:
+        yield from map(_decode_one, jobs)
+        return
+    with ProcessPoolExecutor(min(workers, os.cpu_count() or 1)) as pool:
+        yield from pool.map(_decode_one, jobs, chunksize=64)
+
+
+def decode_all(
+    files: list[Path], size: int, workers: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Decode every file; bad ones are left out.
+
+    Returns:
+        images uint8 [G, 3, size, size] of the G good files, keep bool [N] (which files are good),
+        hw int64 [G, 2] (each good image's full-resolution height and width), skipped [(path, reason)].
+    """
+    images = np.empty((len(files), 3, size, size), dtype=np.uint8)
+    keep = np.zeros(len(files), dtype=bool)
+    hw = np.zeros((len(files), 2), dtype=np.int64)
+    skipped = []
+    for i, (pixels, shape, reason) in enumerate(iter_decode(files, size, workers)):
+        if pixels is None:
+            skipped.append((str(files[i]), reason))
+            continue
+        images[i], keep[i], hw[i] = pixels, True, shape
+    if not keep.all():
+        images, hw = images[keep], hw[keep]
+    return images, keep, hw, skipped
+
+
+def enforce(skipped: list[tuple[str, str]], total: int, max_fraction: float, out_dir: Path | None) -> None:
+    """The bad-file policy: warn, write ``out_dir/skipped.txt``, stop if too many files are bad.
+
+    Args:
+        skipped: (path, reason) of every file that could not be decoded.
+        total: how many files were listed (good and bad).
+    Raises:
+        UserError: more than ``max_fraction`` of the files are bad (after writing skipped.txt).
+    """
+    if not skipped:
+        return
+    where = "skipped.txt"
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        where = str(out_dir / "skipped.txt")
+        with open(where, "w") as f:
+            f.write("# path\treason\n")
+            f.writelines(f"{p}\t{r}\n" for p, r in skipped)
+    for p, r in skipped[:_WARN_FIRST]:
+        print(f"fastclr: warning: skipped {p}: {r}", file=sys.stderr)
+    if len(skipped) > _WARN_FIRST:
+        print(f"fastclr: warning: ... and {len(skipped) - _WARN_FIRST} more", file=sys.stderr)
+    fraction = len(skipped) / max(total, 1)
+    print(
+        f"fastclr: warning: skipped {len(skipped)} of {total} files that could not be decoded (list: {where})",
+        file=sys.stderr,
+    )
+    if fraction > max_fraction:
+        raise UserError(
+            f"{len(skipped)} of {total} image files ({fraction:.1%}) could not be decoded, more than max_bad_fraction="
+            f"{max_fraction:g}; see {where}, fix or remove those files, or raise it with --set max_bad_fraction=F"
+        )

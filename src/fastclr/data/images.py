@@ -1,0 +1,126 @@
+"""One image file -> RGB pixels, whatever its format; or a reason why it cannot be read.
+
+The policy for odd inputs, applied to every file the data loaders read:
+
+- EXIF orientation is applied first (a phone photo stored sideways comes out upright).
+- grayscale (``1``, ``L``), palette (``P``), CMYK, YCbCr, LAB and HSV images are converted to RGB.
+- transparency (``RGBA``, ``LA``, ``PA``, a palette with a transparent colour) is composited on a
+  white background: transparent pixels become white, as on a page or a web site.
+- 16-bit and 32-bit integer images (16-bit PNG, TIFF; modes ``I;16*``, ``I``) are scaled to 8 bits by
+  value / 257 (65535 -> 255, exact for values that were 8-bit before); float images (``F``) are read
+  as [0, 1] when their maximum is at most 1, else as [0, 255].
+- animated GIF/WebP and multi-page TIFF: the first frame.
+
+A file that cannot be decoded (zero bytes, not an image, truncated, unreadable, too large) raises
+:class:`BadImage` with a short reason; the caller decides whether to skip it (see ``folders.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+BACKGROUND = (255, 255, 255)  # transparent pixels become white
+_TO_RGB = ("1", "L", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX")
+
+
+class BadImage(Exception):
+    """A file that cannot be decoded; ``reason`` says why in a few words."""
+
+    def __init__(self, path: Path | str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Convert a loaded PIL image of any mode to 8-bit RGB (the policy in the module docstring)."""
+    if im.mode == "RGB":
+        return im
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        page = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(page, rgba).convert("RGB")
+    if im.mode.startswith("I") or im.mode == "F":
+        a = np.asarray(im)
+        if im.mode == "F":
+            a = np.clip(a * 255.0 if a.size and float(np.nanmax(a)) <= 1.0 else a, 0, 255)
+            g = np.nan_to_num(np.round(a)).astype(np.uint8)
+        else:
+            g = np.round(np.clip(a.astype(np.int64), 0, 65535) / 257.0).astype(np.uint8)
+        return Image.fromarray(g).convert("RGB")
+    return im.convert("RGB")
+
+
+def _orientation_swaps(im: Image.Image) -> bool:
+    try:
+        return im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # transposes and 90-degree rotations
+    except Exception:  # a broken EXIF block: the pixels may still be fine
+        return False
+
+
+def open_rgb(path: Path | str, draft: int = 0) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode ``path`` to an upright RGB image.
+
+    Args:
+        path: the image file.
+        draft: if > 0, a JPEG may be decoded at a reduced scale whose sides stay >= ``draft``
+            (libjpeg's DCT scaling: much faster for large photos that end up small).
+    Returns:
+        (RGB image, (height, width) of the full-resolution upright image).
+    Raises:
+        BadImage: the file is empty, not an image, truncated, unreadable or too large.
+    """
+    try:
+        if os.path.getsize(path) == 0:
+            raise BadImage(path, "empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EXIF and palette warnings: the pixels decide
+            with Image.open(path) as im:
+                w, h = im.size
+                if _orientation_swaps(im):
+                    w, h = h, w
+                if draft > 0 and im.format == "JPEG":
+                    im.draft(None, (draft, draft))
+                im.load()
+                im = ImageOps.exif_transpose(im) or im
+                return to_rgb(im), (h, w)
+    except BadImage:
+        raise
+    except PermissionError:
+        raise BadImage(path, "unreadable (permission denied)") from None
+    except FileNotFoundError:
+        raise BadImage(path, "missing (a broken link or a file removed during the run)") from None
+    except UnidentifiedImageError:
+        raise BadImage(path, "not an image (unknown format)") from None
+    except Image.DecompressionBombError as e:
+        raise BadImage(path, f"too large ({e})") from None
+    except IsADirectoryError:
+        raise BadImage(path, "a folder, not a file") from None
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, EOFError... on broken files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BadImage(path, f"cannot decode ({msg})") from None
+
+
+def fit(im: Image.Image, size: int) -> np.ndarray:
+    """Resize the short side to ``size`` (bicubic, antialiased) and centre-crop: uint8 [3, size, size]."""
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    im = im.crop((left, top, left + size, top + size))
+    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def decode(path: Path | str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """``fit(open_rgb(path))``: uint8 [3, size, size] and the source's upright (height, width)."""
+    im, hw = open_rgb(path, draft=size)
+    return fit(im, size), hw

@@ -1,0 +1,91 @@
+"""Batches from images held in memory (on the training device for the fast path).
+
+Each epoch shuffles the whole data set with a generator keyed on (seed, epoch), so the order is
+the same whatever the number of processes; global batch b of an epoch is positions
+[b*B, (b+1)*B) of that permutation, and process r of k takes its r-th slice of B/k. The last
+partial batch is dropped (as the reference code does), so every step sees a full global batch.
+The streaming loader for large images (``stream.py``) uses the same order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import torch
+
+from fastclr.method.rng import keyed_generator
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The epoch's permutation of sample indices 0..n-1 (int64 [n], on the CPU)."""
+    return torch.randperm(n, generator=keyed_generator(seed, epoch, 0x5EED))
+
+
+def batch_index(perm: torch.Tensor, b: int, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
+    """This process's slice of global batch ``b`` of an epoch's permutation: int64 [batch_size / world_size]."""
+    local = batch_size // world_size
+    lo = b * batch_size + rank * local
+    return perm[lo : lo + local]
+
+
+class InMemoryLoader:
+    """Yields (index [b], images uint8 [b, 3, H, W]) on ``device``; b = batch_size / world_size.
+
+    Args:
+        images: uint8 [N, 3, H, W] (moved to ``device`` once).
+        batch_size: the global batch B.
+        rank, world_size: this process's slice of every global batch.
+    """
+
+    def __init__(
+        self, images: torch.Tensor, batch_size: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1
+    ):
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} is not divisible by {world_size} processes")
+        self.images = images.to(device)
+        self.batch_size = batch_size
+        self.local = batch_size // world_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.device = device
+
+    def __len__(self) -> int:
+        """Steps per epoch."""
+        return self.images.shape[0] // self.batch_size
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The epoch's permutation of sample indices (int64 [N], on the CPU)."""
+        return epoch_order(self.images.shape[0], self.seed, epoch)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of ``epoch`` from step ``start`` on (for resuming mid-epoch)."""
+        perm = self.order(epoch).to(self.device)
+        for b in range(start, len(self)):
+            index = batch_index(perm, b, self.batch_size, self.rank, self.world_size)
+            yield index, self.images[index]
+
+
+def build_loader(
+    source,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    *,
+    views: int,
+    aug,
+    workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+):
+    """The loader for a pretraining source: InMemoryLoader for an ImageSet (images on the device),
+    stream.StreamLoader for a FileSet (large images decoded and cropped by ``workers`` CPU processes)."""
+    from fastclr.data.stream import FileSet, StreamLoader
+
+    if isinstance(source, FileSet):
+        workers = min(workers, os.cpu_count() or 1)  # more processes than cores only add contention
+        return StreamLoader(
+            source, batch_size, seed, device, views=views, cfg=aug, workers=workers, rank=rank, world_size=world_size
+        )
+    return InMemoryLoader(source.images, batch_size, seed, device, rank=rank, world_size=world_size)

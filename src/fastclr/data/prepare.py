@@ -1,0 +1,227 @@
+"""Decode once: a data spec -> a memory-mapped uint8 cache that training reads as ``prepared:DIR``.
+
+``fastclr prepare SPEC --size S --out DIR`` decodes every image (resize the short side to S, centre
+crop, the odd-format policy of ``images.py``) and writes, per split (``pretrain``, ``train``, ``test``):
+
+- ``DIR/{split}.images.u8``: raw uint8 [N, 3, S, S], C order (``np.memmap(path, np.uint8, shape=...)``)
+- ``DIR/{split}.labels.npy``: int64 [N] (labelled splits only), ``DIR/{split}.ids.json``: N source ids
+- ``DIR/meta.json``: format, size, the spec (absolute), splits with counts and class names, and the
+  source's file list with byte sizes: loading the cache re-lists the source when it still exists and
+  refuses a changed one (files added, removed or resized), so a cache never silently goes stale.
+- ``DIR/skipped.txt``: files that could not be decoded, with the reason.
+
+No pickles: numpy arrays and JSON only. Training on the cache skips decoding entirely; the
+random-resized crop then works from the cached S x S images, so prepare at the size you train at
+(or a little larger).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastclr.data import datasets, folders, standard
+from fastclr.data.images import fit
+from fastclr.data.stream import FileSet
+from fastclr.errors import UserError
+
+FORMAT = "fastclr-prepared"
+VERSION = 1
+
+
+def absolute_spec(spec: str) -> str:
+    """The spec with its path made absolute, so the cache can find its source from any folder."""
+    kind, path = datasets.parse(spec)
+    if kind == "prepared":
+        raise UserError(f"{spec}: already a prepared cache; give the original data spec to prepare")
+    if kind == "digits":
+        return kind
+    return f"{kind}:{path.resolve()}" if kind in standard.STANDARD else str(path.resolve())
+
+
+def fingerprint(files: list[Path]) -> list[list]:
+    """[[path, bytes], ...] of the source files (-1 for one that cannot be read)."""
+    out = []
+    for f in files:
+        try:
+            out.append([str(f), f.stat().st_size])
+        except OSError:
+            out.append([str(f), -1])
+    return out
+
+
+def _resized(x: torch.Tensor, size: int):
+    """Rows of an in-memory ImageSet at size x size (unchanged when they already are)."""
+    from PIL import Image
+
+    for row in x:
+        a = row.numpy()
+        yield a if a.shape[1:] == (size, size) else fit(Image.fromarray(a.transpose(1, 2, 0)), size)
+
+
+def _write(out: Path, name: str, rows, count: int, ids: list[str], labels) -> None:
+    with open(out / f"{name}.images.u8", "wb") as f:
+        n = 0
+        for a in rows:
+            f.write(np.ascontiguousarray(a, dtype=np.uint8).tobytes())
+            n += 1
+    if n != count:
+        raise RuntimeError(f"wrote {n} images of {name}, expected {count}")
+    if labels is not None:
+        np.save(out / f"{name}.labels.npy", np.asarray(labels, dtype=np.int64))
+    (out / f"{name}.ids.json").write_text(json.dumps(ids))
+
+
+def _folder_split(out: Path, name: str, listing: folders.Listing, size: int, workers: int) -> tuple[dict, list]:
+    keep, skipped = [], []
+
+    def rows():
+        for f, (pixels, _, reason) in zip(listing.files, folders.iter_decode(listing.files, size, workers)):
+            if pixels is None:
+                skipped.append((str(f), reason))
+                keep.append(False)
+                continue
+            keep.append(True)
+            yield pixels
+
+    with open(out / f"{name}.images.u8", "wb") as fh:
+        for a in rows():
+            fh.write(a.tobytes())
+    ids = [str(f) for f, k in zip(listing.files, keep) if k]
+    labels = None if listing.labels is None else [y for y, k in zip(listing.labels, keep) if k]
+    if labels is not None:
+        np.save(out / f"{name}.labels.npy", np.asarray(labels, dtype=np.int64))
+    (out / f"{name}.ids.json").write_text(json.dumps(ids))
+    return {"count": len(ids), "labelled": labels is not None, "classes": listing.classes}, skipped
+
+
+def prepare(
+    spec: str, size: int, out: Path | str, *, download: bool = False, max_bad_fraction: float = 0.01, workers: int = 0
+) -> dict:
+    """Decode ``spec`` at ``size`` into the cache folder ``out``; returns the JSON the CLI prints.
+
+    Returns:
+        {"out", "spec", "size", "count" (images written, all splits), "skipped", "splits": {name: count}, "seconds"}.
+    """
+    if size < 8:
+        raise UserError(f"--size {size}: must be >= 8")
+    t0 = time.perf_counter()
+    source = absolute_spec(spec)
+    kind, path = datasets.parse(source)
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create the cache folder ({e.strerror})") from None
+    (out / "meta.json").unlink(missing_ok=True)  # a half-written cache is never valid
+    splits: dict[str, dict] = {}
+    skipped: list[tuple[str, str]] = []
+    if kind in ("folder", "list"):
+        train, test = datasets.listings(str(path))
+        splits["train"], skipped = _folder_split(out, "train", train, size, workers)
+        total = len(train.files)
+        if test is not None:
+            splits["test"], bad = _folder_split(out, "test", test, size, workers)
+            skipped, total = skipped + bad, total + len(test.files)
+        folders.enforce(skipped, total, max_bad_fraction, out)
+        if splits["train"]["count"] == 0:
+            raise UserError(f"{spec}: none of the {total} images could be decoded; see {out / 'skipped.txt'}")
+        pretrain_split, sources = "train", train.files + (test.files if test is not None else [])
+    else:
+        data = datasets.load(source, size, download=download)
+        sets = {"train": data.train, "test": data.test}
+        if data.pretrain is not data.train:
+            sets["pretrain"] = data.pretrain
+        for name, s in sets.items():
+            if s is None:
+                continue
+            labels = None if s.labels is None else s.labels.numpy()
+            _write(out, name, _resized(s.images, size), len(s), s.ids, labels)
+            splits[name] = {
+                "count": len(s),
+                "labelled": labels is not None,
+                "classes": s.classes if labels is not None else None,
+            }
+        pretrain_split, sources = ("pretrain" if "pretrain" in sets else "train"), data.sources
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "spec": source,
+        "size": size,
+        "splits": splits,
+        "pretrain": pretrain_split,
+        "skipped": len(skipped),
+        "sources": fingerprint(sources),
+    }
+    (out / "meta.json").write_text(json.dumps(meta))
+    count = sum(s["count"] for s in splits.values())
+    return {
+        "out": str(out),
+        "spec": source,
+        "size": size,
+        "count": count,
+        "skipped": len(skipped),
+        "splits": {k: v["count"] for k, v in splits.items()},
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def check_source(meta: dict, where: Path) -> None:
+    """Raise UserError if the cache's source still exists but its files changed since ``prepare``."""
+    try:
+        now = {p: n for p, n in fingerprint(datasets.sources(meta["spec"]))}
+    except UserError:
+        print(
+            f"fastclr: warning: {where}: its source {meta['spec']} is gone; using the cache as it is", file=sys.stderr
+        )
+        return
+    then = {p: n for p, n in meta["sources"]}
+    added = [p for p in now if p not in then]
+    removed = [p for p in then if p not in now]
+    resized = [p for p in now if p in then and now[p] != then[p]]
+    if added or removed or resized:
+        first = (added + removed + resized)[0]
+        raise UserError(
+            f"{where} was prepared from {meta['spec']}, which has changed since ({len(added)} files added, {len(removed)} removed, "
+            f"{len(resized)} changed; first: {first}); run fastclr prepare again"
+        )
+
+
+def _split(d: Path, name: str, info: dict, size: int) -> datasets.ImageSet:
+    n = info["count"]
+    shape = (n, 3, size, size)
+    images = (
+        np.memmap(d / f"{name}.images.u8", dtype=np.uint8, mode="c", shape=shape) if n else np.zeros(shape, np.uint8)
+    )  # copy-on-write: pages load lazily
+    labels = torch.from_numpy(np.load(d / f"{name}.labels.npy")) if info["labelled"] else None
+    ids = json.loads((d / f"{name}.ids.json").read_text())
+    return datasets.ImageSet(torch.from_numpy(images), labels, ids, info["classes"])
+
+
+def load_prepared(d: Path) -> datasets.DataSplits:
+    """A cache written by :func:`prepare` as DataSplits (images memory-mapped, not read up front)."""
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+    except (OSError, ValueError):
+        raise UserError(
+            f"--data prepared:{d}: no valid meta.json there; run fastclr prepare SPEC --size S --out {d} first"
+        ) from None
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise UserError(f"--data prepared:{d}: not a fastclr cache of version {VERSION}; run fastclr prepare again")
+    check_source(meta, d)
+    size = meta["size"]
+    sets = {name: _split(d, name, info, size) for name, info in meta["splits"].items()}
+    train = sets.get("train")
+    pre: datasets.ImageSet | FileSet = sets[meta["pretrain"]]
+    return datasets.DataSplits(
+        f"prepared:{d.name}",
+        pre,
+        train if train is not None and train.labels is not None else None,
+        sets.get("test"),
+        sources=[],
+    )

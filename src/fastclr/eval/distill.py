@@ -1,0 +1,171 @@
+"""SimCLRv2 distillation: a student learns a fine-tuned teacher's softened predictions.
+
+SimCLRv2 (arXiv 2006.10029) section 2, eq. 2: on unlabeled images x the student minimises
+    - sum_x sum_y P_T(y | x; tau) log P_S(y | x; tau),
+with P(y | x; tau) = softmax(logits / tau); tau = 1 by default. Eq. 2 may mix in the ordinary
+cross-entropy on the labelled examples; here ``alpha`` weighs that labelled term:
+    L = (1 - alpha) * L_distill + alpha * L_labelled   (alpha = 0: pure distillation, the default).
+The teacher sees exactly the student's augmented view (crop and flip only) and stays in eval
+mode; the student (the same or a smaller architecture) starts from random weights and trains
+with the supervised recipe of :mod:`fastclr.eval.supervised`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fastclr.eval import supervised
+from fastclr.eval.finetune import Classifier
+from fastclr.method.augment import AugmentConfig
+
+
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Mean over the batch of -sum_y P_T(y|x; tau) log P_S(y|x; tau). Both logits [b, C]."""
+    target = F.softmax(teacher_logits.float() / temperature, dim=1)
+    return -(target * F.log_softmax(student_logits.float() / temperature, dim=1)).sum(1).mean()
+
+
+def distill(
+    teacher: Classifier,
+    student: Classifier,
+    images: torch.Tensor,
+    *,
+    labels: torch.Tensor | None = None,
+    alpha: float = 0.0,
+    temperature: float = 1.0,
+    aug: AugmentConfig,
+    epochs: int = 30,
+    batch_size: int = 256,
+    lr: float = 0.1,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+) -> float:
+    """Train ``student`` on ``images`` (uint8 [N, 3, H, W]) against ``teacher``.
+
+    Args:
+        labels: int64 [N] with -1 for unlabeled images; used only when alpha > 0.
+        alpha: weight of the labelled cross-entropy (rows with label -1 do not count).
+    Returns:
+        the last step's loss.
+    """
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student.train()
+    y = labels.to(device) if labels is not None else None
+
+    def loss_fn(logits: torch.Tensor, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher(x).float()  # [b, C], the same view the student sees
+        loss = distillation_loss(logits, target, temperature)
+        if alpha > 0 and y is not None:
+            yb = y[index]
+            known = yb >= 0
+            sup = F.cross_entropy(logits[known], yb[known]) if bool(known.any()) else logits.sum() * 0
+            loss = (1 - alpha) * loss + alpha * sup
+        return loss
+
+    return supervised.fit(
+        student,
+        student.trainable(),
+        images,
+        loss_fn,
+        aug=aug,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        precision=precision,
+        desc="distill",
+    )
+
+
+def run(
+    teacher_path: str,
+    data: str,
+    *,
+    student_arch: str | None = None,
+    temperature: float = 1.0,
+    alpha: float = 0.0,
+    epochs: int = 30,
+    batch_size: int = 256,
+    lr: float = 0.1,
+    seed: int = 0,
+    device: str | None = None,
+    out: str | None = None,
+) -> dict:
+    """``fastclr distill``: a fresh student learns the teacher on every image of ``data``; both tested."""
+    from pathlib import Path
+
+    from fastclr import config
+    from fastclr.errors import UserError
+    from fastclr.eval.finetune import load_classifier, save_classifier
+    from fastclr.train import restore
+
+    if temperature <= 0:
+        raise UserError(f"--temperature {temperature}: must be > 0 (1.0 in SimCLRv2)")
+    if not 0 <= alpha <= 1:
+        raise UserError(f"--alpha {alpha}: must be in [0, 1] (0: distillation only)")
+    teacher, tcfg, tstate = load_classifier(teacher_path)
+    dev, precision = restore.device_and_precision(tcfg, device)
+    splits = restore.load_data(tcfg, data)
+    train, test = restore.labelled_splits(splits, "distill")
+    pool = (
+        splits.pretrain if isinstance(splits.pretrain, type(train)) else train
+    )  # every decoded image, labelled or not
+    labels = None
+    if alpha > 0:
+        known = {i: int(y) for i, y in zip(train.ids, train.labels.tolist())}
+        chosen = set(tstate.get("label_ids", []))
+        labels = torch.tensor([known[i] if i in chosen and i in known else -1 for i in pool.ids], dtype=torch.int64)
+    scfg = config.from_dict({**config.to_dict(tcfg), "arch": student_arch or tcfg.arch})
+    torch.manual_seed(seed)
+    student = Classifier(restore.build(scfg), teacher.fc.out_features, 0).to(dev)
+    teacher.to(dev)
+    restore.log(
+        f"distill: teacher {tcfg.arch} -> student {scfg.arch}, {len(pool)} images, tau {temperature}, alpha {alpha}, {epochs} epochs, {dev} {precision}"
+    )
+    aug = supervised.crop_flip(tcfg.image_size, tcfg.min_scale, tcfg.flip)
+    distill(
+        teacher,
+        student,
+        pool.images,
+        labels=labels,
+        alpha=alpha,
+        temperature=temperature,
+        aug=aug,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=dev,
+        precision=precision,
+    )
+    student.eval()
+    s_acc = supervised.accuracy(supervised.predict(student, test.images, tcfg.image_size, dev, precision), test.labels)
+    t_acc = supervised.accuracy(supervised.predict(teacher, test.images, tcfg.image_size, dev, precision), test.labels)
+    folder = Path(out) if out else Path(teacher_path).parent / f"distill_{scfg.arch}"
+    ckpt = folder / "student.pt"
+    save_classifier(
+        ckpt, student, scfg, train.classes, {"teacher": str(teacher_path), "top1": s_acc["top1"], "top5": s_acc["top5"]}
+    )
+
+    def params(m: Classifier) -> int:
+        return sum(p.numel() for p in m.trainable())
+
+    return {
+        "student_top1": s_acc["top1"],
+        "teacher_top1": t_acc["top1"],
+        "student_top5": s_acc["top5"],
+        "teacher_top5": t_acc["top5"],
+        "student_arch": scfg.arch,
+        "teacher_arch": tcfg.arch,
+        "student_params": params(student),
+        "teacher_params": params(teacher),
+        "checkpoint": str(ckpt),
+    }

@@ -1,0 +1,121 @@
+"""Embeddings of a whole data set, in dataset order, with their ids.
+
+h (the representation, default) or z = g(h) (``projection=True``) of the evaluation view of every
+image, computed in batches with a progress bar. Under torchrun each process embeds the rows
+rank, rank + k, rank + 2k, ... and the rows travel with their dataset indices (padding rows carry
+index -1), so rank 0 writes every row at its own index, whatever the process count (DINO's
+gather-with-indices). Output: ``FILE.npy`` plus ``FILE.ids.json`` (a JSON list of ids: file paths
+for folders, indices otherwise), or one ``FILE.parquet`` with columns ``id`` and ``embedding``
+when pyarrow is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+
+from fastclr.errors import UserError
+from fastclr.eval.features import extract
+from fastclr.train import dist
+
+
+def shard(n: int, rank: int, world: int) -> torch.Tensor:
+    """This process's dataset indices: rank, rank + world, ... (int64)."""
+    return torch.arange(n)[rank::world]
+
+
+def embed_rows(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    index: torch.Tensor,
+    size: int,
+    device: torch.device,
+    batch_size: int = 512,
+    precision: str = "fp32",
+    progress: bool = True,
+) -> torch.Tensor:
+    """``fn`` of the evaluation view of images[index], batched with a progress bar: float32 [len(index), d]."""
+    from tqdm import tqdm
+
+    out = []
+    chunks = index.split(batch_size)
+    for chunk in tqdm(chunks, file=sys.stderr, desc="embed", leave=False, disable=None if progress else True):
+        out.append(extract(fn, images[chunk], size, device, batch_size=batch_size, precision=precision))
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def gather_in_order(rows: torch.Tensor, index: torch.Tensor, n: int, device: torch.device) -> torch.Tensor | None:
+    """All processes' rows placed at their dataset indices: [n, d] on rank 0, None elsewhere.
+
+    Every process pads to the longest shard with index -1; the gather carries (index, row) pairs,
+    so padding can never land on a real row. One process: the rows scattered by index.
+    """
+    if dist.world_size() == 1:
+        full = torch.empty(n, rows.shape[1])
+        full[index] = rows
+        return full
+    longest = -(-n // dist.world_size())
+    d = rows.shape[1]
+    pad_rows = torch.zeros(longest, d, device=device)
+    pad_index = torch.full((longest,), -1, dtype=torch.int64, device=device)
+    pad_rows[: rows.shape[0]] = rows.to(device)
+    pad_index[: index.shape[0]] = index.to(device)
+    all_rows = [torch.empty_like(pad_rows) for _ in range(dist.world_size())]
+    all_index = [torch.empty_like(pad_index) for _ in range(dist.world_size())]
+    tdist.all_gather(all_rows, pad_rows)
+    tdist.all_gather(all_index, pad_index)
+    if not dist.is_main():
+        return None
+    idx = torch.cat(all_index).cpu()
+    vals = torch.cat(all_rows).cpu()
+    keep = idx >= 0
+    if int(keep.sum()) != n or not torch.equal(idx[keep].sort().values, torch.arange(n)):
+        raise RuntimeError("distributed embedding: the gathered indices do not cover the data set exactly once")
+    full = torch.empty(n, d)
+    full[idx[keep]] = vals[keep]
+    return full
+
+
+def write(out: str | Path, embeddings: torch.Tensor, ids: list[str]) -> list[str]:
+    """Write ``embeddings`` [N, d] with their ids; returns the files written.
+
+    ``.parquet`` -> one table (id: string, embedding: list<float32>); anything else -> ``.npy`` + ``.ids.json``.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    array = embeddings.numpy().astype(np.float32)
+    if out.suffix == ".parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise UserError("--out *.parquet needs pyarrow: pip install 'fastclr[parquet]', or write .npy") from None
+        flat = pa.array(array.reshape(-1), type=pa.float32())
+        column = pa.FixedSizeListArray.from_arrays(flat, array.shape[1])
+        pq.write_table(pa.table({"id": pa.array(ids, type=pa.string()), "embedding": column}), out)
+        return [str(out)]
+    npy = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
+    ids_path = npy.with_suffix(".ids.json")
+    np.save(npy, array)
+    ids_path.write_text(json.dumps(ids))
+    return [str(npy), str(ids_path)]
+
+
+def read(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """Read back what :func:`write` wrote: (embeddings [N, d] float32, ids)."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        values = table.column("embedding").combine_chunks()
+        array = values.flatten().to_numpy().reshape(len(table), -1)
+        return array, [str(i) for i in table.column("id").to_pylist()]
+    npy = path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
+    return np.load(npy), json.loads(npy.with_suffix(".ids.json").read_text())

@@ -1,0 +1,179 @@
+"""Export the encoder f alone (the projection head is dropped, as after pretraining in the paper).
+
+Formats:
+
+* ``safetensors``: the encoder's state dict (torchvision key names) with metadata; no code.
+* ``torchvision``: a plain state dict that loads into the torchvision constructor with
+  ``strict=True``. The constructor has a classifier ``fc`` (1000 outputs) that a SimCLR encoder
+  does not, so the file carries an honest placeholder: ``fc.weight`` and ``fc.bias`` all zeros
+  (every logit is 0) unless the checkpoint is a fine-tuned classifier on h, whose trained layer
+  is exported instead (then build with ``num_classes`` from the side file). To get h, set
+  ``model.fc = torch.nn.Identity()`` after loading. A CIFAR-stem encoder needs the stem adapted
+  before loading, exactly as :func:`torchvision_model` does::
+
+      m = torchvision.models.resnet18(num_classes=1000)
+      m.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)   # 3x3 stride 1
+      m.maxpool = torch.nn.Identity()                          # no max-pool
+      m.load_state_dict(torch.load(FILE, weights_only=True), strict=True)
+
+* ``onnx``: the encoder as a graph (input ``images`` [N, 3, S, S], output ``h`` [N, d], dynamic
+  batch), checked against PyTorch with onnxruntime when it is installed.
+* ``torchscript``: a traced encoder, checked against PyTorch.
+
+Every export writes ``FILE.json`` next to it: architecture, stem, input size and the input
+normalisation (RGB in [0, 1], then the ImageNet mean and std of :mod:`fastclr.method.augment`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from fastclr.errors import UserError
+from fastclr.method.augment import MEAN, STD
+from fastclr.method.model import SimCLR
+
+FORMATS = ("safetensors", "torchvision", "onnx", "torchscript")
+TOLERANCE = 1e-4  # max abs difference accepted between an export and PyTorch (float32)
+
+
+def encoder_state(model: SimCLR) -> dict[str, torch.Tensor]:
+    """The encoder's tensors, contiguous copies on the CPU (safetensors refuses shared storage)."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.encoder.state_dict().items()}
+
+
+def torchvision_model(arch: str, cifar_stem: bool, num_classes: int = 1000) -> nn.Module:
+    """The plain torchvision constructor, with the CIFAR stem adapted: what a torchvision export loads into."""
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    if cifar_stem:
+        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+    return model
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def _check(diff: float, fmt: str) -> None:
+    if diff > TOLERANCE:
+        raise RuntimeError(f"{fmt} export differs from PyTorch by {diff:.3g} (> {TOLERANCE})")
+
+
+def export(
+    model: SimCLR, arch: str, cifar_stem: bool, image_size: int, fmt: str, out: str | Path, fc: nn.Linear | None = None
+) -> dict:
+    """Write the encoder of ``model`` to ``out`` in format ``fmt``; returns the result dict.
+
+    Args:
+        fc: a trained classifier on h to export with the torchvision format (else the zero placeholder).
+    Returns:
+        {"out", "format", "feature_dim"} plus "max_abs_diff" where the export was checked numerically.
+    """
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    enc = model.encoder
+    x = torch.randn(4, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = enc(x)
+    meta = {
+        "format": fmt,
+        "arch": arch,
+        "cifar_stem": cifar_stem,
+        "image_size": image_size,
+        "feature_dim": model.feature_dim,
+        "input": f"float32 [N, 3, {image_size}, {image_size}], RGB scaled to [0, 1], then (x - mean) / std",
+        "mean": list(MEAN),
+        "std": list(STD),
+    }
+    result: dict = {"out": str(out), "format": fmt, "feature_dim": model.feature_dim}
+
+    if fmt == "safetensors":
+        try:
+            from safetensors.torch import save_file
+        except ImportError:
+            raise UserError(
+                "--format safetensors needs the safetensors package: pip install 'fastclr[safetensors]'"
+            ) from None
+        save_file(encoder_state(model), str(out), metadata={k: json.dumps(v) for k, v in meta.items()})
+    elif fmt == "torchvision":
+        try:
+            plain = torchvision_model(arch, cifar_stem)
+        except (ValueError, KeyError):
+            plain = None
+        if not isinstance(getattr(plain, "fc", None), nn.Linear):
+            raise UserError(
+                f"--format torchvision: {arch} has no torchvision constructor with an fc classifier; use --format safetensors"
+            )
+        state = encoder_state(model)
+        if fc is None:
+            state["fc.weight"] = torch.zeros(1000, model.feature_dim)
+            state["fc.bias"] = torch.zeros(1000)
+            meta["fc"] = "placeholder: zeros, 1000 outputs; set model.fc = torch.nn.Identity() to get h"
+        else:
+            state["fc.weight"] = fc.weight.detach().cpu().contiguous().clone()
+            state["fc.bias"] = fc.bias.detach().cpu().contiguous().clone()
+            meta["fc"] = "the fine-tuned classifier on h"
+        num_classes = state["fc.weight"].shape[0]
+        meta["num_classes"] = num_classes
+        check = torchvision_model(arch, cifar_stem, num_classes)
+        check.load_state_dict(state, strict=True)
+        check.fc = nn.Identity()
+        with torch.no_grad():
+            result["max_abs_diff"] = _max_diff(check.eval()(x), reference)
+        _check(result["max_abs_diff"], fmt)
+        torch.save(state, out)
+    elif fmt == "onnx":
+        _export_onnx(enc, x, out)
+        try:
+            import onnxruntime
+        except ImportError:
+            meta["checked"] = "not checked: onnxruntime is not installed (pip install 'fastclr[onnx]')"
+        else:
+            session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+            got = session.run(None, {"images": x.numpy()})[0]
+            result["max_abs_diff"] = _max_diff(torch.from_numpy(got), reference)
+            _check(result["max_abs_diff"], fmt)
+    else:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore", FutureWarning
+            )  # TorchScript is deprecated upstream but still loads everywhere
+            traced = torch.jit.trace(enc, x)
+        with torch.no_grad():
+            result["max_abs_diff"] = _max_diff(traced(x), reference)
+        _check(result["max_abs_diff"], fmt)
+        traced.save(str(out))
+    Path(f"{out}.json").write_text(json.dumps(meta, indent=2))
+    return result
+
+
+def _export_onnx(enc: nn.Module, x: torch.Tensor, out: Path) -> None:
+    """The TorchScript-based exporter (no onnxscript dependency), batch dimension dynamic."""
+    import warnings
+
+    try:
+        import onnx  # noqa: F401 - the exporter needs it
+    except ImportError:
+        raise UserError("--format onnx needs the onnx package: pip install 'fastclr[onnx]'") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            enc,
+            (x,),
+            str(out),
+            dynamo=False,
+            input_names=["images"],
+            output_names=["h"],
+            dynamic_axes={"images": {0: "batch"}, "h": {0: "batch"}},
+            opset_version=17,
+        )

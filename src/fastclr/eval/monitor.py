@@ -1,0 +1,169 @@
+"""Monitors during pretraining: a periodic kNN evaluation and an online linear probe.
+
+* kNN monitor (not in the paper, used by every library): weighted kNN on L2-normalised h of the
+  labelled train split -> test split, every ``knn_every`` epochs.
+* Online probe: the reference code's "linear eval while pretraining" (google-research/simclr
+  tf2 ``model.py``: a supervised head on ``tf.stop_gradient(h)`` trained jointly). A linear layer on
+  h.detach() of every view, with the batch's labels, its own SGD optimiser and cross-entropy; it
+  cannot change the encoder. Loss and accuracy accumulate on the device (no host sync per step)
+  and are read once per epoch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastclr.data.datasets import ImageSet
+from fastclr.eval.features import extract
+from fastclr.eval.knn import knn_accuracy
+
+
+class OnlineProbe:
+    """A linear classifier on detached h, trained alongside pretraining.
+
+    Args:
+        dim: width d of h; num_classes: outputs.
+        lr: SGD learning rate (momentum 0.9, Nesterov, no weight decay; constant: it only monitors).
+    """
+
+    def __init__(self, dim: int, num_classes: int, device: torch.device, lr: float = 0.1):
+        self.fc = nn.Linear(dim, num_classes).to(device)
+        self.opt = torch.optim.SGD(self.fc.parameters(), lr=lr, momentum=0.9, nesterov=True)
+        self._reset(device)
+
+    def _reset(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device)
+        self.count = 0
+
+    def update(self, h: torch.Tensor, labels: torch.Tensor) -> None:
+        """One step on h [n, d] (detached here) with labels int64 [n]."""
+        logits = self.fc(h.detach().float())
+        loss = F.cross_entropy(logits, labels)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.loss_sum += loss.detach() * labels.shape[0]
+        self.correct += (logits.detach().argmax(1) == labels).sum()
+        self.count += labels.shape[0]
+
+    def read(self) -> dict[str, float]:
+        """Mean loss and top-1 accuracy since the last read (on the augmented training views); resets."""
+        if self.count == 0:
+            return {}
+        out = {
+            "online_probe_loss": float(self.loss_sum) / self.count,
+            "online_probe_top1": float(self.correct) / self.count,
+        }
+        self._reset(self.loss_sum.device)
+        return out
+
+    def state_dict(self) -> dict:
+        return {"fc": self.fc.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fc.load_state_dict(state["fc"])
+        self.opt.load_state_dict(state["opt"])
+
+
+@torch.no_grad()
+def knn_monitor(
+    encode,
+    train: ImageSet,
+    test: ImageSet,
+    num_classes: int,
+    *,
+    size: int,
+    device: torch.device,
+    k: int = 200,
+    temperature: float = 0.1,
+    batch_size: int = 512,
+    precision: str = "fp32",
+) -> float:
+    """Top-1 of the weighted kNN classifier: train split features as the bank, test split queried.
+
+    The caller switches the model to eval mode (BN running statistics) and back.
+    """
+    kw = {"size": size, "device": device, "batch_size": batch_size, "precision": precision}
+    return knn_accuracy(
+        extract(encode, train.images, **kw),
+        train.labels,
+        extract(encode, test.images, **kw),
+        test.labels,
+        num_classes,
+        k,
+        temperature,
+    )
+
+
+class Monitors:
+    """What the pretraining loop calls: ``hook(index)`` per step, ``epoch_end`` at each epoch's end.
+
+    Args:
+        cfg: the run's config (knn_every, online_probe, views, kNN settings).
+        feature_dim: width d of h.
+        data: the run's DataSplits (the kNN monitor needs labelled train and test splits).
+        labels: int64 [N] labels of the pretraining images (the online probe needs them), or None.
+    """
+
+    def __init__(
+        self, cfg, feature_dim: int, data, labels: torch.Tensor | None, device: torch.device, precision: str, warn=None
+    ):
+        self.cfg, self.device, self.precision = cfg, device, precision
+        self.labels = labels.to(device) if labels is not None else None
+        labelled = (
+            data.train is not None
+            and data.test is not None
+            and data.train.labels is not None
+            and isinstance(data.train, ImageSet)
+            and isinstance(data.test, ImageSet)
+        )
+        self.train, self.test = (data.train, data.test) if labelled else (None, None)
+        if cfg.knn_every and not labelled and warn:
+            warn("knn_every is set but the data set has no labelled train and test splits: no kNN monitor")
+        if cfg.online_probe and self.labels is None and warn:
+            warn("online_probe is set but the pretraining images have no labels: no online probe")
+        self.probe = None
+        if cfg.online_probe and self.labels is not None:
+            classes = len(self.train.classes or []) if self.train is not None else 0
+            self.probe = OnlineProbe(feature_dim, classes or int(self.labels.max()) + 1, device)
+
+    def hook(self, index: torch.Tensor):
+        """The step's ``on_h`` callback (labels of the batch, repeated for every view), or None."""
+        if self.probe is None:
+            return None
+        y = self.labels[index.to(self.device)].repeat(self.cfg.views)  # views are view-major: [V*b]
+        return lambda h: self.probe.update(h, y)
+
+    def epoch_end(self, model, epoch: int) -> dict[str, float]:
+        """The epoch's monitor values for metrics.jsonl (empty when nothing is due)."""
+        record: dict[str, float] = {}
+        if self.probe is not None:
+            record.update(self.probe.read())
+        if self.cfg.knn_every and self.train is not None and epoch % self.cfg.knn_every == 0:
+            was_training = model.training
+            model.eval()
+            classes = len(self.train.classes or []) or int(self.train.labels.max()) + 1
+            record["knn_top1"] = knn_monitor(
+                model.encode,
+                self.train,
+                self.test,
+                classes,
+                size=self.cfg.image_size,
+                device=self.device,
+                k=self.cfg.knn_k,
+                temperature=self.cfg.knn_temperature,
+                batch_size=self.cfg.eval_batch_size,
+                precision=self.precision,
+            )
+            model.train(was_training)
+        return record
+
+    def state_dict(self) -> dict:
+        return {"online_probe": self.probe.state_dict()} if self.probe is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.probe is not None and "online_probe" in state:
+            self.probe.load_state_dict(state["online_probe"])

@@ -1,0 +1,113 @@
+"""The supervised loop shared by linear evaluation, fine-tuning and distillation.
+
+All three follow the same recipe (SimCLR v1 Appendix B.6; SimCLRv2 arXiv 2006.10029 section 2 and
+Appendix): random crop and horizontal flip only (no colour distortion, no blur), SGD with Nesterov
+momentum 0.9, no weight decay, learning rate ``lr * B / 256`` decayed by a cosine without
+warm-up, per step. Each caller supplies the forward pass, the parameters to train and the loss.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import torch
+
+from fastclr.eval.knn import topk_accuracy
+from fastclr.method.augment import AugmentConfig, augment, eval_view
+from fastclr.method.rng import keyed_generator
+from fastclr.method.schedule import lr_at
+from fastclr.train.precision import autocast
+
+
+def crop_flip(size: int, min_scale: float, flip: bool) -> AugmentConfig:
+    """Crop and flip only: the augmentation of every supervised protocol (no colour, no blur)."""
+    return AugmentConfig(size=size, min_scale=min_scale, flip=flip, color_strength=0.0, gray_p=0.0, blur=False)
+
+
+def batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """The epoch's shuffled index batches; the last one may be smaller (small labelled subsets)."""
+    perm = torch.randperm(n, generator=keyed_generator(seed, epoch, 0x5EED5))
+    return list(perm.split(batch_size))
+
+
+def fit(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    params: list[torch.nn.Parameter],
+    images: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    aug: AugmentConfig,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device | str,
+    precision: str = "fp32",
+    desc: str = "train",
+) -> float:
+    """Train ``params`` with Nesterov SGD on crop-and-flip views of ``images``.
+
+    Args:
+        forward: views [b, 3, S, S] -> logits [b, C].
+        params: what the optimizer updates (everything else stays as the caller froze it).
+        images: uint8 [N, 3, H, W] (any device).
+        loss_fn: (logits [b, C], index int64 [b] into ``images``, views) -> scalar loss.
+        lr: base learning rate, scaled by batch_size / 256 (the reference code's linear rule).
+    Returns:
+        the last step's loss.
+    """
+    from tqdm import tqdm
+
+    device = torch.device(device)
+    batch_size = min(batch_size, images.shape[0])
+    peak = lr * batch_size / 256
+    opt = torch.optim.SGD(params, lr=peak, momentum=0.9, nesterov=True, weight_decay=0.0)
+    steps_per_epoch = -(-images.shape[0] // batch_size)
+    total = epochs * steps_per_epoch
+    step, last = 0, float("nan")
+    bar = tqdm(total=total, file=sys.stderr, desc=desc, leave=False, disable=None, dynamic_ncols=True)
+    for epoch in range(epochs):
+        for index in batches(images.shape[0], batch_size, seed, epoch):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, peak, 0, total)
+            x = augment(
+                images[index.to(images.device)].to(device), index.to(device), seed=seed, epoch=epoch, view=0, cfg=aug
+            )
+            with autocast(device, precision):
+                logits = forward(x)
+            loss = loss_fn(logits.float(), index.to(device), x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            bar.update(1)
+        last = float(loss.detach())
+        bar.set_postfix(loss=f"{last:.4f}", refresh=False)
+    bar.close()
+    return last
+
+
+@torch.no_grad()
+def predict(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """Logits [N, C] (float32, CPU) of the evaluation view (resize + centre crop) of every image."""
+    device = torch.device(device)
+    out = []
+    for lo in range(0, images.shape[0], batch_size):
+        x = eval_view(images[lo : lo + batch_size].to(device), size)
+        with autocast(device, precision):
+            out.append(forward(x).float().cpu())
+    return torch.cat(out)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """top1 and top5 (fractions) of logits [N, C] against int64 labels [N]."""
+    labels = labels.to(logits.device)
+    return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}

@@ -1,0 +1,73 @@
+"""Large contrastive batches on few devices: the gradient cache (Gao et al. 2021, "Scaling Deep
+Contrastive Learning Batch Size under Memory Limited Setup").
+
+The contrastive loss couples every view of the batch, so the batch cannot simply be split into
+accumulation steps. It only needs the projections z, though, which are small:
+  1. forward every chunk of ``chunk_size`` views without storing activations, keep z;
+  2. compute the loss and its gradient with respect to all of z (cheap: [V*b, D]);
+  3. replay each chunk's forward with activations and back-propagate its slice of that gradient.
+Parameter gradients equal those of the one-pass step for a model whose output for a view does not
+depend on the other views in its forward batch. BatchNorm does depend on them: under chunking,
+BN statistics are those of the chunk (of chunk i on every rank with global BN), not of the batch.
+Activation memory grows with ``chunk_size``, not with the batch; the cost is a second forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def _bn_buffers(model: nn.Module) -> list[torch.Tensor]:
+    return [buf for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for buf in m.buffers()]
+
+
+def forward_backward(
+    model: nn.Module,
+    x: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    chunk_size: int,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    on_h: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Gradients of ``loss_fn(model(x)[1])`` accumulated into ``.grad``, ``chunk_size`` rows at a time.
+
+    Args:
+        model: returns (h, z) for a batch of views; may be DDP-wrapped (gradients are then
+            all-reduced once, after the last chunk).
+        x: [V*b, ...] this rank's views.
+        loss_fn: z [V*b, D] -> scalar loss (may gather across ranks; every rank runs the same chunks).
+        chunk_size: views per forward pass.
+        autocast: context for the forward passes (mixed precision).
+        on_h: receives the representations h [V*b, d] of the first pass (no gradient).
+    Returns:
+        the loss (scalar tensor, detached).
+    The model's stochastic layers, if any, must be deterministic between the two passes (SimCLR's
+    ResNets have none). BN running statistics are updated once per chunk, by the replay only.
+    """
+    chunks = x.split(chunk_size)
+    saved = [buf.clone() for buf in _bn_buffers(model)]
+    with torch.no_grad(), autocast():
+        hz = [model(c) for c in chunks]
+    z = torch.cat([zc for _, zc in hz])  # [V*b, D]
+    if on_h is not None:
+        on_h(torch.cat([h for h, _ in hz]))
+    del hz
+    with torch.no_grad():
+        for buf, old in zip(_bn_buffers(model), saved):
+            buf.copy_(old)  # the replay below updates the running statistics, once
+    z = z.detach().float().requires_grad_()
+    value = loss_fn(z)
+    value.backward()
+    grads = z.grad.split(chunk_size)
+    no_sync = getattr(model, "no_sync", contextlib.nullcontext)
+    for i, (c, g) in enumerate(zip(chunks, grads)):
+        sync = contextlib.nullcontext() if i == len(chunks) - 1 else no_sync()
+        with sync:
+            with autocast():
+                _, zc = model(c)
+            zc.float().backward(g)
+    return value.detach()

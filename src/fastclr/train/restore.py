@@ -1,0 +1,132 @@
+"""Rebuild a model from a checkpoint (or from scratch) for the evaluation commands.
+
+Every command after pretraining (``knn``, ``linear``, ``finetune``, ``distill``, ``embed``,
+``export``) starts here: :func:`load_model` reads a checkpoint with
+:func:`fastclr.train.checkpoint.load` (``weights_only=True``: a crafted file cannot run code), rebuilds
+:class:`fastclr.method.model.SimCLR` from the checkpoint's own config and loads its weights with every
+key checked. A fine-tuned or distilled checkpoint (written by :mod:`fastclr.eval.finetune` /
+:mod:`fastclr.eval.distill`) holds the same ``model`` entry plus a ``classifier``, so everything that
+reads an encoder reads those too.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fastclr import config
+from fastclr.data import datasets
+from fastclr.errors import UserError
+from fastclr.method.model import SimCLR
+from fastclr.train import checkpoint
+from fastclr.train.precision import pick_device, resolve
+
+
+@dataclass
+class Restored:
+    """A model with the config that built it and the raw checkpoint dict (empty for a fresh model)."""
+
+    model: SimCLR
+    cfg: config.Config
+    state: dict
+    source: str  # the checkpoint path, or "random-init"
+
+
+def build(cfg: config.Config) -> SimCLR:
+    """A freshly initialised SimCLR network as ``cfg`` describes it."""
+    return SimCLR(cfg.arch, cfg.cifar_stem, cfg.head_layers, cfg.head_hidden or None, cfg.proj_dim)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> Restored:
+    """Load a fastclr checkpoint into a SimCLR network; UserError (one line) if it is not one of ours."""
+    state = checkpoint.load(path, map_location="cpu")
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
+        raise UserError(
+            f"checkpoint {path}: has no 'config' and 'model' entries; pass OUT/checkpoints/last.pt of a fastclr run"
+        )
+    cfg = config.from_dict(state["config"])
+    model = build(cfg)
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if missing or unexpected:
+        raise UserError(
+            f"checkpoint {path}: weights do not match arch={cfg.arch} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return Restored(model.to(device), cfg, state, str(path))
+
+
+def random_init(cfg: config.Config, seed: int, device: torch.device | str = "cpu") -> Restored:
+    """The same architecture with random weights: the baseline every protocol is compared to."""
+    torch.manual_seed(seed)
+    return Restored(build(cfg).to(device), cfg, {}, "random-init")
+
+
+def resolve_model(path: str | None, random: bool, seed: int, device: torch.device, init: str | None = None) -> Restored:
+    """The model a command works on: the checkpoint's, or (``random``) its architecture re-initialised.
+
+    ``init`` then overwrites the encoder with weights from a torchvision/timm/safetensors file.
+    """
+    if path is None:
+        raise UserError("--checkpoint is required: pass OUT/checkpoints/last.pt of a fastclr pretrain run")
+    restored = load_model(path, device)
+    if random:
+        restored = random_init(restored.cfg, seed, device)
+    if init:
+        from fastclr.train.weights import init_encoder
+
+        init_encoder(restored.model.encoder, init)
+        restored.source = f"{restored.source}+init:{init}"
+    return restored
+
+
+def open_for_command(
+    path: str | None, device: str | None, random: bool = False, seed: int = 0, init: str | None = None
+) -> tuple[Restored, torch.device, str]:
+    """What every evaluation command starts with: the model on its device, and the precision to use."""
+    restored = resolve_model(path, random, seed, "cpu", init)
+    dev, precision = device_and_precision(restored.cfg, device)
+    restored.model.to(dev)
+    return restored, dev, precision
+
+
+def in_memory(images: object, what: str) -> datasets.ImageSet:
+    """The split as decoded images; UserError for a split that is streamed from disk."""
+    if not isinstance(images, datasets.ImageSet):
+        raise UserError(
+            f"{what}: these images are streamed from disk; use a data set decoded at the training size (its train split)"
+        )
+    return images
+
+
+def device_and_precision(cfg: config.Config, device: str | None) -> tuple[torch.device, str]:
+    """The device a command runs on (flag, else the checkpoint's setting) and its precision."""
+    dev = pick_device(device or cfg.device)
+    return dev, resolve(cfg.precision, dev)
+
+
+def load_data(cfg: config.Config, spec: str | None) -> datasets.DataSplits:
+    """The data a command evaluates on: ``--data``, else the data the checkpoint was trained on."""
+    return datasets.load(spec or cfg.data, cfg.image_size)
+
+
+def labelled_splits(data: datasets.DataSplits, command: str) -> tuple[datasets.ImageSet, datasets.ImageSet]:
+    """The labelled train and test splits, or a UserError saying what the data set lacks."""
+    if data.train is None or data.train.labels is None:
+        raise UserError(
+            f"{command}: data set {data.name!r} has no labels; use a folder with one sub-folder per class (train/<class>/..., test/<class>/...)"
+        )
+    if data.test is None or data.test.labels is None:
+        raise UserError(
+            f"{command}: data set {data.name!r} has no labelled test split; add a test/ (or val/) folder with the same class folders"
+        )
+    return data.train, data.test
+
+
+def num_classes(train: datasets.ImageSet) -> int:
+    return len(train.classes or []) or int(train.labels.max()) + 1
+
+
+def log(msg: str) -> None:
+    print(f"fastclr: {msg}", file=sys.stderr, flush=True)

@@ -1,0 +1,92 @@
+"""The large-image path (CPU crop + device pixel ops) draws the same views as the in-memory path."""
+
+import pytest
+import torch
+from PIL import Image
+
+from fastclr.data.stream import FileSet, StreamLoader, crop_views, finish_views
+from fastclr.method import augment
+from fastclr.method.augment import AugmentConfig
+from makeimages import pixels
+
+CFG = AugmentConfig(size=32, min_scale=0.08, flip=True, color_strength=0.5)
+
+
+def smooth_images(n, h, w):
+    """Smooth images (bilinear interpolation of both paths then agrees to rounding)."""
+    small = torch.stack([torch.from_numpy(pixels(i, 4, 4)).permute(2, 0, 1) for i in range(n)]).float()
+    return (
+        torch.nn.functional.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+        .round()
+        .to(torch.uint8)
+    )
+
+
+def test_same_parameters_for_any_image_size():
+    index = torch.arange(50) * 7
+    h, w = torch.full((50,), 24.0), torch.full((50,), 20.0)
+    a = augment.sample_params(index, h, w, seed=3, epoch=2, view=1, cfg=CFG)
+    b = augment.sample_params(index, torch.ones(50), torch.ones(50), seed=3, epoch=2, view=1, cfg=CFG)
+    for k in ("flip", "jitter", "brightness", "contrast", "saturation", "hue", "order", "gray", "blur", "sigma"):
+        assert torch.equal(a[k], b[k]), k  # finish_views relies on this: pixel-op draws ignore the size
+
+
+@pytest.mark.parametrize("h,w", [(24, 20), (96, 80)])  # crops upsampled; crops mostly downsampled (antialiased)
+def test_stream_views_match_device_views(h, w):
+    n = 24
+    images = smooth_images(n, h, w)
+    index = torch.arange(n) + 100
+    pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images]
+    views = crop_views(pil, index, seed=5, epoch=1, views=2, cfg=CFG)  # [V, n, 3, 32, 32]
+    assert views.shape == (2, n, 3, 32, 32) and views.dtype == torch.uint8
+    for v in range(2):
+        p = augment.sample_params(
+            index, torch.full((n,), float(h)), torch.full((n,), float(w)), seed=5, epoch=1, view=v, cfg=CFG
+        )
+        ref = augment.crop_resize(augment.to_float(images), p, 32) * 255
+        diff = (views[v].float() - ref).abs()
+        assert diff.mean() < 0.6 and diff.max() <= 3, (
+            v,
+            diff.mean(),
+            diff.max(),
+        )  # same boxes and flips, rounding apart
+    full = finish_views(views, index, seed=5, epoch=1, cfg=CFG)
+    ref = torch.cat([augment.augment(images, index, seed=5, epoch=1, view=v, cfg=CFG) for v in range(2)])
+    std = torch.tensor(augment.STD).view(1, 3, 1, 1)
+    assert ((full - ref) * std).abs().mean() < 0.01  # in [0, 1] units, after the colour ops
+
+
+def test_stream_loader_independent_of_worker_count(tmp_path):
+    files = []
+    for i in range(12):
+        p = tmp_path / f"{i:02d}.png"
+        Image.fromarray(pixels(i, 40 + i, 36)).save(p)
+        files.append(p)
+    data = FileSet(files, torch.tensor([[40 + i, 36] for i in range(12)]))
+    runs = []
+    for workers in (0, 2):
+        loader = StreamLoader(data, 4, seed=1, device=torch.device("cpu"), views=2, cfg=CFG, workers=workers)
+        runs.append([(i.clone(), v.clone()) for e in (0, 1) for i, v in loader.epoch(e)])
+    assert len(runs[0]) == 6
+    for (i0, v0), (i1, v1) in zip(*runs):
+        assert torch.equal(i0, i1) and torch.equal(v0, v1)
+    # two processes of batch 2 each cover the single process's batch of 4, in order
+    halves = [
+        StreamLoader(data, 4, seed=1, device=torch.device("cpu"), views=2, cfg=CFG, rank=r, world_size=2)
+        for r in (0, 1)
+    ]
+    for (i, v), a, b in zip(runs[0][:3], halves[0].epoch(0), halves[1].epoch(0)):
+        assert torch.equal(i, torch.cat([a[0], b[0]])) and torch.equal(v, torch.cat([a[1], b[1]], 1))
+
+
+def test_resume_mid_epoch_gives_the_same_batches(tmp_path):
+    files = []
+    for i in range(8):
+        Image.fromarray(pixels(i, 40, 40)).save(tmp_path / f"{i}.png")
+        files.append(tmp_path / f"{i}.png")
+    loader = StreamLoader(
+        FileSet(files, torch.full((8, 2), 40)), 2, seed=0, device=torch.device("cpu"), views=2, cfg=CFG
+    )
+    full = list(loader.epoch(3))
+    resumed = list(loader.epoch(3, start=2))
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(full[2:], resumed))

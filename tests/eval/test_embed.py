@@ -1,0 +1,90 @@
+"""Embeddings come out in dataset order with their ids: one process, the gather with indices, and torchrun."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from evalkit import cli, digit_folder, last_json, make_checkpoint
+from fastclr.data import datasets
+from fastclr.eval import embed
+from fastclr.eval.features import extract
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("embed")
+    folder = digit_folder(root / "data", 5, 2)
+    ckpt, model = make_checkpoint(root / "last.pt", str(folder))
+    data = datasets.load(str(folder), 8)
+    model.eval()
+    return ckpt, model, data
+
+
+def _reference(model, images, projection=False):
+    fn = (lambda x: model.project(model.encode(x))) if projection else model.encode
+    return extract(fn, images, 8, torch.device("cpu"), batch_size=7)
+
+
+def test_npy_rows_and_ids_in_dataset_order(setup, tmp_path):
+    ckpt, model, data = setup
+    res = last_json(cli("embed", "--checkpoint", str(ckpt), "--out", str(tmp_path / "e.npy"), "--batch-size", "16"))
+    assert res["count"] == len(data.pretrain) == 50 and res["dim"] == model.feature_dim
+    array, ids = embed.read(tmp_path / "e.npy")
+    assert ids == data.pretrain.ids and ids[0].endswith("0/000.png")  # file paths, sorted listing
+    np.testing.assert_allclose(array, _reference(model, data.pretrain.images).numpy(), atol=1e-5)
+
+
+def test_parquet_projection_and_test_split(setup, tmp_path):
+    ckpt, model, data = setup
+    res = last_json(
+        cli("embed", "--checkpoint", str(ckpt), "--out", str(tmp_path / "z.parquet"), "--projection", "--split", "test")
+    )
+    assert res["count"] == 20 and res["dim"] == 128
+    array, ids = embed.read(tmp_path / "z.parquet")
+    assert ids == data.test.ids
+    np.testing.assert_allclose(array, _reference(model, data.test.images, projection=True).numpy(), atol=1e-5)
+
+
+def test_shards_cover_every_row_once():
+    for n, world in ((10, 3), (7, 2), (2, 4)):
+        shards = [embed.shard(n, r, world) for r in range(world)]
+        assert torch.equal(torch.cat(shards).sort().values, torch.arange(n))
+
+
+def test_gather_places_rows_by_index():
+    """One process: rows computed in shard order land at their dataset index."""
+    rows = torch.arange(12.0).view(6, 2)
+    index = torch.tensor([4, 0, 5, 1, 3, 2])
+    full = embed.gather_in_order(rows, index, 6, torch.device("cpu"))
+    assert torch.equal(full[index], rows)
+
+
+def test_torchrun_two_processes_same_file(setup, tmp_path):
+    ckpt, model, data = setup
+    out = tmp_path / "two.npy"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "fastclr",
+        "embed",
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    array, ids = embed.read(out)
+    assert ids == data.pretrain.ids
+    np.testing.assert_allclose(array, _reference(model, data.pretrain.images).numpy(), atol=1e-5)

@@ -1,0 +1,105 @@
+"""Linear evaluation: the frozen encoder is bit-identical afterwards; the CLI's contract for both protocols."""
+
+import pytest
+import torch
+
+from evalkit import (
+    cli,
+    cli_subprocess,
+    digit_folder,
+    last_json,
+    make_checkpoint,
+    one_line_error,
+)
+from fastclr.data import datasets
+from fastclr.eval import linear, supervised
+from fastclr.method.augment import eval_view
+from fastclr.method.model import SimCLR
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return digit_folder(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="module")
+def ckpt(folder, tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("run") / "last.pt", str(folder))[0]
+
+
+def _splits(folder):
+    data = datasets.load(str(folder), 8)
+    return data.train, data.test
+
+
+def test_frozen_encoder_is_bit_identical(folder):
+    torch.manual_seed(0)
+    model = SimCLR("resnet_mini", True)
+    train, test = _splits(folder)
+    # control: one forward in train mode moves BN statistics, so the check below is not vacuous
+    probe = SimCLR("resnet_mini", True)
+    probe.load_state_dict(model.state_dict())
+    probe.train()
+    with torch.no_grad():
+        probe.encode(eval_view(train.images[:8], 8))
+    assert linear.changed(probe, linear.snapshot(model))
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()  # the protocol must put it in eval mode itself
+    result = linear.linear_eval(
+        model,
+        train,
+        test,
+        10,
+        aug=supervised.crop_flip(8, 0.3, False),
+        epochs=2,
+        batch_size=32,
+        lr=0.1,
+        device=torch.device("cpu"),
+    )
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k  # parameters, running means/vars and batch counters
+    assert 0 <= result["top1"] <= result["top5"] <= 1
+
+
+def test_classifier_learns_on_frozen_features(folder):
+    """The SGD protocol fits the train split: accuracy on it far above chance (10%)."""
+    torch.manual_seed(0)
+    model = SimCLR("resnet_mini", True)
+    train, _ = _splits(folder)
+    result = linear.linear_eval(
+        model,
+        train,
+        train,
+        10,
+        aug=supervised.crop_flip(8, 0.9, False),
+        epochs=15,
+        batch_size=40,
+        lr=1.0,
+        device=torch.device("cpu"),
+    )
+    assert result["top1"] > 0.5
+
+
+def test_cli_sgd_and_features(ckpt, folder):
+    sgd = last_json(cli("linear", "--checkpoint", str(ckpt), "--epochs", "1", "--batch-size", "40"))
+    assert sgd["protocol"] == "sgd" and 0 <= sgd["top1"] <= sgd["top5"] <= 1
+    feats = last_json(cli("linear", "--checkpoint", str(ckpt), "--features", "--data", str(folder)))
+    assert feats["protocol"] == "features" and 0 <= feats["top1"] <= feats["top5"] <= 1 and feats["l2"] > 0
+
+
+def test_cli_refuses_unlabelled_data(ckpt, tmp_path):
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i, i, i)).save(tmp_path / f"{i}.png")
+    line = one_line_error(cli_subprocess("linear", "--checkpoint", str(ckpt), "--data", str(tmp_path)))
+    assert "no labels" in line
+
+
+def test_cli_refuses_a_foreign_checkpoint(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    line = one_line_error(cli("linear", "--checkpoint", str(tmp_path / "other.pt")))
+    assert "not a fastclr checkpoint" in line

@@ -1,0 +1,65 @@
+"""Pretraining monitors: the online probe never touches the encoder and learns; kNN and probe reach metrics.jsonl."""
+
+import json
+
+import torch
+
+from evalkit import cli, last_json
+from fastclr.eval.monitor import OnlineProbe
+from fastclr.method.model import SimCLR
+
+
+def test_online_probe_leaves_encoder_gradients_alone():
+    torch.manual_seed(0)
+    model = SimCLR("resnet_mini", True)
+    h, _ = model(torch.randn(6, 3, 8, 8))
+    probe = OnlineProbe(model.feature_dim, 3, torch.device("cpu"))
+    probe.update(h, torch.tensor([0, 1, 2, 0, 1, 2]))
+    assert all(p.grad is None for p in model.parameters())
+    assert probe.fc.weight.grad is not None
+
+
+def test_online_probe_learns_and_resets():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 16, generator=g) * 3
+    probe = OnlineProbe(16, 4, torch.device("cpu"), lr=0.05)
+    for _ in range(60):
+        y = torch.randint(0, 4, (32,), generator=g)
+        probe.update(centres[y] + torch.randn(32, 16, generator=g), y)
+    first = probe.read()
+    assert first["online_probe_top1"] > 0.8 and first["online_probe_loss"] > 0
+    assert probe.read() == {}  # read() resets the running sums
+
+
+def test_pretrain_logs_monitors_and_saves_the_probe(tmp_path):
+    out = tmp_path / "run"
+    args = [
+        "pretrain",
+        "--out",
+        str(out),
+        "--batch-size",
+        "64",
+        "--epochs",
+        "2",
+        "--max-steps",
+        "8",
+        "--set",
+        "max_images=256",
+        "--set",
+        "image_size=8",
+        "--set",
+        "eval=false",
+        "--set",
+        "knn_every=1",
+        "--set",
+        "online_probe=true",
+        "--set",
+        "precision=fp32",
+    ]
+    last_json(cli(*args))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    monitored = [r for r in records if "knn_top1" in r]
+    assert [r["epoch"] for r in monitored] == [1.0, 2.0]
+    assert all(0 <= r["knn_top1"] <= 1 and 0 <= r["online_probe_top1"] <= 1 for r in monitored)
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["monitor"]["online_probe"]["fc"]["weight"].shape == (10, 256)

@@ -1,0 +1,175 @@
+"""Batched augmentation: same ops as torchvision, specified distributions, keyed determinism."""
+
+import math
+
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import RandomResizedCrop
+
+from fastclr.method import augment as A
+
+N = 20000  # draws for the statistical checks; tolerances are ~5 standard errors
+
+
+def params(cfg=A.AugmentConfig(), n=N, h=32, w=32, epoch=0, view=0, seed=0):
+    idx = torch.arange(n)
+    return A.sample_params(idx, torch.full((n,), h), torch.full((n,), w), seed=seed, epoch=epoch, view=view, cfg=cfg)
+
+
+def binomial_ok(hits, n, p):
+    return abs(hits / n - p) < 5 * math.sqrt(p * (1 - p) / n)
+
+
+def test_crop_distribution_matches_torchvision():
+    h = w = 224
+    p = params(h=h, w=w)
+    ours_area = p["crop_h"] * p["crop_w"] / (h * w)
+    ours_ratio = (p["crop_w"] / p["crop_h"]).log()
+    torch.manual_seed(0)
+    ref = torch.tensor(
+        [RandomResizedCrop.get_params(torch.empty(3, h, w), [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(N)],
+        dtype=torch.float32,
+    )
+    ref_area = ref[:, 2] * ref[:, 3] / (h * w)
+    ref_ratio = (ref[:, 3] / ref[:, 2]).log()
+    for q in (0.1, 0.25, 0.5, 0.75, 0.9):
+        assert abs(ours_area.quantile(q) - ref_area.quantile(q)) < 0.02, q
+        assert abs(ours_ratio.quantile(q) - ref_ratio.quantile(q)) < 0.02, q
+    assert ours_area.min() >= 0.08 - 0.01 and ours_area.max() <= 1.0
+    assert ours_ratio.min() >= math.log(3 / 4) - 0.02 and ours_ratio.max() <= math.log(4 / 3) + 0.02
+    # boxes lie inside the image
+    assert (p["top"] >= 0).all() and (p["left"] >= 0).all()
+    assert (p["top"] + p["crop_h"] <= h).all() and (p["left"] + p["crop_w"] <= w).all()
+
+
+def test_event_rates():
+    cfg = A.AugmentConfig(blur=True)
+    p = params(cfg)
+    assert binomial_ok(int(p["flip"].sum()), N, 0.5)
+    assert binomial_ok(int(p["jitter"].sum()), N, 0.8)
+    assert binomial_ok(int(p["gray"].sum()), N, 0.2)
+    assert binomial_ok(int(p["blur"].sum()), N, 0.5)
+    assert p["sigma"].min() >= 0.1 and p["sigma"].max() <= 2.0
+    assert abs(p["sigma"].mean() - 1.05) < 0.02
+
+
+def test_jitter_factor_ranges_follow_strength():
+    for s in (0.5, 1.0):
+        p = params(A.AugmentConfig(color_strength=s))
+        for k in ("brightness", "contrast", "saturation"):
+            assert p[k].min() >= max(0, 1 - 0.8 * s) - 1e-6 and p[k].max() <= 1 + 0.8 * s + 1e-6
+            assert abs(p[k].mean() - (max(0, 1 - 0.8 * s) + 1 + 0.8 * s) / 2) < 0.02
+        assert p["hue"].abs().max() <= 0.2 * s + 1e-6 and abs(p["hue"].mean()) < 0.01
+
+
+def test_order_is_a_uniform_permutation():
+    p = params()
+    order = p["order"]
+    assert (order.sort(1).values == torch.arange(4)).all()
+    counts = torch.unique(order, dim=0, return_counts=True)[1]
+    assert len(counts) == 24 and all(binomial_ok(int(c), N, 1 / 24) for c in counts)
+
+
+def test_switches_turn_ops_off():
+    p = params(A.AugmentConfig(flip=False, color_strength=0.0, blur=False))
+    assert not p["flip"].any() and not p["jitter"].any() and not p["blur"].any()
+
+
+@pytest.mark.parametrize("size", [24, 64, 10])
+def test_crop_resize_equals_torchvision_resized_crop(size):
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(8, 3, 40, 30, generator=g)
+    p = params(n=8, h=40, w=30)
+    out = A.crop_resize(img, p, size)
+    for i in range(8):
+        t, l, ch, cw = (int(p[k][i]) for k in ("top", "left", "crop_h", "crop_w"))
+        ref = TF.resized_crop(img[i], t, l, ch, cw, [size, size], antialias=True)
+        if p["flip"][i]:
+            ref = TF.horizontal_flip(ref)
+        assert torch.allclose(out[i], ref, atol=1e-5), i
+
+
+def test_colour_ops_equal_torchvision():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(4, 3, 8, 8, generator=g)
+    f = torch.tensor([0.6, 0.9, 1.2, 1.4])
+    for i in range(4):
+        assert torch.allclose(
+            A._blend(x[i : i + 1], A.grayscale(x[i : i + 1]).mean((1, 2, 3), keepdim=True), f[i : i + 1])[0],
+            TF.adjust_contrast(x[i], float(f[i])),
+            atol=1e-5,
+        )
+        assert torch.allclose(
+            A._blend(x[i : i + 1], A.grayscale(x[i : i + 1]), f[i : i + 1])[0],
+            TF.adjust_saturation(x[i], float(f[i])),
+            atol=1e-5,
+        )
+    hue = torch.tensor([-0.2, -0.05, 0.1, 0.2])
+    ours = A.adjust_hue(x, hue)
+    for i in range(4):
+        assert torch.allclose(ours[i], TF.adjust_hue(x[i], float(hue[i])), atol=1e-4)
+
+
+def test_jitter_applies_ops_in_the_drawn_order():
+    x = torch.rand(1, 3, 6, 6, generator=torch.Generator().manual_seed(2))
+    p = {
+        "jitter": torch.tensor([True]),
+        "brightness": torch.tensor([1.3]),
+        "contrast": torch.tensor([0.7]),
+        "saturation": torch.tensor([0.5]),
+        "hue": torch.tensor([0.1]),
+        "gray": torch.tensor([False]),
+    }
+    ops = [
+        lambda y: TF.adjust_brightness(y, 1.3),
+        lambda y: TF.adjust_contrast(y, 0.7),
+        lambda y: TF.adjust_saturation(y, 0.5),
+        lambda y: TF.adjust_hue(y, 0.1),
+    ]
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2]):
+        ref = x[0]
+        for k in order:
+            ref = ops[k](ref)
+        out = A.color_distort(x, {**p, "order": torch.tensor([order])})
+        assert torch.allclose(out[0], ref, atol=1e-4), order
+
+
+def test_blur_equals_torchvision_gaussian_blur():
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    p = {"blur": torch.tensor([True, False]), "sigma": torch.tensor([1.3, 1.0])}
+    out = A.gaussian_blur(x, p)
+    assert torch.allclose(out[0], TF.gaussian_blur(x[0], [7, 7], [1.3, 1.3]), atol=1e-5)  # 64 // 10 = 6 -> 7 taps
+    assert torch.allclose(out[1], x[1], atol=1e-6)
+
+
+def test_views_depend_only_on_seed_epoch_index_view():
+    imgs = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    idx = torch.tensor([10, 11, 12, 13, 14])
+    cfg = A.AugmentConfig(size=16)
+    full = A.augment(imgs, idx, seed=1, epoch=2, view=0, cfg=cfg)
+    part = A.augment(imgs[[3, 0]], idx[[3, 0]], seed=1, epoch=2, view=0, cfg=cfg)
+    assert torch.equal(full[[3, 0]], part)  # batch composition does not matter
+    assert not torch.equal(full, A.augment(imgs, idx, seed=1, epoch=2, view=1, cfg=cfg))
+    assert not torch.equal(full, A.augment(imgs, idx, seed=1, epoch=3, view=0, cfg=cfg))
+    assert not torch.equal(full, A.augment(imgs, idx, seed=2, epoch=2, view=0, cfg=cfg))
+
+
+def test_augment_output_shape_and_grey_input():
+    imgs = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    out = A.augment(imgs, torch.arange(3), seed=0, epoch=0, view=0, cfg=A.AugmentConfig(size=12, blur=True))
+    assert out.shape == (3, 3, 12, 12) and out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_eval_view_is_deterministic_centre_crop():
+    imgs = torch.randint(0, 256, (2, 3, 40, 50), dtype=torch.uint8)
+    a, b = A.eval_view(imgs, 32), A.eval_view(imgs, 32)
+    assert a.shape == (2, 3, 32, 32) and torch.equal(a, b)
+
+
+def test_accelerator_select_path_equals_cpu_gather_path():
+    """The accelerator path (compute all, select) gives the CPU path's values (only the CPU one runs here otherwise)."""
+    imgs = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    p = params(A.AugmentConfig(size=16), n=64, h=16, w=16)
+    x = A.crop_resize(A.to_float(imgs), p, 16)
+    assert torch.allclose(A.color_distort(x, p, gather=False), A.color_distort(x, p, gather=True), atol=1e-6)
