@@ -36,3 +36,10 @@ def cifar_subset(tmp_path_factory):
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(tar.extractfile(member).read())
     return dest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Listing caches and scratch files of the tests go to a temporary folder, not ~/.cache."""
+    os.environ["FASTCLR_CACHE"] = str(tmp_path_factory.mktemp("fastclr_cache"))
+    yield

@@ -126,7 +126,7 @@ def run_pretrain(args) -> dict:
         and (Path(args.out) / "config.yaml").is_file()
     ):
         base = str(Path(args.out) / "config.yaml")  # resuming: the run's own settings, flags on top
-    cfg = build_config(base, flags, args.set)
+    cfg = build_config(base, flags, args.set, from_data=True)
     if args.out is None and not any(s.startswith("out=") for s in args.set):
         cfg.out = str(Path("runs") / Path(args.config or "digits").stem)  # one folder per preset
     return pretrain(cfg, resume=not args.no_resume)
@@ -521,7 +521,7 @@ def run_show_augment(args) -> dict:
 
     if not 1 <= args.count <= 64:
         raise UserError(f"--count {args.count}: must be 1 to 64")
-    cfg = build_config(args.config, {"data": args.data}, args.set)
+    cfg = build_config(args.config, {"data": args.data}, args.set, from_data=True)
     validate(cfg)
     return show_augment(cfg.data, args.out, cfg, args.count, args.epoch)
 

@@ -150,20 +150,54 @@ def read_preset(name_or_file: str) -> dict:
     return values
 
 
-def build_config(preset: str | None, overrides: dict[str, object], sets: list[str]) -> Config:
-    """Defaults, then the preset, then explicit flags, then --set key=value (last wins)."""
+def build_config(preset: str | None, overrides: dict[str, object], sets: list[str], from_data: bool = False) -> Config:
+    """Defaults, then the preset, then explicit flags, then --set key=value (last wins).
+
+    Args:
+        from_data: with no preset, base the values on the data (``defaults.py``) when the data is a
+            folder or a list of images; the CLI's behaviour without --config. Otherwise the digits preset.
+    """
     values: dict[str, object] = {}
-    for k, v in read_preset(preset or "digits").items():
+    chosen: dict[str, object] = {}
+    for item in sets:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        chosen[k.strip()] = parse_value(k.strip(), v)
+    for k, v in overrides.items():
+        if v is not None:
+            chosen.setdefault(k, parse_value(k, v))
+    base = read_preset(preset or "digits")
+    if preset is None and from_data:
+        base = _data_defaults(str(chosen.get("data", "digits")), str(chosen.get("device", "auto"))) or base
+    for k, v in base.items():
         values[k] = parse_value(k, v)
     for k, v in overrides.items():
         if v is not None:
             values[k] = parse_value(k, v)
     for item in sets:
-        if "=" not in item:
-            raise UserError(f"--set {item!r}: expected key=value")
         k, v = item.split("=", 1)
         values[k.strip()] = parse_value(k.strip(), v)
     return Config(**values)
+
+
+def _data_defaults(spec: str, device: str) -> dict[str, object] | None:
+    """Values chosen from a folder or list spec's images (None for any other spec); says so on stderr."""
+    import sys
+
+    import torch
+
+    from fastclr import defaults
+    from fastclr.data import datasets
+
+    found = datasets.median_side(spec)
+    if found is None:
+        return None
+    side, sampled = found
+    gpu = device != "cpu" and torch.cuda.is_available()
+    values = {"data": spec, **defaults.choose(side, gpu)}
+    print(f"fastclr: {defaults.describe(spec, side, sampled, gpu, values)}", file=sys.stderr, flush=True)
+    return values
 
 
 def to_dict(cfg: Config) -> dict:

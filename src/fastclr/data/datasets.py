@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastclr.data import folders, standard
+from fastclr.data import folders, standard, survey
 from fastclr.data.stream import FileSet
 from fastclr.errors import UserError
 from fastclr.method.rng import keyed_generator
@@ -294,3 +294,16 @@ def balanced_subset(data, count: int, seed: int):
 
 def warn(msg: str) -> None:
     print(f"fastclr: warning: {msg}", file=sys.stderr)
+
+
+def median_side(spec: str) -> tuple[float, int] | None:
+    """(median short side in px, files sampled) of a folder or list spec's train images, headers only
+    (``survey.py``); None for any other spec (digits, standard sets, prepared caches)."""
+    kind, path = parse(spec)
+    if kind not in ("folder", "list"):
+        return None
+    train, _ = listings(str(path))
+    side, sampled = survey.median_short_side(train.files)
+    if sampled == 0:
+        raise UserError(f"--data {spec}: none of the sampled image files could be read; see whether they are images")
+    return side, sampled
