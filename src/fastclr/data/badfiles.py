@@ -72,8 +72,8 @@ class BadFiles:
         if fraction > self.max_fraction:
             raise UserError(
                 f"{len(self.paths)} of the {seen} image files read so far ({fraction:.1%}) could not be decoded, more "
-                f"than max_bad_fraction={self.max_fraction:g}; see {self.where}, fix or remove those files, or raise it "
-                "with --set max_bad_fraction=F"
+                f"than max_bad_fraction={self.max_fraction:g}; see {self.where}, fix or remove those files, or raise "
+                "it with --set max_bad_fraction=F"
             )
 
     def items(self) -> list[tuple[str, str]]:

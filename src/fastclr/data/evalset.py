@@ -22,9 +22,9 @@ import torch
 
 from fastclr.data.badfiles import BadFiles
 from fastclr.data.datasets import ImageSet
-from fastclr.data.stream import FileSet
 from fastclr.data.images import BadImage, decode
 from fastclr.data.listing import cache_dir
+from fastclr.data.stream import FileSet
 from fastclr.data.tiers import decoded_bytes
 from fastclr.data.workers import guarded, ignore_interrupt
 
