@@ -62,7 +62,7 @@ def test_stream_loader_independent_of_worker_count(tmp_path):
         p = tmp_path / f"{i:02d}.png"
         Image.fromarray(pixels(i, 40 + i, 36)).save(p)
         files.append(p)
-    data = FileSet(files, torch.tensor([[40 + i, 36] for i in range(12)]))
+    data = FileSet(files, side=36)
     runs = []
     for workers in (0, 2):
         loader = StreamLoader(data, 4, seed=1, device=torch.device("cpu"), views=2, cfg=CFG, workers=workers)
@@ -85,7 +85,7 @@ def test_resume_mid_epoch_gives_the_same_batches(tmp_path):
         Image.fromarray(pixels(i, 40, 40)).save(tmp_path / f"{i}.png")
         files.append(tmp_path / f"{i}.png")
     loader = StreamLoader(
-        FileSet(files, torch.full((8, 2), 40)), 2, seed=0, device=torch.device("cpu"), views=2, cfg=CFG
+        FileSet(files, side=40), 2, seed=0, device=torch.device("cpu"), views=2, cfg=CFG
     )
     full = list(loader.epoch(3))
     resumed = list(loader.epoch(3, start=2))

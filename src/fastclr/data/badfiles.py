@@ -51,7 +51,7 @@ class BadFiles:
             UserError: more than max_fraction of the files seen are bad (after the minimum sample).
         """
         self.reads += reads
-        new = [(p, r) for p, r in bad if p not in self.paths]
+        new = [(p, r) for p, r in dict(bad).items() if p not in self.paths]
         for p, r in new:
             self.paths[p] = r
             if len(self.paths) <= _WARN_FIRST:

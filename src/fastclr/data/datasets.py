@@ -21,14 +21,17 @@ in memory, at S. A sample's identity is its index in a sorted, stable listing.
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fastclr.data import folders, standard, survey
+from fastclr.data import folders, standard, survey, tiers
+from fastclr.data.badfiles import BadFiles
 from fastclr.data.stream import FileSet
 from fastclr.errors import UserError
 from fastclr.method.rng import keyed_generator
@@ -49,6 +52,7 @@ class ImageSet:
     labels: torch.Tensor | None
     ids: list[str]
     classes: list[str] | None = None
+    mapped: Path | None = None  # the cache file ``images`` is mapped from, read per batch by workers (tier b)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -67,17 +71,19 @@ class ImageSet:
 class DataSplits:
     """What a spec provides: images to pretrain on, and labelled train/test splits when known.
 
-    ``pretrain`` is an in-memory ImageSet, or a FileSet streamed from disk for images larger than
-    the training size. ``skipped`` lists (path, reason) of files that could not be decoded;
+    Each split is an ImageSet (decoded: tier a, or a mapped cache: tier b, see ``tiers.py``) or a
+    FileSet (files read by loader workers: tier c; ``evalset.decoded`` gives its evaluation views).
+    ``skipped`` holds (path, reason) of files that could not be decoded: a list when the set was
+    decoded at the start, else the run's ``BadFiles`` tally, filled as the files are met.
     ``sources`` the files the spec was read from (the prepared cache's change check uses them).
     """
 
     name: str
     pretrain: ImageSet | FileSet
-    train: ImageSet | None  # labelled training split (evaluation: kNN bank, linear probe)
-    test: ImageSet | None  # labelled test split (evaluation accuracy)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    sources: list[Path] = field(default_factory=list)
+    train: ImageSet | FileSet | None  # labelled training split (evaluation: kNN bank, linear probe)
+    test: ImageSet | FileSet | None  # labelled test split (evaluation accuracy)
+    skipped: list[tuple[str, str]] | BadFiles = field(default_factory=list)
+    sources: Sequence[Path] = field(default_factory=list)
 
 
 def load_digits() -> DataSplits:
@@ -126,24 +132,20 @@ def load_standard(name: str, root: Path, download: bool = False) -> DataSplits:
 
 def _decode_listing(
     listing: folders.Listing, size: int, workers: int
-) -> tuple[ImageSet, np.ndarray, list[tuple[str, str]]]:
-    images, keep, hw, skipped = folders.decode_all(listing.files, size, workers)
+) -> tuple[ImageSet, list[tuple[str, str]]]:
+    images, keep, _, skipped = folders.decode_all(listing.files, size, workers)
     files = [f for f, k in zip(listing.files, keep) if k]
-    labels = (
-        None
-        if listing.labels is None
-        else torch.tensor([y for y, k in zip(listing.labels, keep) if k], dtype=torch.int64)
-    )
-    return ImageSet(torch.from_numpy(images), labels, [str(f) for f in files], listing.classes), hw, skipped
+    labels = None if listing.labels is None else torch.from_numpy(np.asarray(listing.labels)[keep])
+    return ImageSet(torch.from_numpy(images), labels, [str(f) for f in files], listing.classes), skipped
 
 
-def _splits(name, train_list, test_list, size, *, out_dir, max_bad_fraction, workers) -> DataSplits:
-    """Decode a train listing (and a test one), apply the bad-file policy, pick memory or streaming."""
-    train, hw, skipped = _decode_listing(train_list, size, workers)
+def _decode_splits(name, train_list, test_list, size, *, out_dir, max_bad_fraction, workers) -> DataSplits:
+    """Tier (a) for a folder: decode the train listing (and a test one) now, apply the bad-file policy."""
+    train, skipped = _decode_listing(train_list, size, workers)
     test = None
     total = len(train_list.files)
     if test_list is not None:
-        test, _, bad = _decode_listing(test_list, size, workers)
+        test, bad = _decode_listing(test_list, size, workers)
         skipped, total = skipped + bad, total + len(test_list.files)
     folders.enforce(skipped, total, max_bad_fraction, out_dir)
     if len(train) == 0:
@@ -151,11 +153,32 @@ def _splits(name, train_list, test_list, size, *, out_dir, max_bad_fraction, wor
     labelled = train.labels is not None
     if test is not None and (test.labels is None or not labelled):
         test = None
-    pre: ImageSet | FileSet = train
-    if float(np.median(hw.min(1))) > size:  # large images: stream them at full resolution
-        pre = FileSet([Path(i) for i in train.ids], torch.from_numpy(hw), train.labels, train.classes)
-    sources = train_list.files + (test_list.files if test_list is not None else [])
-    return DataSplits(name, pre, train if labelled else None, test, skipped, sources)
+    sources = list(train_list.files) + (list(test_list.files) if test_list is not None else [])
+    return DataSplits(name, train, train if labelled else None, test, skipped, sources)
+
+
+def _file_set(listing: folders.Listing, side: float, bad: BadFiles) -> FileSet:
+    labels = None if listing.labels is None else torch.from_numpy(np.asarray(listing.labels, dtype=np.int64))
+    return FileSet(listing.files, labels, listing.classes, int(side), bad)
+
+
+def _splits(name, train_list, test_list, size, *, out_dir, max_bad_fraction, workers, limit) -> DataSplits:
+    """A folder's tier (``tiers.py``): decoded now when it fits the budget, else files read by workers."""
+    side, _ = survey.median_short_side(train_list.files)
+    count = len(train_list.files)
+    tier = tiers.folder_tier(count, size, side, limit)
+    log(tiers.describe(tier, count, size, limit, workers))
+    if tier == tiers.MEMORY:
+        return _decode_splits(
+            name, train_list, test_list, size, out_dir=out_dir, max_bad_fraction=max_bad_fraction, workers=workers
+        )
+    total = count + (len(test_list.files) if test_list is not None else 0)
+    bad = BadFiles(out_dir, max_bad_fraction, total)
+    train = _file_set(train_list, side, bad)
+    labelled = train.labels is not None
+    test = _file_set(test_list, side, bad) if test_list is not None and labelled and test_list.labels is not None else None
+    sources = train_list.files if test_list is None else [*train_list.files, *test_list.files]
+    return DataSplits(name, train, train if labelled else None, test, bad, sources)
 
 
 def _test_sibling(path: Path, is_dir: bool) -> Path | None:
@@ -220,7 +243,7 @@ def sources(spec: str) -> list[Path]:
         return standard.files(kind, path)
     if kind in ("folder", "list"):
         train, test = listings(str(path))
-        return train.files + (test.files if test is not None else [])
+        return list(train.files) + (list(test.files) if test is not None else [])
     return []
 
 
@@ -232,8 +255,9 @@ def load(
     download: bool = False,
     max_bad_fraction: float = 0.01,
     workers: int = 0,
+    memory_limit: int = 0,
 ) -> DataSplits:
-    """Resolve a data spec (see the module docstring) to images.
+    """Resolve a data spec (see the module docstring) to images, in the tier ``tiers.py`` picks.
 
     Args:
         image_size: S, the side folders and lists are decoded to (standard sets keep their own size).
@@ -241,8 +265,10 @@ def load(
         download: fetch a missing standard set (needs internet).
         max_bad_fraction: stop (UserError) when more of a folder's files than this cannot be decoded.
         workers: CPU processes that decode images (0: this process).
+        memory_limit: bytes of decoded images that may be held (0: ``tiers.budget()``).
     """
     kind, path = parse(spec)
+    limit = memory_limit or tiers.budget()
     if kind == "digits":
         return load_digits()
     if kind in standard.STANDARD:
@@ -250,7 +276,7 @@ def load(
     if kind == "prepared":
         from fastclr.data.prepare import load_prepared
 
-        return load_prepared(path)
+        return load_prepared(path, limit, workers)
     train, test = listings(str(path))
     name = path.stem if kind == "list" else path.name
     return _splits(
@@ -261,6 +287,7 @@ def load(
         out_dir=Path(out_dir) if out_dir is not None else None,
         max_bad_fraction=max_bad_fraction,
         workers=workers,
+        limit=limit,
     )
 
 
@@ -294,6 +321,12 @@ def balanced_subset(data, count: int, seed: int):
 
 def warn(msg: str) -> None:
     print(f"fastclr: warning: {msg}", file=sys.stderr)
+
+
+def log(msg: str) -> None:
+    """A data-layer line on stderr (rank 0 only under torchrun)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"fastclr: {msg}", file=sys.stderr, flush=True)
 
 
 def median_side(spec: str) -> tuple[float, int] | None:

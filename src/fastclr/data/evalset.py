@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from fastclr.data.badfiles import BadFiles
-from fastclr.data.datasets import ImageSet
+from fastclr.data.datasets import DataSplits, ImageSet, balanced_subset
 from fastclr.data.images import BadImage, decode
 from fastclr.data.listing import cache_dir
 from fastclr.data.stream import FileSet
@@ -116,3 +116,25 @@ def decoded(
     labels = None if data.labels is None else data.labels[pick]
     files = data.files
     return ImageSet(torch.from_numpy(rows[:put]), labels, [str(files[i]) for i in pick.tolist()], data.classes)
+
+
+def eval_splits(
+    data: DataSplits, size: int, *, max_images: int = 0, seed: int = 0, workers: int = 0, limit: int = 0
+) -> DataSplits:
+    """``data`` with its labelled train split cut to a class-balanced, seeded subset of ``max_images``
+    (0: all) and both labelled splits as evaluation views at ``size`` (the kNN bank and the probe's data).
+
+    The pretraining split is left as it is.
+    """
+    bad = data.skipped if isinstance(data.skipped, BadFiles) else None
+    train = test = None
+    if data.train is not None:
+        train = decoded(balanced_subset(data.train, max_images, seed), size, workers=workers, limit=limit, bad=bad)
+    if data.test is not None:
+        test = decoded(data.test, size, workers=workers, limit=limit, bad=bad)
+    return DataSplits(data.name, data.pretrain, train, test, data.skipped, data.sources)
+
+
+def pretrain_view(data: ImageSet | FileSet, size: int, *, workers: int = 0, limit: int = 0) -> ImageSet:
+    """The pretraining split as an ImageSet (evaluation views at ``size`` for a file set)."""
+    return decoded(data, size, workers=workers, limit=limit, bad=getattr(data, "bad", None))

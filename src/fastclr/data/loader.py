@@ -78,14 +78,33 @@ def build_loader(
     workers: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    resume: str = "",
 ):
-    """The loader for a pretraining source: InMemoryLoader for an ImageSet (images on the device),
-    stream.StreamLoader for a FileSet (large images decoded and cropped by ``workers`` CPU processes)."""
+    """The loader for a pretraining source, by tier (``tiers.py``): InMemoryLoader for a decoded
+    ImageSet (images on the device), mapped.MappedLoader for a cache over the memory budget,
+    stream.StreamLoader for a FileSet (decoded and cropped by ``workers`` CPU processes).
+    ``resume`` is the command named when a loader worker dies."""
+    from fastclr.data.mapped import MappedLoader
     from fastclr.data.stream import FileSet, StreamLoader
 
+    workers = min(workers, os.cpu_count() or 1)  # more processes than cores only add contention
     if isinstance(source, FileSet):
-        workers = min(workers, os.cpu_count() or 1)  # more processes than cores only add contention
         return StreamLoader(
-            source, batch_size, seed, device, views=views, cfg=aug, workers=workers, rank=rank, world_size=world_size
+            source,
+            batch_size,
+            seed,
+            device,
+            views=views,
+            cfg=aug,
+            workers=workers,
+            rank=rank,
+            world_size=world_size,
+            bad=source.bad,
+            resume=resume,
+        )
+    if source.mapped is not None:
+        shape = tuple(source.images.shape)
+        return MappedLoader(
+            source.mapped, shape, batch_size, seed, device, workers=workers, rank=rank, world_size=world_size, resume=resume
         )
     return InMemoryLoader(source.images, batch_size, seed, device, rank=rank, world_size=world_size)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastclr.data import datasets, folders, standard
+from fastclr.data import datasets, folders, standard, tiers
 from fastclr.data.images import fit
 from fastclr.data.stream import FileSet
 from fastclr.errors import UserError
@@ -131,7 +131,7 @@ def prepare(
         folders.enforce(skipped, total, max_bad_fraction, out)
         if splits["train"]["count"] == 0:
             raise UserError(f"{spec}: none of the {total} images could be decoded; see {out / 'skipped.txt'}")
-        pretrain_split, sources = "train", train.files + (test.files if test is not None else [])
+        pretrain_split, sources = "train", list(train.files) + (list(test.files) if test is not None else [])
     else:
         data = datasets.load(source, size, download=download)
         sets = {"train": data.train, "test": data.test}
@@ -192,19 +192,26 @@ def check_source(meta: dict, where: Path) -> None:
         )
 
 
-def _split(d: Path, name: str, info: dict, size: int) -> datasets.ImageSet:
+def _split(d: Path, name: str, info: dict, size: int, limit: int) -> datasets.ImageSet:
     n = info["count"]
     shape = (n, 3, size, size)
+    path = d / f"{name}.images.u8"
     images = (
-        np.memmap(d / f"{name}.images.u8", dtype=np.uint8, mode="c", shape=shape) if n else np.zeros(shape, np.uint8)
+        np.memmap(path, dtype=np.uint8, mode="c", shape=shape) if n else np.zeros(shape, np.uint8)
     )  # copy-on-write: pages load lazily
     labels = torch.from_numpy(np.load(d / f"{name}.labels.npy")) if info["labelled"] else None
     ids = json.loads((d / f"{name}.ids.json").read_text())
-    return datasets.ImageSet(torch.from_numpy(images), labels, ids, info["classes"])
+    mapped = path if n and limit and tiers.decoded_bytes(n, size) > limit else None
+    return datasets.ImageSet(torch.from_numpy(images), labels, ids, info["classes"], mapped)
 
 
-def load_prepared(d: Path) -> datasets.DataSplits:
-    """A cache written by :func:`prepare` as DataSplits (images memory-mapped, not read up front)."""
+def load_prepared(d: Path, limit: int = 0, workers: int = 0) -> datasets.DataSplits:
+    """A cache written by :func:`prepare` as DataSplits (images memory-mapped, not read up front).
+
+    Args:
+        limit: the memory budget in bytes: a split larger than it is marked for tier (b), read per
+            batch by ``workers`` loader processes (``mapped.py``), never copied whole (0: no limit).
+    """
     try:
         meta = json.loads((d / "meta.json").read_text())
     except (OSError, ValueError):
@@ -215,9 +222,11 @@ def load_prepared(d: Path) -> datasets.DataSplits:
         raise UserError(f"--data prepared:{d}: not a fastclr cache of version {VERSION}; run fastclr prepare again")
     check_source(meta, d)
     size = meta["size"]
-    sets = {name: _split(d, name, info, size) for name, info in meta["splits"].items()}
+    sets = {name: _split(d, name, info, size, limit) for name, info in meta["splits"].items()}
     train = sets.get("train")
     pre: datasets.ImageSet | FileSet = sets[meta["pretrain"]]
+    tier = tiers.MAPPED if pre.mapped is not None else tiers.MEMORY
+    datasets.log(tiers.describe(tier, len(pre), size, limit or tiers.budget(), workers))
     return datasets.DataSplits(
         f"prepared:{d.name}",
         pre,

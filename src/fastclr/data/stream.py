@@ -12,7 +12,7 @@ PIL images); the in-memory path resamples the same box with the same filter on t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,20 +20,29 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fastclr.data.badfiles import BadFiles
 from fastclr.data.images import BadImage, open_rgb
+from fastclr.data.listing import PathList
 from fastclr.data.loader import batch_index, epoch_order
+from fastclr.data.workers import EpochSampler, guarded, ignore_interrupt
 from fastclr.errors import UserError
 from fastclr.method.augment import AugmentConfig, apply_pixel_ops, normalize, sample_params, to_float
 
 
 @dataclass
 class FileSet:
-    """Images left on disk: files [N], hw int64 [N, 2] (full-resolution height, width), optional labels."""
+    """Images left on disk, listed but not decoded.
 
-    files: list[Path]
-    hw: torch.Tensor
+    files: N paths (a ``listing.PathList`` for folders); labels: int64 [N] or None; classes: names
+    or None; side: the median short side in px of a sample of the files (``survey.py``; 0: unknown);
+    bad: where the files that cannot be decoded are reported when met (``badfiles.py``).
+    """
+
+    files: Sequence[Path]
     labels: torch.Tensor | None = None
     classes: list[str] | None = None
+    side: int = 0
+    bad: BadFiles | None = None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -43,13 +52,9 @@ class FileSet:
         return [str(f) for f in self.files]
 
     def subset(self, index: torch.Tensor) -> FileSet:
-        idx = index.tolist()
-        return FileSet(
-            [self.files[i] for i in idx],
-            self.hw[index],
-            None if self.labels is None else self.labels[index],
-            self.classes,
-        )
+        files = self.files.take(index.numpy()) if isinstance(self.files, PathList) else [self.files[i] for i in index.tolist()]
+        labels = None if self.labels is None else self.labels[index]
+        return FileSet(files, labels, self.classes, self.side, self.bad)
 
 
 def crop_views(
@@ -95,50 +100,54 @@ def finish_views(
     return torch.cat(out)
 
 
-class _Order(torch.utils.data.Sampler):
-    """Yields (epoch, batch) keys for the epoch and start step set before each pass."""
+MAX_REPLACEMENTS = 64  # files tried in a row before a batch gives up
 
-    def __init__(self, steps: int):
-        self.steps, self.epoch, self.start = steps, 0, 0
 
-    def __iter__(self):
-        return iter([(self.epoch, b) for b in range(self.start, self.steps)])
-
-    def __len__(self) -> int:
-        return self.steps - self.start
+def open_or_replace(files: Sequence[Path], i: int, bad: list[tuple[str, str]]) -> tuple[int, Image.Image]:
+    """Sample ``i``'s image; a file that cannot be decoded is recorded in ``bad`` and replaced by the
+    next readable file of the listing (i + 1, i + 2, ... wrapping), whose index then keys the draws."""
+    for step in range(MAX_REPLACEMENTS):
+        j = (i + step) % len(files)
+        try:
+            return j, open_rgb(files[j])[0]
+        except BadImage as e:
+            bad.append((e.path, e.reason))
+    raise UserError(
+        f"{MAX_REPLACEMENTS} files in a row from {files[i]} on could not be decoded; is the folder readable?"
+    )
 
 
 class _Batches(torch.utils.data.Dataset):
-    """Batch (epoch, b) -> (index [b], views uint8 [V, b, 3, S, S]); runs in the CPU workers."""
+    """Batch (epoch, b) -> (index [b], views uint8 [V, b, 3, S, S], [(path, reason)] of the bad files met);
+    runs in the CPU workers."""
 
     def __init__(
-        self, files: list[Path], batch_size: int, seed: int, views: int, cfg: AugmentConfig, rank: int, world_size: int
+        self, files, batch_size: int, seed: int, views: int, cfg: AugmentConfig, rank: int, world_size: int
     ):
         self.files, self.batch_size, self.seed, self.views, self.cfg = files, batch_size, seed, views, cfg
         self.rank, self.world_size = rank, world_size
         self._perm: tuple[int, torch.Tensor] | None = None
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
         epoch, b = key
         if self._perm is None or self._perm[0] != epoch:
             self._perm = (epoch, epoch_order(len(self.files), self.seed, epoch))
-        index = batch_index(self._perm[1], b, self.batch_size, self.rank, self.world_size)
-        images = []
-        for i in index.tolist():
-            try:
-                images.append(open_rgb(self.files[i])[0])
-            except BadImage as e:
-                raise UserError(
-                    f"{e.path} could not be decoded during training ({e.reason}); it changed since the scan"
-                ) from None
-        return index, crop_views(images, index, seed=self.seed, epoch=epoch, views=self.views, cfg=self.cfg)
+        index = batch_index(self._perm[1], b, self.batch_size, self.rank, self.world_size).clone()
+        images, bad = [], []
+        for k, i in enumerate(index.tolist()):
+            index[k], image = open_or_replace(self.files, i, bad)
+            images.append(image)
+        views = crop_views(images, index, seed=self.seed, epoch=epoch, views=self.views, cfg=self.cfg)
+        return index, views, bad
 
 
 class StreamLoader:
     """Yields (index [b], views uint8 [V, b, 3, S, S]) on ``device``; b = batch_size / world_size.
 
     Same order and batching as ``loader.InMemoryLoader``; ``workers`` CPU processes decode and crop
-    (0: this process), a few batches ahead of the device.
+    (0: this process), a few batches ahead of the device. Bad files met are reported to ``bad``
+    (``badfiles.py``: skipped.txt, the count, the max_bad_fraction stop); a worker's death ends the
+    run with one line naming ``resume``, the command that continues it.
     """
 
     def __init__(
@@ -153,11 +162,14 @@ class StreamLoader:
         workers: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        bad: BadFiles | None = None,
+        resume: str = "",
     ):
         if batch_size % world_size:
             raise ValueError(f"batch size {batch_size} is not divisible by {world_size} processes")
         self.n, self.batch_size, self.device = len(data), batch_size, device
-        self.sampler = _Order(len(self))
+        self.bad, self.resume = bad, resume
+        self.sampler = EpochSampler(len(self))
         self.batches = _Batches(data.files, batch_size, seed, views, cfg, rank, world_size)
         self.loader = torch.utils.data.DataLoader(
             self.batches,
@@ -166,7 +178,8 @@ class StreamLoader:
             num_workers=workers,
             pin_memory=device.type == "cuda",
             persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None,
+            prefetch_factor=2 if workers > 0 else None,
+            worker_init_fn=ignore_interrupt if workers > 0 else None,
         )
 
     def __len__(self) -> int:
@@ -176,5 +189,7 @@ class StreamLoader:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of ``epoch`` from step ``start`` on (for resuming mid-epoch)."""
         self.sampler.epoch, self.sampler.start = epoch, start
-        for index, views in self.loader:
+        for index, views, bad in guarded(self.loader, self.resume):
+            if self.bad is not None:
+                self.bad.met(index.shape[0] + len(bad), bad)
             yield index.to(self.device, non_blocking=True), views.to(self.device, non_blocking=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from fastclr import config
-from fastclr.data import datasets
+from fastclr.data import datasets, evalset, tiers
 from fastclr.data.loader import build_loader
 from fastclr.errors import UserError
 from fastclr.eval.features import extract
@@ -150,6 +150,8 @@ _FREE_KEYS = {
     "workers",
     "download",
     "max_bad_fraction",
+    "data_memory_gb",
+    "eval_max_images",
     "channels_last",
     "knn_every",
     "online_probe",
@@ -217,6 +219,7 @@ def pretrain(cfg: config.Config, resume: bool = True) -> dict:
         torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN time its kernels once
     torch.manual_seed(cfg.seed)
 
+    limit = tiers.budget(cfg.data_memory_gb, device)
     data = datasets.load(
         cfg.data,
         cfg.image_size,
@@ -224,16 +227,11 @@ def pretrain(cfg: config.Config, resume: bool = True) -> dict:
         download=cfg.download,
         max_bad_fraction=cfg.max_bad_fraction,
         workers=cfg.workers,
+        memory_limit=limit,
     )
     pretrain_set = datasets.balanced_subset(data.pretrain, cfg.max_images, cfg.seed)
     stored = getattr(pretrain_set, "images", None)
-    side = (
-        int(min(stored.shape[-2:]))
-        if isinstance(stored, torch.Tensor)
-        else int(pretrain_set.hw.min())
-        if len(pretrain_set)
-        else None
-    )
+    side = int(min(stored.shape[-2:])) if isinstance(stored, torch.Tensor) else (pretrain_set.side or None)
     preflight.against_data(cfg, len(pretrain_set), side, data.name)
     loader = build_loader(
         pretrain_set,
@@ -245,6 +243,7 @@ def pretrain(cfg: config.Config, resume: bool = True) -> dict:
         workers=cfg.workers,
         rank=dist.rank(),
         world_size=world,
+        resume=f"fastclr pretrain --out {out}",
     )
     steps_per_epoch = len(loader)
     total_steps = cfg.epochs * steps_per_epoch
@@ -275,7 +274,8 @@ def pretrain(cfg: config.Config, resume: bool = True) -> dict:
     if dist.is_main():
         checkpoint.remove_temporaries(ckpt_dir)
     state = resume_state(ckpt_dir, cfg, device, resume)
-    monitors = Monitors(cfg, model.feature_dim, data, getattr(pretrain_set, "labels", None), device, precision, warn)
+    watched = data if not cfg.knn_every else evaluation_data(data, cfg, limit)
+    monitors = Monitors(cfg, model.feature_dim, watched, getattr(pretrain_set, "labels", None), device, precision, warn)
     if state is not None:
         monitors.load_state_dict(state.get("monitor", {}))
     step = 0
@@ -390,7 +390,11 @@ def pretrain(cfg: config.Config, resume: bool = True) -> dict:
         "skipped": len(data.skipped),  # files that could not be decoded: OUT/skipped.txt
     }
     if cfg.eval and dist.is_main() and data.train is not None and data.test is not None:
-        log("evaluating: kNN and linear probe, SimCLR encoder and random-init baseline")
+        data = evaluation_data(data, cfg, limit)
+        log(
+            f"evaluating on {len(data.train)} train / {len(data.test)} test images: kNN and linear probe, SimCLR "
+            "encoder and random-init baseline"
+        )
         ours = evaluate_encoder(model, data, cfg, device, precision)
         torch.manual_seed(cfg.seed + 1)
         baseline = build_model(cfg).to(device)
@@ -401,10 +405,20 @@ def pretrain(cfg: config.Config, resume: bool = True) -> dict:
             **ours,
             "random_init_knn_top1": base["knn_top1"],
             "random_init_linear_top1": base["linear_top1"],
+            "train_images": len(data.train),  # at most eval_max_images, class-balanced
+            "test_images": len(data.test),
         }
     if dist.is_main():
         (out / "result.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def evaluation_data(data: datasets.DataSplits, cfg: config.Config, limit: int) -> datasets.DataSplits:
+    """The labelled splits the evaluation scores: at most ``eval_max_images`` train images (seeded,
+    class-balanced), both as evaluation views at the training size, decoded by the loader workers."""
+    return evalset.eval_splits(
+        data, cfg.image_size, max_images=cfg.eval_max_images, seed=cfg.seed, workers=cfg.workers, limit=limit
+    )
 
 
 def last_logged_loss(path: Path) -> float | None:
