@@ -402,6 +402,8 @@ def add_embed(sub) -> None:
 
 
 def run_embed(args) -> dict:
+    from fastclr.data import evalset, tiers
+    from fastclr.data.datasets import ImageSet
     from fastclr.eval import embed
     from fastclr.train import dist, restore
 
@@ -414,12 +416,25 @@ def run_embed(args) -> dict:
     images = getattr(splits, args.split)
     if images is None:
         raise UserError(f"--split {args.split}: data set {splits.name!r} has no such split; use --split pretrain")
-    images = restore.in_memory(images, "embed")
     fn = (
         (lambda x: restored.model.project(restored.model.encode(x).float()))
         if args.projection
         else restored.model.encode
     )
+    if not isinstance(images, ImageSet) and dist.world_size() == 1:  # files: streamed, rows to a memmap
+        count, dim, files = embed.embed_files(
+            fn,
+            images,
+            args.out,
+            cfg.image_size,
+            dev,
+            batch_size=args.batch_size,
+            precision=precision,
+            workers=cfg.workers,
+        )
+        return {"out": args.out, "count": count, "dim": dim, "files": files}
+    if not isinstance(images, ImageSet):
+        images = evalset.decoded(images, cfg.image_size, workers=cfg.workers, limit=tiers.budget(cfg.data_memory_gb))
     mine = embed.shard(len(images), dist.rank(), dist.world_size())
     rows = embed.embed_rows(
         fn, images.images, mine, cfg.image_size, dev, args.batch_size, precision, progress=dist.is_main()

@@ -27,7 +27,9 @@ class Config:
     download: bool = False  # fetch a missing cifar10 / cifar100 / stl10 into its ROOT (needs internet)
     max_bad_fraction: float = 0.01  # stop before training when more of a folder's files than this cannot be decoded
     workers: int = 4  # CPU processes that decode images (folders, lists, the large-image stream); 0: the main process
-    data_memory_gb: float = 0.0  # decoded images a run may hold (data/tiers.py); 0: a quarter of RAM and of the GPU's memory
+    data_memory_gb: float = (
+        0.0  # decoded images a run may hold (data/tiers.py); 0: a quarter of RAM and of the GPU's memory
+    )
     # model
     arch: str = "resnet_mini"  # encoder: resnet_mini (CPU demos), resnet18 ... resnet152, wide_resnet50_2, any torchvision model
     init: str = ""  # start the encoder from a torchvision/timm state dict or .safetensors file ("": random init); keys checked exactly
@@ -75,7 +77,9 @@ class Config:
     knn_k: int = 200
     knn_temperature: float = 0.1
     eval_batch_size: int = 512
-    eval_max_images: int = 50000  # train images in the end-of-run kNN bank and probe: a seeded class-balanced subset (0: all)
+    eval_max_images: int = (
+        50000  # train images in the end-of-run kNN bank and probe: a seeded class-balanced subset (0: all)
+    )
     knn_every: int = 0  # kNN monitor every N epochs during pretraining, into metrics.jsonl (0: off; needs labels)
     online_probe: bool = (
         False  # linear classifier on detached h trained alongside (the reference's "linear eval while pretraining")

@@ -84,9 +84,7 @@ def test_resume_mid_epoch_gives_the_same_batches(tmp_path):
     for i in range(8):
         Image.fromarray(pixels(i, 40, 40)).save(tmp_path / f"{i}.png")
         files.append(tmp_path / f"{i}.png")
-    loader = StreamLoader(
-        FileSet(files, side=40), 2, seed=0, device=torch.device("cpu"), views=2, cfg=CFG
-    )
+    loader = StreamLoader(FileSet(files, side=40), 2, seed=0, device=torch.device("cpu"), views=2, cfg=CFG)
     full = list(loader.epoch(3))
     resumed = list(loader.epoch(3, start=2))
     assert all(torch.equal(a[1], b[1]) for a, b in zip(full[2:], resumed))

@@ -39,7 +39,9 @@ def test_bad_files_stop_only_after_the_minimum_sample(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"8 of the 150 .*max_bad_fraction=0.05.*skipped.txt"):
         bad.met(50, new)
     lines = (tmp_path / "skipped.txt").read_text().splitlines()
-    assert lines[0].startswith("#") and len(lines) == 1 + 8 and lines[-1] == "/x/new3.jpg\tnot an image (unknown format)"
+    assert (
+        lines[0].startswith("#") and len(lines) == 1 + 8 and lines[-1] == "/x/new3.jpg\tnot an image (unknown format)"
+    )
     again = badfiles.BadFiles(tmp_path, 0.05, total=10_000)  # a resumed run keeps the list
     assert len(again) == 8
 

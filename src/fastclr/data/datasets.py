@@ -130,9 +130,7 @@ def load_standard(name: str, root: Path, download: bool = False) -> DataSplits:
     return DataSplits(name, train, train, test, sources=sources)
 
 
-def _decode_listing(
-    listing: folders.Listing, size: int, workers: int
-) -> tuple[ImageSet, list[tuple[str, str]]]:
+def _decode_listing(listing: folders.Listing, size: int, workers: int) -> tuple[ImageSet, list[tuple[str, str]]]:
     images, keep, _, skipped = folders.decode_all(listing.files, size, workers)
     files = [f for f, k in zip(listing.files, keep) if k]
     labels = None if listing.labels is None else torch.from_numpy(np.asarray(listing.labels)[keep])
@@ -176,7 +174,9 @@ def _splits(name, train_list, test_list, size, *, out_dir, max_bad_fraction, wor
     bad = BadFiles(out_dir, max_bad_fraction, total)
     train = _file_set(train_list, side, bad)
     labelled = train.labels is not None
-    test = _file_set(test_list, side, bad) if test_list is not None and labelled and test_list.labels is not None else None
+    test = (
+        _file_set(test_list, side, bad) if test_list is not None and labelled and test_list.labels is not None else None
+    )
     sources = train_list.files if test_list is None else [*train_list.files, *test_list.files]
     return DataSplits(name, train, train if labelled else None, test, bad, sources)
 

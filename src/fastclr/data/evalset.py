@@ -138,3 +138,10 @@ def eval_splits(
 def pretrain_view(data: ImageSet | FileSet, size: int, *, workers: int = 0, limit: int = 0) -> ImageSet:
     """The pretraining split as an ImageSet (evaluation views at ``size`` for a file set)."""
     return decoded(data, size, workers=workers, limit=limit, bad=getattr(data, "bad", None))
+
+
+def head(data: ImageSet | FileSet, count: int, size: int) -> ImageSet:
+    """The first ``count`` images as an ImageSet (a file set's at ``size``, its evaluation views):
+    what ``show-augment`` and the report draw view pairs from."""
+    first = data.subset(torch.arange(min(count, len(data))))
+    return decoded(first, size)

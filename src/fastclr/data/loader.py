@@ -105,6 +105,14 @@ def build_loader(
     if source.mapped is not None:
         shape = tuple(source.images.shape)
         return MappedLoader(
-            source.mapped, shape, batch_size, seed, device, workers=workers, rank=rank, world_size=world_size, resume=resume
+            source.mapped,
+            shape,
+            batch_size,
+            seed,
+            device,
+            workers=workers,
+            rank=rank,
+            world_size=world_size,
+            resume=resume,
         )
     return InMemoryLoader(source.images, batch_size, seed, device, rank=rank, world_size=world_size)

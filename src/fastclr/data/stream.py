@@ -52,7 +52,11 @@ class FileSet:
         return [str(f) for f in self.files]
 
     def subset(self, index: torch.Tensor) -> FileSet:
-        files = self.files.take(index.numpy()) if isinstance(self.files, PathList) else [self.files[i] for i in index.tolist()]
+        files = (
+            self.files.take(index.numpy())
+            if isinstance(self.files, PathList)
+            else [self.files[i] for i in index.tolist()]
+        )
         labels = None if self.labels is None else self.labels[index]
         return FileSet(files, labels, self.classes, self.side, self.bad)
 
@@ -121,9 +125,7 @@ class _Batches(torch.utils.data.Dataset):
     """Batch (epoch, b) -> (index [b], views uint8 [V, b, 3, S, S], [(path, reason)] of the bad files met);
     runs in the CPU workers."""
 
-    def __init__(
-        self, files, batch_size: int, seed: int, views: int, cfg: AugmentConfig, rank: int, world_size: int
-    ):
+    def __init__(self, files, batch_size: int, seed: int, views: int, cfg: AugmentConfig, rank: int, world_size: int):
         self.files, self.batch_size, self.seed, self.views, self.cfg = files, batch_size, seed, views, cfg
         self.rank, self.world_size = rank, world_size
         self._perm: tuple[int, torch.Tensor] | None = None

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from fastclr import config
-from fastclr.data import datasets
+from fastclr.data import datasets, evalset, tiers
 from fastclr.errors import UserError
 from fastclr.method.model import SimCLR
 from fastclr.train import checkpoint
@@ -92,11 +92,9 @@ def open_for_command(
 
 
 def in_memory(images: object, what: str) -> datasets.ImageSet:
-    """The split as decoded images; UserError for a split that is streamed from disk."""
+    """The split as decoded images (``load_data`` gives them); UserError for anything else."""
     if not isinstance(images, datasets.ImageSet):
-        raise UserError(
-            f"{what}: these images are streamed from disk; use a data set decoded at the training size (its train split)"
-        )
+        raise UserError(f"{what}: expected decoded images; load the data with restore.load_data")
     return images
 
 
@@ -107,8 +105,14 @@ def device_and_precision(cfg: config.Config, device: str | None) -> tuple[torch.
 
 
 def load_data(cfg: config.Config, spec: str | None) -> datasets.DataSplits:
-    """The data a command evaluates on: ``--data``, else the data the checkpoint was trained on."""
-    return datasets.load(spec or cfg.data, cfg.image_size)
+    """The data a command evaluates on: ``--data``, else the data the checkpoint was trained on.
+
+    Any image size: the labelled splits come as evaluation views at the training size (resize +
+    centre crop, decoded in batches by loader workers; a memory-mapped scratch file past the
+    memory budget, ``data/evalset.py``); the pretraining split is left as listed.
+    """
+    data = datasets.load(spec or cfg.data, cfg.image_size, workers=cfg.workers)
+    return evalset.eval_splits(data, cfg.image_size, workers=cfg.workers, limit=tiers.budget(cfg.data_memory_gb))
 
 
 def labelled_splits(data: datasets.DataSplits, command: str) -> tuple[datasets.ImageSet, datasets.ImageSet]:
