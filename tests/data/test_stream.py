@@ -66,16 +66,19 @@ def test_stream_loader_independent_of_worker_count(tmp_path):
     runs = []
     for workers in (0, 2):
         loader = StreamLoader(data, 4, seed=1, device=torch.device("cpu"), views=2, cfg=CFG, workers=workers)
-        runs.append([(i.clone(), v.clone()) for e in (0, 1) for i, v in loader.epoch(e)])
+        runs.append([(i.clone(), v.clone(), e) for e in (0, 1) for i, v in loader.epoch(e)])
     assert len(runs[0]) == 6
-    for (i0, v0), (i1, v1) in zip(*runs):
-        assert torch.equal(i0, i1) and torch.equal(v0, v1)
+    for (i0, v0, e), (i1, v1, _) in zip(*runs):
+        # workers on a CPU device finish the views themselves (pixel ops included): the same views
+        assert v0.dtype == torch.uint8 and v1.dtype == torch.float32
+        finished = finish_views(v0, i0, seed=1, epoch=e, cfg=CFG)
+        assert torch.equal(i0, i1) and torch.allclose(finished, v1, atol=1e-5)
     # two processes of batch 2 each cover the single process's batch of 4, in order
     halves = [
         StreamLoader(data, 4, seed=1, device=torch.device("cpu"), views=2, cfg=CFG, rank=r, world_size=2)
         for r in (0, 1)
     ]
-    for (i, v), a, b in zip(runs[0][:3], halves[0].epoch(0), halves[1].epoch(0)):
+    for (i, v, _), a, b in zip(runs[0][:3], halves[0].epoch(0), halves[1].epoch(0)):
         assert torch.equal(i, torch.cat([a[0], b[0]])) and torch.equal(v, torch.cat([a[1], b[1]], 1))
 
 

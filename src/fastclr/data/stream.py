@@ -122,12 +122,22 @@ def open_or_replace(files: Sequence[Path], i: int, bad: list[tuple[str, str]]) -
 
 
 class _Batches(torch.utils.data.Dataset):
-    """Batch (epoch, b) -> (index [b], views uint8 [V, b, 3, S, S], [(path, reason)] of the bad files met);
-    runs in the CPU workers."""
+    """Batch (epoch, b) -> (index [b], views uint8 [V, b, 3, S, S] -- or, with ``finish``, float32
+    [V*b, 3, S, S] after the pixel ops --, [(path, reason)] of the bad files met); runs in the CPU workers."""
 
-    def __init__(self, files, batch_size: int, seed: int, views: int, cfg: AugmentConfig, rank: int, world_size: int):
+    def __init__(
+        self,
+        files,
+        batch_size: int,
+        seed: int,
+        views: int,
+        cfg: AugmentConfig,
+        rank: int,
+        world_size: int,
+        finish: bool = False,
+    ):
         self.files, self.batch_size, self.seed, self.views, self.cfg = files, batch_size, seed, views, cfg
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.finish = rank, world_size, finish
         self._perm: tuple[int, torch.Tensor] | None = None
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
@@ -140,6 +150,8 @@ class _Batches(torch.utils.data.Dataset):
             index[k], image = open_or_replace(self.files, i, bad)
             images.append(image)
         views = crop_views(images, index, seed=self.seed, epoch=epoch, views=self.views, cfg=self.cfg)
+        if self.finish:  # the device is this CPU: the pixel ops run here, in parallel, not in the main process
+            views = finish_views(views, index, seed=self.seed, epoch=epoch, cfg=self.cfg)
         return index, views, bad
 
 
@@ -147,7 +159,9 @@ class StreamLoader:
     """Yields (index [b], views uint8 [V, b, 3, S, S]) on ``device``; b = batch_size / world_size.
 
     Same order and batching as ``loader.InMemoryLoader``; ``workers`` CPU processes decode and crop
-    (0: this process), a few batches ahead of the device. Bad files met are reported to ``bad``
+    (0: this process), a few batches ahead of the device. When the device is the CPU itself and there
+    are workers, they apply the pixel ops too (same keyed draws, so the same views) and the loader
+    yields finished float32 views [V*b, 3, S, S]: the main process is left to the model. Bad files met are reported to ``bad``
     (``badfiles.py``: skipped.txt, the count, the max_bad_fraction stop); a worker's death ends the
     run with one line naming ``resume``, the command that continues it.
     """
@@ -172,7 +186,8 @@ class StreamLoader:
         self.n, self.batch_size, self.device = len(data), batch_size, device
         self.bad, self.resume = bad, resume
         self.sampler = EpochSampler(len(self))
-        self.batches = _Batches(data.files, batch_size, seed, views, cfg, rank, world_size)
+        finish = device.type == "cpu" and workers > 0
+        self.batches = _Batches(data.files, batch_size, seed, views, cfg, rank, world_size, finish)
         self.loader = torch.utils.data.DataLoader(
             self.batches,
             batch_size=None,
