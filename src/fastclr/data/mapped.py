@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastclr.data.loader import batch_index, epoch_order
+from fastclr.data.order import batch_index, epoch_order
 from fastclr.data.workers import EpochSampler, guarded
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 from fastclr.data.badfiles import BadFiles
 from fastclr.data.images import BadImage, open_rgb
 from fastclr.data.listing import PathList
-from fastclr.data.loader import batch_index, epoch_order
+from fastclr.data.order import batch_index, epoch_order
 from fastclr.data.workers import EpochSampler, guarded, ignore_interrupt
 from fastclr.errors import UserError
 from fastclr.method.augment import AugmentConfig, apply_pixel_ops, normalize, sample_params, to_float
@@ -161,9 +161,9 @@ class StreamLoader:
     Same order and batching as ``loader.InMemoryLoader``; ``workers`` CPU processes decode and crop
     (0: this process), a few batches ahead of the device. When the device is the CPU itself and there
     are workers, they apply the pixel ops too (same keyed draws, so the same views) and the loader
-    yields finished float32 views [V*b, 3, S, S]: the main process is left to the model. Bad files met are reported to ``bad``
-    (``badfiles.py``: skipped.txt, the count, the max_bad_fraction stop); a worker's death ends the
-    run with one line naming ``resume``, the command that continues it.
+    yields finished float32 views [V*b, 3, S, S]: the main process is left to the model. Bad files met
+    are reported to ``bad`` (``badfiles.py``: skipped.txt, the count, the max_bad_fraction stop); a
+    worker's death ends the run with one line naming ``resume``, the command that continues it.
     """
 
     def __init__(
