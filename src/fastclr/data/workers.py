@@ -50,7 +50,9 @@ def death_cause(message: str) -> str | None:
             return "killed by SIGKILL, most likely the out-of-memory killer (lower --set workers=N or the batch size)"
         return f"killed by signal {name}"
     code = re.search(r"exit code (-?\d+)", message)
-    return f"exited unexpectedly (exit code {code.group(1)})" if code else "exited unexpectedly"
+    if code:
+        return f"exited unexpectedly (exit code {code.group(1)})"
+    return "exited unexpectedly (killed, most often by the out-of-memory killer: lower --set workers=N or the batch size)"
 
 
 def guarded(batches: Iterable[T], resume: str) -> Iterator[T]:
