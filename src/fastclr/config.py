@@ -77,9 +77,7 @@ class Config:
     knn_k: int = 200
     knn_temperature: float = 0.1
     eval_batch_size: int = 512
-    eval_max_images: int = (
-        50000  # train images in the end-of-run kNN bank and probe: a seeded class-balanced subset (0: all)
-    )
+    eval_max_images: int = 10000  # train images in the end-of-run kNN bank and probe: seeded, class-balanced (0: all)
     knn_every: int = 0  # kNN monitor every N epochs during pretraining, into metrics.jsonl (0: off; needs labels)
     online_probe: bool = (
         False  # linear classifier on detached h trained alongside (the reference's "linear eval while pretraining")
