@@ -166,11 +166,11 @@ def build_config(preset: str | None, overrides: dict[str, object], sets: list[st
     for item in sets:
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected key=value")
-        k, v = item.split("=", 1)
-        chosen[k.strip()] = parse_value(k.strip(), v)
-    for k, v in overrides.items():
-        if v is not None:
-            chosen.setdefault(k, parse_value(k, v))
+        key, raw = item.split("=", 1)
+        chosen[key.strip()] = parse_value(key.strip(), raw)
+    for key, flag in overrides.items():
+        if flag is not None:
+            chosen.setdefault(key, parse_value(key, flag))
     base = read_preset(preset or "digits")
     if preset is None and from_data:
         base = _data_defaults(str(chosen.get("data", "digits")), str(chosen.get("device", "auto"))) or base

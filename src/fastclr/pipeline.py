@@ -16,7 +16,7 @@ import torch
 
 from fastclr import config, log
 from fastclr.data import evalset, tiers
-from fastclr.data.datasets import DataSplits
+from fastclr.data.datasets import DataSplits, ImageSet
 from fastclr.eval.evaluate import FeatureSettings, against_random_init
 from fastclr.eval.monitor import Monitors
 from fastclr.method.model import SimCLR
@@ -42,24 +42,26 @@ def pretrain_and_evaluate(
         return result
     data = run.data
     if cfg.eval and dist.is_main() and data.train is not None and data.test is not None:
-        data = watched if cfg.knn_every else evaluation_data(data, cfg, run.device)
+        scored = watched if cfg.knn_every else evaluation_data(data, cfg, run.device)
+        train, test = scored.train, scored.test
+        assert isinstance(train, ImageSet) and isinstance(test, ImageSet)  # eval_splits decoded both
         log.info(
-            f"evaluating on {len(data.train)} train / {len(data.test)} test images: kNN and linear probe, "
+            f"evaluating on {len(train)} train / {len(test)} test images: kNN and linear probe, "
             "SimCLR encoder and random-init baseline"
         )
         settings = FeatureSettings(cfg.image_size, run.device, cfg.eval_batch_size, run.precision, cfg.channels_last)
         result["eval"] = against_random_init(
             run.model,
             lambda: random_init_like(cfg, run.device),
-            data.train,
-            data.test,
+            train,
+            test,
             settings,
             knn_k=cfg.knn_k,
             knn_temperature=cfg.knn_temperature,
             seed=cfg.seed,
         )
-        result["eval"]["train_images"] = len(data.train)  # at most eval_max_images, class-balanced
-        result["eval"]["test_images"] = len(data.test)
+        result["eval"]["train_images"] = len(train)  # at most eval_max_images, class-balanced
+        result["eval"]["test_images"] = len(test)
     if dist.is_main():
         (run.out / "result.json").write_text(json.dumps(result, indent=2))
     return result
