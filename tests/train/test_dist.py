@@ -126,6 +126,8 @@ def test_helpers_without_process_group():
 
 RUN_FLAGS = [
     "pretrain",
+    "--device",
+    "cpu",  # 2 processes on a one-GPU machine would share GPU 0; the comparison is of the algorithm
     "--batch-size",
     "32",
     "--max-steps",
@@ -284,7 +286,8 @@ def _rank_of(pid: int) -> int | None:
 def test_killed_worker_restarts_and_resumes(tmp_path):
     """SIGKILL rank 1 after step 6; the group restarts from the step-4 checkpoint and ends with
     exactly the weights of an uninterrupted 2-process run."""
-    flags = ["pretrain", "--batch-size", "32", "--max-steps", "12", "--set", "max_images=128", "--set", "checkpoint_every=4",
+    flags = ["pretrain", "--device", "cpu",  # one GPU cannot hold 2 ranks; the comparison is of the algorithm
+             "--batch-size", "32", "--max-steps", "12", "--set", "max_images=128", "--set", "checkpoint_every=4",
              "--set", "precision=fp32", "--set", "eval=false", "--set", "log_every=1"]  # fmt: skip
     out, ref = tmp_path / "killed", tmp_path / "ref"
     cmd = [

@@ -29,6 +29,7 @@ SMALL = {
     "epochs": 5,
     "warmup_epochs": 1.0,
     "precision": "fp32",
+    "device": "cpu",  # bit-exact comparisons: CPU kernels are deterministic, cuDNN's autotuned ones are not
     "channels_last": False,
     "eval": False,
     "log_every": 1,
