@@ -52,7 +52,7 @@ def test_labels_follow_the_features_device():
     assert scores.device.type == "meta" and scores.shape == (4, 3)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_gpu_equals_cpu():
     train, test = features(7, 500, 32), features(8, 100, 32)
     labels = torch.randint(0, 10, (500,), generator=torch.Generator().manual_seed(9))

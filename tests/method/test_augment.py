@@ -189,7 +189,7 @@ def test_without_colour_no_colour_op_runs(monkeypatch):
     assert len(ran) == 17  # with colour: 4 positions x 4 ops, then grayscale
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("blur", [False, True])
 def test_gpu_views_equal_cpu_views(blur):
     """The same keyed views on the GPU as on the CPU: identical draws, pixels equal up to float rounding."""

@@ -129,7 +129,7 @@ def cuda_sync_errors():
         torch.cuda.set_sync_debug_mode("default")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("streamed,sets", CASES)
 def test_step_has_no_host_sync_on_cuda(streamed, sets):
     mode = one_step(small_config(**sets), torch.device("cuda"), streamed, cuda_sync_errors)
