@@ -16,6 +16,7 @@ import torch
 
 from fastclr import config, log
 from fastclr.eval.evaluate import FeatureSettings, against_random_init
+from fastclr.eval.features import all_threads
 from fastclr.eval.monitor import Monitors
 from fastclr.method.model import SimCLR
 from fastclr.train import dist, loop
@@ -41,16 +42,17 @@ def pretrain_and_evaluate(
     if cfg.eval and dist.is_main() and data.train is not None and data.test is not None:
         log.info("evaluating: kNN and linear probe, SimCLR encoder and random-init baseline")
         settings = FeatureSettings(cfg.image_size, run.device, cfg.eval_batch_size, run.precision, cfg.channels_last)
-        result["eval"] = against_random_init(
-            run.model,
-            lambda: random_init_like(cfg, run.device),
-            data.train,
-            data.test,
-            settings,
-            knn_k=cfg.knn_k,
-            knn_temperature=cfg.knn_temperature,
-            seed=cfg.seed,
-        )
+        with all_threads():  # the other ranks have left: under torchrun (OMP_NUM_THREADS=1) take every core
+            result["eval"] = against_random_init(
+                run.model,
+                lambda: random_init_like(cfg, run.device),
+                data.train,
+                data.test,
+                settings,
+                knn_k=cfg.knn_k,
+                knn_temperature=cfg.knn_temperature,
+                seed=cfg.seed,
+            )
     if dist.is_main():
         (run.out / "result.json").write_text(json.dumps(result, indent=2))
     return result
