@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fastclr import config
 from fastclr.data.stream import crop_views
 from fastclr.method import augment
-from fastclr.method.lars import build_optimizer
+from fastclr.method.lars import build_optimizer, set_lr
 from fastclr.train.step import augment_config, build_model, make_views, train_step
 
 _SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "lift_fresh", "lift_fresh_copy", "item"}
@@ -73,15 +73,22 @@ def batch(streamed: bool, cfg: config.Config, device: torch.device) -> tuple[tor
 def one_step(cfg: config.Config, device: torch.device, streamed: bool, guard=contextlib.nullcontext) -> NoHostSync:
     """A warm-up step (constants reach the device once), then a step under ``NoHostSync`` and ``guard()``."""
     torch.manual_seed(0)
-    model = build_model(cfg).to(device).train()
+    model = build_model(cfg).to(device).to(memory_format=torch.channels_last).train()
     optimizer = build_optimizer(model, cfg.optimizer, 0.1, cfg.weight_decay, cfg.momentum, cfg.trust_coefficient)
     index, images = batch(streamed, cfg, device)
     aug = augment_config(cfg)
-    train_step(model, optimizer, make_views(images, index, 0, cfg, aug), cfg, 0, device, cfg.precision)
+    bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def step(i: int) -> torch.Tensor:  # what the loop does per step (train/loop.py one_step and its bookkeeping)
+        set_lr(optimizer, 0.1 / (i + 1))
+        x = make_views(images, index, 0, cfg, aug).contiguous(memory_format=torch.channels_last)
+        value = train_step(model, optimizer, x, cfg, i, device, cfg.precision)
+        return torch.where((bad_step < 0) & ~torch.isfinite(value), i + 1, bad_step)
+
+    step(0)
     mode = NoHostSync()
     with guard(), mode:
-        x = make_views(images, index, 0, cfg, aug)
-        train_step(model, optimizer, x, cfg, 1, device, cfg.precision)
+        step(1)
     return mode
 
 
