@@ -69,9 +69,13 @@ def load_tokenizer(arch: str):
             str(folder), trust_remote_code=False, local_files_only=True, use_fast=True
         )
     except (OSError, ValueError) as e:
-        raise UserError(f"--arch {arch}: cannot load its tokenizer from {folder} ({str(e).splitlines()[0][:120]})") from None
+        raise UserError(
+            f"--arch {arch}: cannot load its tokenizer from {folder} ({str(e).splitlines()[0][:120]})"
+        ) from None
     if not getattr(tok, "is_fast", False):
-        raise UserError(f"--arch {arch}: the tokenizer in {folder} is not a fast tokenizer; save one with tokenizer.json")
+        raise UserError(
+            f"--arch {arch}: the tokenizer in {folder} is not a fast tokenizer; save one with tokenizer.json"
+        )
     return tok
 
 
