@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from textkit import SENTENCES, stsb_folder
 
 from fastclr.errors import UserError
 from fastclr.text.data import load, read_stsb, tokenize
+from textkit import SENTENCES, stsb_folder
 
 
 def test_txt_skips_empty_and_binary_lines_and_lists_them(tmp_path, tokenizer):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from textkit import SENTENCES, tiny_bert
 
 from fastclr import config
 from fastclr.errors import UserError
@@ -12,6 +11,7 @@ from fastclr.method import loss
 from fastclr.text.data import tokenize
 from fastclr.text.encoder import build_text_encoder, load_backbone, pool
 from fastclr.train import step
+from textkit import SENTENCES, tiny_bert
 
 
 def test_inputs_equal_the_tokenizer_batch(tiny_arch, tokenizer):

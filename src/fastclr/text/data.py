@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 
-from fastclr.data.datasets import DataSplits
 from fastclr.data.folders import enforce
 from fastclr.errors import UserError
 
@@ -76,9 +75,16 @@ class StsPairs:
 
 
 @dataclass
-class TextSplits(DataSplits):
-    """DataSplits of text: ``pretrain``/``train``/``test`` are TextSets; ``sts`` holds STS-B's pairs by split."""
+class TextSplits:
+    """What a text spec provides, with the fields of :class:`fastclr.data.datasets.DataSplits`: texts to
+    pretrain on, labelled train/test splits when known, skipped lines; ``sts`` holds STS-B's pairs by split."""
 
+    name: str
+    pretrain: TextSet
+    train: TextSet | None
+    test: TextSet | None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    sources: list[Path] = field(default_factory=list)
     sts: dict[str, StsPairs] = field(default_factory=dict)
     truncated: int = 0  # texts cut to max_length tokens
 
@@ -130,7 +136,8 @@ def _rows(path: Path, column: str) -> list[tuple[object, object]]:
     reader = csv.DictReader(io.StringIO(raw), delimiter="\t" if suffix == ".tsv" else ",")
     if column not in (reader.fieldnames or []):
         raise UserError(
-            f"--data text:{path}: no column {column!r} (columns: {', '.join(reader.fieldnames or [])}); name the text column with --set text_column=NAME"
+            f"--data text:{path}: no column {column!r} (columns: {', '.join(reader.fieldnames or [])}); "
+            "name the text column with --set text_column=NAME"
         )
     return [(row.get(column), row.get("label")) for row in reader]
 
@@ -142,7 +149,10 @@ def read_texts(path: Path, column: str = "text") -> RawTexts:
     if path.suffix.lower() not in TEXT_SUFFIXES:
         raise UserError(f"--data text:{path}: unknown format {path.suffix!r}; use one of {', '.join(TEXT_SUFFIXES)}")
     rows = _rows(path, column)
-    texts, labels, ids, skipped = [], [], [], []
+    texts: list[str] = []
+    labels: list[str | None] = []
+    ids: list[str] = []
+    skipped: list[tuple[str, str]] = []
     for i, (text, label) in enumerate(rows, start=1):
         reason = _check_line(text)
         if reason:
@@ -151,8 +161,8 @@ def read_texts(path: Path, column: str = "text") -> RawTexts:
         texts.append(str(text).strip())
         labels.append(None if label is None or label == "" else str(label))
         ids.append(f"{path.name}:{i}")
-    has_labels = bool(labels) and all(label is not None for label in labels)
-    return RawTexts(texts, labels if has_labels else None, ids, skipped, len(rows))
+    known = [label for label in labels if label is not None]
+    return RawTexts(texts, known if labels and len(known) == len(labels) else None, ids, skipped, len(rows))
 
 
 def read_stsb(folder: Path) -> dict[str, StsPairs]:
@@ -173,7 +183,8 @@ def read_stsb(folder: Path) -> dict[str, StsPairs]:
         pairs[split] = StsPairs(first, second, torch.tensor(scores, dtype=torch.float64))
     if "test" not in pairs:
         raise UserError(
-            f"--data stsb:{folder}: no sts-test.csv there; point it at the STS Benchmark folder (sts-train.csv, sts-dev.csv, sts-test.csv)"
+            f"--data stsb:{folder}: no sts-test.csv there; "
+            "point it at the STS Benchmark folder (sts-train.csv, sts-dev.csv, sts-test.csv)"
         )
     return pairs
 

