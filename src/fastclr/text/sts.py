@@ -9,7 +9,6 @@ frozen h is used (the projection head is dropped, as in SimCLR).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -137,15 +136,12 @@ def text_model(checkpoint: str | None, arch: str | None, random_init: bool, seed
             raise UserError(
                 f"checkpoint {checkpoint}: arch={cfg.arch!r} is not a text encoder; sts needs an hf: encoder"
             )
-        model, source = restored.model, restored.source
-    else:
-        cfg = config.Config(data=data or "stsb:stsbenchmark", arch=str(arch))
-        model, source = None, str(arch)
-    if random_init or model is None:
-        cfg = dataclasses.replace(cfg, hf_random_init=random_init)
-        torch.manual_seed(seed)
-        model, source = step.build_model(cfg), ("random-init" if random_init else source)
-    return model, cfg, source
+        if random_init:
+            restored = restore.random_init(cfg, seed)
+        return restored.model, restored.cfg, restored.source
+    cfg = config.Config(data=data or "stsb:stsbenchmark", arch=str(arch), hf_random_init=random_init)
+    torch.manual_seed(seed)
+    return step.build_model(cfg), cfg, ("random-init" if random_init else str(arch))
 
 
 def sts_command(

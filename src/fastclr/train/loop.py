@@ -217,18 +217,13 @@ def pretrain(cfg: config.Config, resume: bool = True) -> dict:
         torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN time its kernels once
     torch.manual_seed(cfg.seed)
 
-    data = datasets.load(
-        cfg.data,
-        cfg.image_size,
-        out_dir=out if dist.is_main() else None,
-        download=cfg.download,
-        max_bad_fraction=cfg.max_bad_fraction,
-        workers=cfg.workers,
-    )
+    data = load_data(cfg, out if dist.is_main() else None)
     pretrain_set = datasets.balanced_subset(data.pretrain, cfg.max_images, cfg.seed)
     stored = getattr(pretrain_set, "images", None)
     side = (
-        int(min(stored.shape[-2:]))
+        None  # texts have no pixels
+        if config.is_text(cfg)
+        else int(min(stored.shape[-2:]))
         if isinstance(stored, torch.Tensor)
         else int(pretrain_set.hw.min())
         if len(pretrain_set)
@@ -319,7 +314,7 @@ def pretrain(cfg: config.Config, resume: bool = True) -> dict:
                 lr = lr_at(step, peak_lr, warmup_steps, total_steps)
                 set_lr(optimizer, lr)
                 x = make_views(images, index, epoch, cfg, aug)
-                if cfg.channels_last:
+                if cfg.channels_last and x.dim() == 4:  # images; text views are token ids
                     x = x.contiguous(memory_format=torch.channels_last)
                 value = train_step(net, optimizer, x, cfg, step, device, precision, monitors.hook(index))
                 step += 1
@@ -389,7 +384,13 @@ def pretrain(cfg: config.Config, resume: bool = True) -> dict:
         "images_per_s": images_done / elapsed if images_done else 0.0,
         "skipped": len(data.skipped),  # files that could not be decoded: OUT/skipped.txt
     }
-    if cfg.eval and dist.is_main() and data.train is not None and data.test is not None:
+    if cfg.eval and dist.is_main() and config.is_text(cfg):
+        from fastclr.text.sts import evaluate_text
+
+        log("evaluating: STS and/or kNN and linear probe, trained encoder and its starting weights")
+        torch.manual_seed(cfg.seed)  # the starting weights: the file's, or the same random draw
+        result["eval"] = evaluate_text(model, build_model(cfg).to(device), data, cfg, device, precision)
+    elif cfg.eval and dist.is_main() and data.train is not None and data.test is not None:
         log("evaluating: kNN and linear probe, SimCLR encoder and random-init baseline")
         ours = evaluate_encoder(model, data, cfg, device, precision)
         torch.manual_seed(cfg.seed + 1)
@@ -405,6 +406,30 @@ def pretrain(cfg: config.Config, resume: bool = True) -> dict:
     if dist.is_main():
         (out / "result.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def load_data(cfg: config.Config, out_dir: Path | None):
+    """The run's data: images (:func:`fastclr.data.datasets.load`) or tokenised texts (:mod:`fastclr.text.data`)."""
+    if config.is_text(cfg):
+        from fastclr.text import data as text_data
+        from fastclr.text.encoder import load_tokenizer
+
+        return text_data.load(
+            cfg.data,
+            load_tokenizer(cfg.arch),
+            cfg.max_length,
+            column=cfg.text_column,
+            max_bad_fraction=cfg.max_bad_fraction,
+            out_dir=out_dir,
+        )
+    return datasets.load(
+        cfg.data,
+        cfg.image_size,
+        out_dir=out_dir,
+        download=cfg.download,
+        max_bad_fraction=cfg.max_bad_fraction,
+        workers=cfg.workers,
+    )
 
 
 def last_logged_loss(path: Path) -> float | None:
