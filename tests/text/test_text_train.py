@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from fastclr import cli, config
+from fastclr.pipeline import pretrain_and_evaluate as pretrain
 from fastclr.text.sts import sts_command
 from fastclr.train import checkpoint
-from fastclr.train import loop as train
 from textkit import SENTENCES, stsb_folder
 
 
@@ -46,14 +46,14 @@ def _cfg(tiny_arch: str, data: str, out, **kw) -> config.Config:
 
 def test_three_steps_resume_exactly_and_evaluate_sts(tiny_arch, tmp_path):
     data = f"stsb:{stsb_folder(tmp_path / 'sts')}"
-    whole = train.pretrain(_cfg(tiny_arch, data, tmp_path / "a", max_steps=3))
-    train.pretrain(_cfg(tiny_arch, data, tmp_path / "b", max_steps=2))
-    resumed = train.pretrain(_cfg(tiny_arch, data, tmp_path / "b", max_steps=3))  # continues at step 2
+    whole = pretrain(_cfg(tiny_arch, data, tmp_path / "a", max_steps=3))
+    pretrain(_cfg(tiny_arch, data, tmp_path / "b", max_steps=2))
+    resumed = pretrain(_cfg(tiny_arch, data, tmp_path / "b", max_steps=3))  # continues at step 2
     assert whole["steps"] == resumed["steps"] == 3
     a = checkpoint.load(tmp_path / "a" / "checkpoints" / "last.pt")["model"]
     b = checkpoint.load(tmp_path / "b" / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # dropout masks and word deletions included
-    done = train.pretrain(_cfg(tiny_arch, data, tmp_path / "a", max_steps=3, eval=True, eval_batch_size=5))
+    done = pretrain(_cfg(tiny_arch, data, tmp_path / "a", max_steps=3, eval=True, eval_batch_size=5))
     scores = done["eval"]
     assert set(scores) == {"sts_spearman", "start_sts_spearman"}
     # the baseline is the run's own starting weights: the seed's random draw of the architecture
@@ -66,7 +66,7 @@ def test_three_steps_resume_exactly_and_evaluate_sts(tiny_arch, tmp_path):
 def test_commands_on_a_text_checkpoint(tiny_arch, tmp_path, capsys):
     folder = stsb_folder(tmp_path / "sts")
     data = f"stsb:{folder}"
-    train.pretrain(_cfg(tiny_arch, data, tmp_path / "run", max_steps=2))
+    pretrain(_cfg(tiny_arch, data, tmp_path / "run", max_steps=2))
     ckpt = str(tmp_path / "run" / "checkpoints" / "last.pt")
 
     def run(*argv: str) -> dict:
