@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -41,11 +41,13 @@ def pretrain_and_evaluate(
         return result
     data = run.data
     if cfg.eval and dist.is_main() and config.is_text(cfg):
+        from fastclr.text.data import TextSplits
         from fastclr.text.sts import evaluate_text
 
         log.info("evaluating: STS-B and/or kNN and linear probe, trained encoder and its starting weights")
         torch.manual_seed(cfg.seed)  # the starting weights: the file's, or the run's own random draw
-        result["eval"] = evaluate_text(run.model, build_model(cfg).to(run.device), data, cfg, run.device, run.precision)
+        start = build_model(cfg).to(run.device)
+        result["eval"] = evaluate_text(run.model, start, cast(TextSplits, data), cfg, run.device, run.precision)
     elif cfg.eval and dist.is_main() and data.train is not None and data.test is not None:
         log.info("evaluating: kNN and linear probe, SimCLR encoder and random-init baseline")
         settings = FeatureSettings(cfg.image_size, run.device, cfg.eval_batch_size, run.precision, cfg.channels_last)

@@ -183,7 +183,7 @@ def enforce(
     total: int,
     max_fraction: float,
     out_dir: Path | None,
-    what: str = "image files",
+    what: str = "files",
     failed: str = "could not be decoded",
 ) -> None:
     """The bad-file policy: warn, write ``out_dir/skipped.txt``, stop if too many files are bad.
@@ -191,7 +191,7 @@ def enforce(
     Args:
         skipped: (path, reason) of every file that could not be decoded.
         total: how many files were listed (good and bad).
-        what, failed: the words of the messages (text data: "texts", "were unusable").
+        what, failed: the words of the messages ("texts", "were unusable" for text data).
     Raises:
         UserError: more than ``max_fraction`` of the files are bad (after writing skipped.txt).
     """
