@@ -295,12 +295,3 @@ def load(
         raise UserError(f"--data {spec!r}: not a text spec; use text:FILE or stsb:DIR")
     out = Path(out_dir) if out_dir is not None else None
     return _load_file(path, tokenizer, max_length, column, max_bad_fraction, out)
-
-
-def pad_tokens(tokens: list[torch.Tensor]) -> torch.Tensor:
-    """Stack 1-d token-id rows of different lengths, padding with -1: int64 [N, max length]."""
-    width = max((t.shape[0] for t in tokens), default=0)
-    out = torch.full((len(tokens), width), -1, dtype=torch.int64)
-    for i, t in enumerate(tokens):
-        out[i, : t.shape[0]] = t
-    return out

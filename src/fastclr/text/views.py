@@ -15,7 +15,6 @@ of :mod:`fastclr.text.data` on any device, with no host synchronisation.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -98,8 +97,3 @@ def make_text_views(
 ) -> torch.Tensor:
     """All V views of a batch, view-major (rows v*b .. (v+1)*b - 1 are view v): int64 [V*b, L]."""
     return torch.cat([text_view(tokens, index, seed, epoch, v, cfg) for v in range(views)])
-
-
-def kept_words(n_words: int, cfg: TextViewConfig) -> int:
-    """Fewest words a crop keeps of ``n_words`` (for documentation and tests)."""
-    return max(1, math.ceil(n_words * (1.0 - cfg.span_crop)))
