@@ -55,6 +55,16 @@ class InMemoryLoader:
             yield index, self.images[index]
 
 
+def worker_cap(workers: int) -> int:
+    """Loader workers for this process: at most its share of the node's cores.
+
+    torchrun starts LOCAL_WORLD_SIZE processes per node, and they share its cores: 8 ranks with 16
+    workers each on 16 cores would run 128 decoding processes, which only adds contention.
+    """
+    per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(workers, max(1, (os.cpu_count() or 1) // per_node)))
+
+
 def build_loader(
     source,
     batch_size: int,
@@ -69,13 +79,13 @@ def build_loader(
     resume: str = "",
 ):
     """The loader for a pretraining source, by tier (``tiers.py``): InMemoryLoader for a decoded
-    ImageSet (images on the device), mapped.MappedLoader for a cache over the memory budget,
-    stream.StreamLoader for a FileSet (decoded and cropped by ``workers`` CPU processes).
-    ``resume`` is the command named when a loader worker dies."""
+    ImageSet (images on the device) or a text set (its token tensors, :mod:`fastclr.text.data`),
+    mapped.MappedLoader for a cache over the memory budget, stream.StreamLoader for a FileSet (decoded
+    and cropped by ``workers`` CPU processes). ``resume`` is the command named when a loader worker dies."""
     from fastclr.data.mapped import MappedLoader
     from fastclr.data.stream import FileSet, StreamLoader
 
-    workers = min(workers, os.cpu_count() or 1)  # more processes than cores only add contention
+    workers = worker_cap(workers)  # more processes than cores only add contention
     if isinstance(source, FileSet):
         return StreamLoader(
             source,
@@ -90,7 +100,7 @@ def build_loader(
             bad=source.bad,
             resume=resume,
         )
-    if source.mapped is not None:
+    if getattr(source, "mapped", None) is not None:
         shape = tuple(source.images.shape)
         return MappedLoader(
             source.mapped,
@@ -103,4 +113,5 @@ def build_loader(
             world_size=world_size,
             resume=resume,
         )
-    return InMemoryLoader(source.images, batch_size, seed, device, rank=rank, world_size=world_size)
+    rows = source.tokens if hasattr(source, "tokens") else source.images
+    return InMemoryLoader(rows, batch_size, seed, device, rank=rank, world_size=world_size)
