@@ -28,7 +28,8 @@ def one_run(batch: int, chunk: int, image_size: int, threads: int) -> dict:
 
     from fastclr.config import Config
     from fastclr.method.lars import build_optimizer
-    from fastclr.train.step import build_model, train_step
+    from fastclr.train.restore import build_model
+    from fastclr.train.step import train_step
 
     torch.set_num_threads(threads)
     cfg = dataclasses.replace(Config(), precision="fp32", chunk_size=chunk, image_size=image_size)

@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 
 from fastclr.config import Config
-from fastclr.data import folders
+from fastclr.data import datasets, folders
 from fastclr.data.loader import InMemoryLoader
-from fastclr.data.prepare import load_prepared, prepare
-from fastclr.data.stream import FileSet, StreamLoader
+from fastclr.data.prepare import prepare
+from fastclr.data.sets import FileSet
+from fastclr.data.stream import StreamLoader
 from fastclr.method.augment import AugmentConfig
 from fastclr.train.step import make_views
 
@@ -87,7 +88,7 @@ def main() -> None:
         print(
             f"prepare: {res['count']} images in {prep_s:.1f} s ({res['count'] / prep_s:.0f} images/s, {args.workers} workers), skipped {res['skipped']}"
         )
-        data = load_prepared(cache)
+        data = datasets.load(f"prepared:{cache}", 0)
         listing = folders.list_folder(Path(args.folder))
         files = FileSet(listing.files, torch.zeros(len(listing.files), 2, dtype=torch.int64))
         cached = InMemoryLoader(data.pretrain.images, args.batch, 0, device)

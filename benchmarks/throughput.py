@@ -35,7 +35,8 @@ from fastclr import config as C
 from fastclr.method.augment import MEAN, STD, augment
 from fastclr.method.lars import build_optimizer, scaled_lr
 from fastclr.train.precision import autocast, pick_device, resolve
-from fastclr.train.step import augment_config, build_model, contrastive_loss
+from fastclr.train.restore import build_model
+from fastclr.train.step import augment_config, contrastive_loss
 
 
 def sync(device):

@@ -34,7 +34,7 @@ class Config:
     head_layers: int = 2  # 2 for SimCLR v1, 3 for v2
     head_hidden: int = 0  # hidden width of the head (0: the encoder's width d, as the paper)
     proj_dim: int = 128  # width of z
-    # augmentation (SIMCLR.md section 2)
+    # augmentation (Chen et al. 2020, Appendix A)
     min_scale: float = 0.08  # smallest crop area fraction
     color_strength: float = 0.5  # s: 0.5 for CIFAR, 1.0 for ImageNet
     blur: bool = False  # Gaussian blur: ImageNet-size images only
@@ -45,7 +45,7 @@ class Config:
     temperature: float = 0.5  # 0.5 for CIFAR (0.2 small batches), 0.1 for ImageNet at batch 4096
     margin: float = 1.0  # margin of the triplet loss
     max_negatives: int = 0  # cap on negatives per anchor (0: the whole batch), an ablation
-    # optimisation (SIMCLR.md section 5)
+    # optimisation (paper section 2.2, Appendix B.1)
     optimizer: str = "lars"  # lars | sgd | adamw
     lr: float = 0.3  # base learning rate before lr_rule
     lr_rule: str = "linear"  # linear: lr * B/256; sqrt: lr * sqrt(B); none
@@ -67,9 +67,9 @@ class Config:
         500  # steps between checkpoints (also at each epoch's end, at the end and on SIGTERM/SIGINT)
     )
     keep_checkpoints: int = 3  # newest checkpoints kept in OUT/checkpoints (last.pt is the newest)
-    sync_bn: bool = True  # global BN over all processes when k > 1 (SIMCLR.md section 5); off: per-process BN
+    sync_bn: bool = True  # global BN over all processes when k > 1 (paper section 2.2); off: per-process BN
     chunk_size: int = 0  # gradient cache: forward this many views at a time (0: the whole batch); BN is then per chunk
-    # evaluation at the end of pretraining (SIMCLR.md section 7)
+    # evaluation at the end of pretraining (paper section 4, Appendix B.5; kNN: Wu et al. 2018)
     eval: bool = True
     knn_k: int = 200
     knn_temperature: float = 0.1

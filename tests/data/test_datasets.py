@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from fastclr.data import datasets, folders
-from fastclr.data.stream import FileSet
+from fastclr.data.sets import FileSet
 from fastclr.errors import UserError
 from makeimages import pixels, write_bad, write_good
 

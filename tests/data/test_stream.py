@@ -4,7 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fastclr.data.stream import FileSet, StreamLoader, crop_views, finish_views
+from fastclr.data.sets import FileSet
+from fastclr.data.stream import StreamLoader, crop_views, finish_views
 from fastclr.method import augment
 from fastclr.method.augment import AugmentConfig
 from makeimages import pixels

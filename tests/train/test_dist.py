@@ -1,4 +1,4 @@
-"""1 process with batch B equals k = 2 processes with B/2 each (SIMCLR.md section 6).
+"""1 process with batch B equals k = 2 processes with B/2 each (docs/distributed.md).
 
 Inputs differ across ranks; the loss, every parameter's gradient and every BN buffer must match
 the single-process step on the whole batch up to float32 rounding.

@@ -21,70 +21,18 @@ in memory, at S. A sample's identity is its index in a sorted, stable listing.
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fastclr.data import folders, standard
-from fastclr.data.stream import FileSet
+from fastclr.data import cache, folders, standard
+from fastclr.data.sets import DataSplits, FileSet, ImageSet
 from fastclr.errors import UserError
 from fastclr.method.rng import keyed_generator
 
 IMAGE_SUFFIXES = folders.IMAGE_SUFFIXES
 LIST_SUFFIXES = (".csv", ".txt")
-
-
-@dataclass
-class ImageSet:
-    """Decoded images with optional labels.
-
-    images: uint8 [N, 3, H, W]; labels: int64 [N] or None; ids: N strings (file paths or
-    indices); classes: label names, or None.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor | None
-    ids: list[str]
-    classes: list[str] | None = None
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes: the named ones, else the largest label + 1 (0 without labels)."""
-        if self.classes:
-            return len(self.classes)
-        return int(self.labels.max()) + 1 if self.labels is not None and len(self.labels) else 0
-
-    def subset(self, index: torch.Tensor) -> ImageSet:
-        idx = index.tolist()
-        return ImageSet(
-            self.images[index],
-            None if self.labels is None else self.labels[index],
-            [self.ids[i] for i in idx],
-            self.classes,
-        )
-
-
-@dataclass
-class DataSplits:
-    """What a spec provides: images to pretrain on, and labelled train/test splits when known.
-
-    ``pretrain`` is an in-memory ImageSet, or a FileSet streamed from disk for images larger than
-    the training size. ``skipped`` lists (path, reason) of files that could not be decoded;
-    ``sources`` the files the spec was read from (the prepared cache's change check uses them).
-    """
-
-    name: str
-    pretrain: ImageSet | FileSet
-    train: ImageSet | None  # labelled training split (evaluation: kNN bank, linear probe)
-    test: ImageSet | None  # labelled test split (evaluation accuracy)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    sources: list[Path] = field(default_factory=list)
 
 
 def load_digits() -> DataSplits:
@@ -255,9 +203,7 @@ def load(
     if kind in standard.STANDARD:
         return load_standard(kind, path, download)
     if kind == "prepared":
-        from fastclr.data.prepare import load_prepared
-
-        return load_prepared(path)
+        return cache.load_prepared(path, sources)
     train, test = listings(str(path))
     name = path.stem if kind == "list" else path.name
     return _splits(
@@ -297,7 +243,3 @@ def balanced_subset(data, count: int, seed: int):
     else:
         pick = balanced_indices(data.labels, count, seed)
     return data.subset(pick)
-
-
-def warn(msg: str) -> None:
-    print(f"fastclr: warning: {msg}", file=sys.stderr)

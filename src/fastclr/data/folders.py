@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastclr import log
 from fastclr.data.images import BadImage, decode
 from fastclr.errors import UserError
 
@@ -197,14 +197,11 @@ def enforce(skipped: list[tuple[str, str]], total: int, max_fraction: float, out
             f.write("# path\treason\n")
             f.writelines(f"{p}\t{r}\n" for p, r in skipped)
     for p, r in skipped[:_WARN_FIRST]:
-        print(f"fastclr: warning: skipped {p}: {r}", file=sys.stderr)
+        log.warn(f"skipped {p}: {r}")
     if len(skipped) > _WARN_FIRST:
-        print(f"fastclr: warning: ... and {len(skipped) - _WARN_FIRST} more", file=sys.stderr)
+        log.warn(f"... and {len(skipped) - _WARN_FIRST} more")
     fraction = len(skipped) / max(total, 1)
-    print(
-        f"fastclr: warning: skipped {len(skipped)} of {total} files that could not be decoded (list: {where})",
-        file=sys.stderr,
-    )
+    log.warn(f"skipped {len(skipped)} of {total} files that could not be decoded (list: {where})")
     if fraction > max_fraction:
         raise UserError(
             f"{len(skipped)} of {total} image files ({fraction:.1%}) could not be decoded, more than max_bad_fraction="

@@ -177,3 +177,15 @@ def _export_onnx(enc: nn.Module, x: torch.Tensor, out: Path) -> None:
             dynamic_axes={"images": {0: "batch"}, "h": {0: "batch"}},
             opset_version=17,
         )
+
+
+def run(checkpoint: str, fmt: str, out: str | Path) -> dict:
+    """``fastclr export``: the encoder of a checkpoint; a fine-tuned classifier on h exports with its fc."""
+    from fastclr.eval.finetune import load_classifier
+    from fastclr.train import restore
+
+    restored = restore.load_model(checkpoint)
+    cfg, state, fc = restored.cfg, restored.state, None
+    if state.get("kind") == "classifier" and int(state.get("from_head_layer", 0)) == 0:
+        fc = load_classifier(checkpoint)[0].fc
+    return export(restored.model, cfg.arch, cfg.cifar_stem, cfg.image_size, fmt, out, fc=fc)

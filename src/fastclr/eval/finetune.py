@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastclr import config
+from fastclr import config, log
 from fastclr.data.datasets import ImageSet, balanced_indices
 from fastclr.errors import UserError
 from fastclr.eval import supervised
@@ -190,7 +190,7 @@ def run(
     folder = Path(out) if out else default_out(checkpoint, fraction)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "labels.txt").write_text("".join(f"{i}\n" for i in subset.ids))
-    restore.log(
+    log.info(
         f"finetune: {len(subset)} labelled images ({fraction:g} of {len(train)}), from head layer {from_head_layer}, {epochs} epochs, {dev} {precision}"
     )
     aug = supervised.crop_flip(cfg.image_size, cfg.min_scale, cfg.flip)
@@ -198,7 +198,7 @@ def run(
         restored.model,
         subset,
         test,
-        restore.num_classes(train),
+        train.num_classes,
         aug=aug,
         from_head_layer=from_head_layer,
         epochs=epochs,

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastclr import log
 from fastclr.data.datasets import ImageSet
 from fastclr.eval import supervised
-from fastclr.eval.features import extract
-from fastclr.eval.probe import linear_probe
+from fastclr.eval.evaluate import FeatureSettings, evaluate
 from fastclr.method.augment import AugmentConfig
 from fastclr.method.model import SimCLR
 
@@ -130,7 +130,6 @@ def features_eval(
     model: SimCLR,
     train: ImageSet,
     test: ImageSet,
-    num_classes: int,
     *,
     size: int,
     seed: int = 0,
@@ -139,11 +138,10 @@ def features_eval(
     batch_size: int = 512,
 ) -> dict[str, float]:
     """The transfer protocol: L-BFGS logistic regression on cached h, L2 penalty chosen on held-out train data."""
-    model.eval()
-    kw = {"size": size, "device": device, "batch_size": batch_size, "precision": precision}
-    train_f = extract(model.encode, train.images, **kw)
-    test_f = extract(model.encode, test.images, **kw)
-    return linear_probe(train_f, train.labels, test_f, test.labels, num_classes, seed=seed)
+    settings = FeatureSettings(size, torch.device(device), batch_size, precision)
+    scores = evaluate(model, train, test, settings, knn_k=(), seed=seed)
+    assert scores.linear is not None
+    return scores.linear
 
 
 def run(
@@ -164,14 +162,13 @@ def run(
     restored, dev, precision = restore.open_for_command(checkpoint, device, random_init, seed)
     cfg = restored.cfg
     train, test = restore.labelled_splits(restore.load_data(cfg, data), "linear")
-    classes = restore.num_classes(train)
+    classes = train.num_classes
     if features:
-        restore.log(f"linear (features): L-BFGS on cached h, {len(train)} train / {len(test)} test images")
+        log.info(f"linear (features): L-BFGS on cached h, {len(train)} train / {len(test)} test images")
         result = features_eval(
             restored.model,
             train,
             test,
-            classes,
             size=cfg.image_size,
             seed=seed,
             device=dev,
@@ -185,7 +182,7 @@ def run(
             "l2": result["l2"],
             "encoder": restored.source,
         }
-    restore.log(
+    log.info(
         f"linear (sgd): {epochs} epochs, batch {batch_size}, {len(train)} train / {len(test)} test images, {dev} {precision}"
     )
     aug = supervised.crop_flip(cfg.image_size, cfg.min_scale, cfg.flip)

@@ -21,7 +21,7 @@ import torch
 from fastclr import config
 from fastclr.data import datasets
 from fastclr.errors import UserError
-from fastclr.eval.features import extract
+from fastclr.eval.evaluate import FeatureSettings, split_features
 from fastclr.method.augment import MEAN, STD, augment
 from fastclr.train import tracking
 from fastclr.train.step import augment_config
@@ -265,13 +265,13 @@ def build(
         and isinstance(data.test, datasets.ImageSet)
         and isinstance(data.train, datasets.ImageSet)
     ):
-        kw = {"size": cfg.image_size, "device": torch.device(device), "batch_size": cfg.eval_batch_size}
         test = data.test
         if len(test) > MAP_POINTS:
             test = test.subset(
                 torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:MAP_POINTS].sort().values
             )
-        test_h = extract(model.encode, test.images, **kw)
+        settings = FeatureSettings(cfg.image_size, torch.device(device), cfg.eval_batch_size)
+        train_h, test_h = split_features(model.encode, data.train, test, settings)
         sections.append(
             _section(
                 f"Test representations ({method.upper()})",
@@ -279,7 +279,6 @@ def build(
             )
         )
         q = _queries(test.labels, len(test), queries)
-        train_h = extract(model.encode, data.train.images, **kw)
         fig = retrieval_figure(
             test.images[q],
             test_h[q],
@@ -354,3 +353,14 @@ img {{ max-width: 100%; }}
 {sections}
 </body></html>
 """
+
+
+def run_show_augment(
+    preset: str | None, data: str, sets: list[str], out: str | Path, count: int = 8, epoch: int = 0
+) -> dict:
+    """``fastclr show-augment``: the preset (plus ``--set`` values) whose augmentation to draw, then :func:`show_augment`."""
+    if not 1 <= count <= 64:
+        raise UserError(f"--count {count}: must be 1 to 64")
+    cfg = config.build_config(preset, {"data": data}, sets)
+    config.validate(cfg)
+    return show_augment(cfg.data, out, cfg, count, epoch)

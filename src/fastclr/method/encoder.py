@@ -1,7 +1,7 @@
 """Encoders f: images -> representation h (the pooled features).
 
 torchvision's ResNets (18 to 152) and wide ResNets, optionally with the CIFAR stem for small
-images (SIMCLR.md section 3: first conv 3x3 stride 1, no max-pool), a small ResNet for CPU
+images (paper Appendix B.9: first conv 3x3 stride 1, no max-pool), a small ResNet for CPU
 demos, and any other torchvision classification model by name with its classifier removed.
 """
 

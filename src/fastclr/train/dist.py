@@ -3,7 +3,7 @@
 Every helper works when torch.distributed is not started (one process: rank 0 of 1), so the
 training code calls them unconditionally. Processes are configured only through torchrun's
 environment variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT): NCCL on CUDA,
-gloo on CPU. SIMCLR.md section 6 lists what must hold; tests/test_dist.py checks it.
+gloo on CPU. docs/distributed.md lists what must hold; tests/train/test_dist.py checks it.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def _to_global_bn(module: nn.Module) -> nn.Module:
 
 
 def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Global BN (SIMCLR.md section 5): every BatchNorm of ``model`` normalises over all ranks.
+    """Global BN (paper section 2.2): every BatchNorm of ``model`` normalises over all ranks.
 
     CUDA uses torch's SyncBatchNorm; CPU uses :class:`GlobalBatchNorm`. State dict keys stay the same.
     """

@@ -1,4 +1,4 @@
-"""Rebuild a model from a checkpoint (or from scratch) for the evaluation commands.
+"""Where models come from: built from a config, or rebuilt from a checkpoint for the evaluation commands.
 
 Every command after pretraining (``knn``, ``linear``, ``finetune``, ``distill``, ``embed``,
 ``export``) starts here: :func:`load_model` reads a checkpoint with
@@ -11,7 +11,6 @@ reads an encoder reads those too.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +34,8 @@ class Restored:
     source: str  # the checkpoint path, or "random-init"
 
 
-def build(cfg: config.Config) -> SimCLR:
-    """A freshly initialised SimCLR network as ``cfg`` describes it."""
+def build_model(cfg: config.Config) -> SimCLR:
+    """A freshly initialised SimCLR network as ``cfg`` describes it (the one place a config becomes a model)."""
     return SimCLR(cfg.arch, cfg.cifar_stem, cfg.head_layers, cfg.head_hidden or None, cfg.proj_dim)
 
 
@@ -48,7 +47,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Restored
             f"checkpoint {path}: has no 'config' and 'model' entries; pass OUT/checkpoints/last.pt of a fastclr run"
         )
     cfg = config.from_dict(state["config"])
-    model = build(cfg)
+    model = build_model(cfg)
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if missing or unexpected:
         raise UserError(
@@ -60,7 +59,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Restored
 def random_init(cfg: config.Config, seed: int, device: torch.device | str = "cpu") -> Restored:
     """The same architecture with random weights: the baseline every protocol is compared to."""
     torch.manual_seed(seed)
-    return Restored(build(cfg).to(device), cfg, {}, "random-init")
+    return Restored(build_model(cfg).to(device), cfg, {}, "random-init")
 
 
 def resolve_model(path: str | None, random: bool, seed: int, device: torch.device, init: str | None = None) -> Restored:
@@ -122,11 +121,3 @@ def labelled_splits(data: datasets.DataSplits, command: str) -> tuple[datasets.I
             f"{command}: data set {data.name!r} has no labelled test split; add a test/ (or val/) folder with the same class folders"
         )
     return data.train, data.test
-
-
-def num_classes(train: datasets.ImageSet) -> int:
-    return len(train.classes or []) or int(train.labels.max()) + 1
-
-
-def log(msg: str) -> None:
-    print(f"fastclr: {msg}", file=sys.stderr, flush=True)

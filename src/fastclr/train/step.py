@@ -13,7 +13,6 @@ from fastclr import config
 from fastclr.data.stream import finish_views
 from fastclr.method import loss
 from fastclr.method.augment import AugmentConfig, augment
-from fastclr.method.model import SimCLR
 from fastclr.method.rng import keyed_uniform
 from fastclr.train import dist, gradcache
 from fastclr.train.precision import autocast
@@ -25,10 +24,6 @@ def augment_config(cfg: config.Config) -> AugmentConfig:
     return AugmentConfig(
         size=cfg.image_size, min_scale=cfg.min_scale, flip=cfg.flip, color_strength=cfg.color_strength, blur=cfg.blur
     )
-
-
-def build_model(cfg: config.Config) -> SimCLR:
-    return SimCLR(cfg.arch, cfg.cifar_stem, cfg.head_layers, cfg.head_hidden or None, cfg.proj_dim)
 
 
 def make_views(
@@ -45,7 +40,7 @@ def make_views(
 
 
 def contrastive_loss(z: torch.Tensor, cfg: config.Config, step: int) -> torch.Tensor:
-    """The configured loss of this rank's anchors against the global batch (SIMCLR.md section 6).
+    """The configured loss of this rank's anchors against the global batch (paper section 2.1, eq. 1; docs/distributed.md).
 
     Args:
         z: [V*b, D] this rank's projections, view-major (row v*b + i is view v of local sample i).
