@@ -70,10 +70,12 @@ def main() -> None:
     with open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
     print(
-        f"# {cpu}, {os.cpu_count()} cores, {args.threads} thread(s); torch {torch.__version__}; python {platform.python_version()}; commit {commit}"
+        f"# {cpu}, {os.cpu_count()} cores, {args.threads} thread(s); torch {torch.__version__}; python "
+        f"{platform.python_version()}; commit {commit}"
     )
     print(
-        f"# resnet_mini, {args.image_size}x{args.image_size}, batch {args.batch} x 2 views, fp32, LARS; {args.runs} runs each, mean +- std"
+        f"# resnet_mini, {args.image_size}x{args.image_size}, batch {args.batch} x 2 views, fp32, LARS; {args.runs} "
+        "runs each, mean +- std"
     )
     print("| chunk size | peak growth of one step (MiB) | step time (s) |")
     print("| --- | --- | --- |")

@@ -54,7 +54,8 @@ def add_pretrain(sub) -> None:
     )
     p.add_argument(
         "--init",
-        help="start the encoder from a torchvision/timm state dict (.pth, read with weights_only) or a .safetensors file; keys are checked exactly",
+        help="start the encoder from a torchvision/timm state dict (.pth, read with weights_only) or a .safetensors "
+        "file; keys are checked exactly",
     )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, dest="batch_size", help="global batch B (the learning-rate rules use it)")
@@ -88,8 +89,8 @@ def add_pretrain(sub) -> None:
         "--no-resume",
         action="store_true",
         dest="no_resume",
-        help="start over at step 0, deleting OUT/checkpoints (default: continue from OUT/checkpoints/last.pt with the run's "
-        "saved config.yaml as the base, so `fastclr pretrain --out DIR` resumes a stopped run)",
+        help="start over at step 0, deleting OUT/checkpoints (default: continue from OUT/checkpoints/last.pt with "
+        "the run's saved config.yaml as the base, so `fastclr pretrain --out DIR` resumes a stopped run)",
     )
     p.set_defaults(func=run_pretrain)
 
@@ -179,7 +180,8 @@ def add_knn(sub) -> None:
     p = sub.add_parser(
         "knn",
         help="weighted kNN accuracy of h (L2-normalised), train split -> test split",
-        description="Weighted kNN on L2-normalised h: votes exp(sim / T) of the k nearest training images (DINO's protocol).",
+        description="Weighted kNN on L2-normalised h: votes exp(sim / T) of the k nearest training images "
+        "(DINO's protocol).",
     )
     _eval_flags(p)
     p.add_argument("--k", default="20,200", help="neighbour counts, comma separated (default 20,200)")
@@ -254,8 +256,9 @@ def add_finetune(sub) -> None:
     p = sub.add_parser(
         "finetune",
         help="semi-supervised fine-tuning of the whole encoder on a class-balanced fraction of the labels",
-        description="Fine-tune the encoder (and with --from-head-layer 1 the head's first layer, as SimCLRv2) plus a new "
-        "linear layer on a class-balanced, seeded subset of the labels; Nesterov SGD, crop and flip only, no weight decay. "
+        description="Fine-tune the encoder (and with --from-head-layer 1 the head's first layer, as SimCLRv2) plus a "
+        "new linear layer on a class-balanced, seeded subset of the labels; Nesterov SGD, crop and flip only, "
+        "no weight decay. "
         "Writes OUT/labels.txt (the labelled files) and OUT/finetuned.pt (a teacher for `fastclr distill`).",
     )
     _eval_flags(p)

@@ -12,6 +12,7 @@ import typing
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -28,8 +29,10 @@ class Config:
     max_bad_fraction: float = 0.01  # stop before training when more of a folder's files than this cannot be decoded
     workers: int = 4  # CPU processes that decode images (folders, lists, the large-image stream); 0: the main process
     # model
-    arch: str = "resnet_mini"  # encoder: resnet_mini (CPU demos), resnet18 ... resnet152, wide_resnet50_2, any torchvision model
-    init: str = ""  # start the encoder from a torchvision/timm state dict or .safetensors file ("": random init); keys checked exactly
+    # encoder: resnet_mini (CPU demos), resnet18 ... resnet152, wide_resnet50_2, any torchvision model
+    arch: str = "resnet_mini"
+    # start the encoder from a torchvision/timm state dict or .safetensors file ("": random init); keys checked exactly
+    init: str = ""
     cifar_stem: bool = True  # 3x3 stride-1 first conv and no max-pool: right for images of 64 px or less
     head_layers: int = 2  # 2 for SimCLR v1, 3 for v2
     head_hidden: int = 0  # hidden width of the head (0: the encoder's width d, as the paper)
@@ -63,9 +66,8 @@ class Config:
     channels_last: bool = True
     compile: bool = False  # torch.compile the model (off by default until measured to pay on the device at hand)
     log_every: int = 10  # steps between metrics.jsonl lines (the only host syncs of the step)
-    checkpoint_every: int = (
-        500  # steps between checkpoints (also at each epoch's end, at the end and on SIGTERM/SIGINT)
-    )
+    # steps between checkpoints (also at each epoch's end, at the end and on SIGTERM/SIGINT)
+    checkpoint_every: int = 500
     keep_checkpoints: int = 3  # newest checkpoints kept in OUT/checkpoints (last.pt is the newest)
     sync_bn: bool = True  # global BN over all processes when k > 1 (paper section 2.2); off: per-process BN
     chunk_size: int = 0  # gradient cache: forward this many views at a time (0: the whole batch); BN is then per chunk
@@ -75,9 +77,8 @@ class Config:
     knn_temperature: float = 0.1
     eval_batch_size: int = 512
     knn_every: int = 0  # kNN monitor every N epochs during pretraining, into metrics.jsonl (0: off; needs labels)
-    online_probe: bool = (
-        False  # linear classifier on detached h trained alongside (the reference's "linear eval while pretraining")
-    )
+    # linear classifier on detached h trained alongside (the reference's "linear eval while pretraining")
+    online_probe: bool = False
     # output
     out: str = "runs/fastclr"
 
@@ -97,7 +98,7 @@ def _field_type(name: str) -> type:
     return hints[name]
 
 
-def parse_value(name: str, raw: object) -> object:
+def parse_value(name: str, raw: Any) -> Any:
     """Convert a raw value (YAML or a --set string) to the field's type, or raise UserError."""
     if name not in FIELDS:
         raise UserError(f"unknown config key {name!r}; valid keys: {', '.join(FIELDS)}")
@@ -135,7 +136,7 @@ def read_preset(name_or_file: str) -> dict:
             raise UserError(f"--config {name_or_file}: no such file")
         text = path.read_text()
     else:
-        ref = resources.files("fastclr").joinpath(PRESETS_DIR, f"{name_or_file}.yaml")
+        ref = resources.files("fastclr").joinpath(PRESETS_DIR).joinpath(f"{name_or_file}.yaml")
         if not ref.is_file():
             raise UserError(
                 f"--config {name_or_file!r} is neither a preset ({', '.join(preset_names())}) nor a YAML file"
@@ -152,7 +153,7 @@ def read_preset(name_or_file: str) -> dict:
 
 def build_config(preset: str | None, overrides: dict[str, object], sets: list[str]) -> Config:
     """Defaults, then the preset, then explicit flags, then --set key=value (last wins)."""
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for k, v in read_preset(preset or "digits").items():
         values[k] = parse_value(k, v)
     for k, v in overrides.items():
@@ -179,7 +180,7 @@ def save(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-_RANGES: list[tuple[str, typing.Callable[[object], bool], str]] = [
+_RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("image_size", lambda v: v >= 8, ">= 8"),
     ("max_images", lambda v: v >= 0, ">= 0"),
     ("max_bad_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),

@@ -97,7 +97,10 @@ def test_two_processes_equal_one(name, two_process_results):
     buf_rel, buf_key = max_rel(
         {k: v.float() for k, v in ref["buffers"].items()}, {k: v.float() for k, v in got["buffers"].items()}
     )
-    msg = f"{name}: loss {ref['loss']:.6f} vs {got['loss']:.6f} (rel {loss_rel:.2e}); max relative gradient difference {grad_rel:.2e} ({grad_key}); BN buffers {buf_rel:.2e} ({buf_key})"
+    msg = (
+        f"{name}: loss {ref['loss']:.6f} vs {got['loss']:.6f} (rel {loss_rel:.2e}); "
+        f"max relative gradient difference {grad_rel:.2e} ({grad_key}); BN buffers {buf_rel:.2e} ({buf_key})"
+    )
     print(msg)
     assert ref["grads"].keys() == got["grads"].keys()
     assert loss_rel < 1e-6, msg
@@ -193,7 +196,10 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert len(loss1) == len(loss2) == 5
     loss_rel = max(abs(a - b) / abs(a) for a, b in zip(loss1, loss2))
     w_abs, key = max(((w1[k].double() - w2[k].double()).abs().max().item(), k) for k in w1)
-    msg = f"per-step losses {loss1} vs {loss2}: max rel diff {loss_rel:.2e}; final weights max abs diff {w_abs:.2e} ({key})"
+    msg = (
+        f"per-step losses {loss1} vs {loss2}: max rel diff {loss_rel:.2e}; "
+        f"final weights max abs diff {w_abs:.2e} ({key})"
+    )
     print(msg)
     assert w1.keys() == w2.keys()
     assert loss_rel < LOSS_RTOL, msg
@@ -284,8 +290,9 @@ def _rank_of(pid: int) -> int | None:
 def test_killed_worker_restarts_and_resumes(tmp_path):
     """SIGKILL rank 1 after step 6; the group restarts from the step-4 checkpoint and ends with
     exactly the weights of an uninterrupted 2-process run."""
-    flags = ["pretrain", "--batch-size", "32", "--max-steps", "12", "--set", "max_images=128", "--set", "checkpoint_every=4",
-             "--set", "precision=fp32", "--set", "eval=false", "--set", "log_every=1"]  # fmt: skip
+    flags = ["pretrain", "--batch-size", "32", "--max-steps", "12", "--set", "max_images=128",
+             "--set", "checkpoint_every=4", "--set", "precision=fp32", "--set", "eval=false",
+             "--set", "log_every=1"]  # fmt: skip
     out, ref = tmp_path / "killed", tmp_path / "ref"
     cmd = [
         sys.executable,

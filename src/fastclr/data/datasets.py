@@ -147,7 +147,8 @@ def parse(spec: str) -> tuple[str, Path | None]:
         return name, Path(rest).expanduser() if rest else standard.default_root()
     if spec == "imagenet":  # the imagenet_resnet50 preset's placeholder: the data set has no public download
         raise UserError(
-            "--data imagenet: ImageNet has no automatic download; point --data at your copy, a folder with train/ and val/ class sub-folders (e.g. --data /data/imagenet)"
+            "--data imagenet: ImageNet has no automatic download; point --data at your copy, a folder with train/ "
+            "and val/ class sub-folders (e.g. --data /data/imagenet)"
         )
     if name == "prepared":
         if not rest:
@@ -160,7 +161,8 @@ def parse(spec: str) -> tuple[str, Path | None]:
         return "list", path
     if path.is_file():
         raise UserError(
-            f"--data {spec}: a single file is not a data set; give a folder of images or a .csv/.txt list of 'path[,label]' lines"
+            f"--data {spec}: a single file is not a data set; give a folder of images or a .csv/.txt list of "
+            "'path[,label]' lines"
         )
     raise UserError(
         f"--data {spec!r}: not a known data set or an existing folder or list; use digits, cifar10[:ROOT], "
@@ -171,6 +173,8 @@ def parse(spec: str) -> tuple[str, Path | None]:
 def sources(spec: str) -> list[Path]:
     """The files a spec is read from (no decoding): what ``prepare`` fingerprints."""
     kind, path = parse(spec)
+    if path is None:  # digits: no files
+        return []
     if kind in standard.STANDARD:
         return standard.files(kind, path)
     if kind in ("folder", "list"):
@@ -198,7 +202,7 @@ def load(
         workers: CPU processes that decode images (0: this process).
     """
     kind, path = parse(spec)
-    if kind == "digits":
+    if kind == "digits" or path is None:
         return load_digits()
     if kind in standard.STANDARD:
         return load_standard(kind, path, download)
@@ -218,20 +222,36 @@ def load(
 
 
 def balanced_indices(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
-    """Sorted indices of a class-balanced subset of ``count`` samples.
+    """Sorted indices of a class-balanced subset of ``min(count, N)`` samples.
 
-    Equal shares per class, the first (count mod C) classes taking one more; each class's pick is a
-    permutation keyed on (seed, class), so the subset depends on nothing but the labels, the count
-    and the seed. Used for ``max_images`` and for the semi-supervised label fractions.
+    Equal shares per class, the first (count mod C) classes taking one more; a class smaller than
+    its share gives all it has and the rest is shared among the others the same way, so the subset
+    always holds ``count`` samples. Each class's pick is a permutation keyed on (seed, class), so the
+    subset depends on nothing but the labels, the count and the seed. Used for ``max_images`` and
+    for the semi-supervised label fractions.
     """
-    classes = labels.unique()
+    classes = labels.unique().tolist()
+    members = {c: torch.nonzero(labels == c).flatten() for c in classes}
+    quotas = class_quotas([len(members[c]) for c in classes], min(count, len(labels)))
     picks = []
-    for i, c in enumerate(classes.tolist()):
-        members = torch.nonzero(labels == c).flatten()
-        quota = count // len(classes) + (1 if i < count % len(classes) else 0)
-        order = torch.randperm(len(members), generator=keyed_generator(seed, c, 0x1ABE1))
-        picks.append(members[order[:quota]])
+    for c, quota in zip(classes, quotas):
+        order = torch.randperm(len(members[c]), generator=keyed_generator(seed, c, 0x1ABE1))
+        picks.append(members[c][order[:quota]])
     return torch.cat(picks).sort().values
+
+
+def class_quotas(sizes: list[int], count: int) -> list[int]:
+    """How many samples each class gives to a balanced subset of ``count`` (at most ``sum(sizes)``)."""
+    quotas = [0] * len(sizes)
+    left = min(count, sum(sizes))
+    while left > 0:
+        open_ = [i for i, n in enumerate(sizes) if quotas[i] < n]
+        share, extra = divmod(left, len(open_))
+        for rank, i in enumerate(open_):
+            give = min(sizes[i] - quotas[i], share + (1 if rank < extra else 0))
+            quotas[i] += give
+            left -= give
+    return quotas
 
 
 def balanced_subset(data, count: int, seed: int):

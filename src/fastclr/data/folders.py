@@ -113,7 +113,8 @@ def read_list(path: Path, classes: list[str] | None = None) -> Listing:
     if missing:
         n, name = missing[0]
         raise UserError(
-            f"--data {path}: {len(missing)} listed files do not exist (first: line {n}, {name!r}); paths are relative to {base}"
+            f"--data {path}: {len(missing)} listed files do not exist (first: line {n}, {name!r}); paths are "
+            f"relative to {base}"
         )
     if not all(with_label):
         return Listing(files, None, None)
@@ -123,7 +124,8 @@ def read_list(path: Path, classes: list[str] | None = None) -> Listing:
         unknown = sorted(set(found) - set(classes))
         if unknown:
             raise UserError(
-                f"--data {path}: labels {unknown} are not among the train split's classes {classes}; both lists need the same labels"
+                f"--data {path}: labels {unknown} are not among the train split's classes {classes}; both lists need "
+                "the same labels"
             )
         found = classes
     lookup = {c: i for i, c in enumerate(found)}

@@ -27,6 +27,7 @@ import torch
 from fastclr.data import datasets, folders, standard
 from fastclr.data.cache import FORMAT, VERSION, fingerprint
 from fastclr.data.images import fit
+from fastclr.data.sets import ImageSet
 from fastclr.errors import UserError
 
 
@@ -35,7 +36,7 @@ def absolute_spec(spec: str) -> str:
     kind, path = datasets.parse(spec)
     if kind == "prepared":
         raise UserError(f"{spec}: already a prepared cache; give the original data spec to prepare")
-    if kind == "digits":
+    if kind == "digits" or path is None:
         return kind
     return f"{kind}:{path.resolve()}" if kind in standard.STANDARD else str(path.resolve())
 
@@ -121,8 +122,9 @@ def prepare(
         pretrain_split, sources = "train", train.files + (test.files if test is not None else [])
     else:
         data = datasets.load(source, size, download=download)
-        sets = {"train": data.train, "test": data.test}
+        sets: dict[str, ImageSet | None] = {"train": data.train, "test": data.test}
         if data.pretrain is not data.train:
+            assert isinstance(data.pretrain, ImageSet)  # standard sets and digits are decoded in memory
             sets["pretrain"] = data.pretrain
         for name, s in sets.items():
             if s is None:

@@ -45,9 +45,11 @@ def crop_views(
         p = sample_params(index, h, w, seed=seed, epoch=epoch, view=v, cfg=cfg)
         box = torch.stack((p["left"], p["top"], p["left"] + p["crop_w"], p["top"] + p["crop_h"]), 1).long().tolist()
         for i, im in enumerate(images):
-            view = im.crop(tuple(box[i])).resize((s, s), Image.BILINEAR)  # torchvision's resized_crop on PIL images
+            view = im.crop(tuple(box[i])).resize(
+                (s, s), Image.Resampling.BILINEAR
+            )  # torchvision's resized_crop on PIL images
             if p["flip"][i]:
-                view = view.transpose(Image.FLIP_LEFT_RIGHT)
+                view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             out[v, i] = np.asarray(view)
     return torch.from_numpy(out).permute(0, 1, 4, 2, 3).contiguous()
 

@@ -120,6 +120,7 @@ def run(
         splits.pretrain if isinstance(splits.pretrain, type(train)) else train
     )  # every decoded image, labelled or not
     labels = None
+    assert train.labels is not None and test.labels is not None  # labelled_splits checked them
     if alpha > 0:
         known = {i: int(y) for i, y in zip(train.ids, train.labels.tolist())}
         chosen = set(tstate.get("label_ids", []))
@@ -129,7 +130,8 @@ def run(
     student = Classifier(restore.build_model(scfg), teacher.fc.out_features, 0).to(dev)
     teacher.to(dev)
     log.info(
-        f"distill: teacher {tcfg.arch} -> student {scfg.arch}, {len(pool)} images, tau {temperature}, alpha {alpha}, {epochs} epochs, {dev} {precision}"
+        f"distill: teacher {tcfg.arch} -> student {scfg.arch}, {len(pool)} images, tau {temperature}, alpha {alpha}, "
+        f"{epochs} epochs, {dev} {precision}"
     )
     aug = supervised.crop_flip(tcfg.image_size, tcfg.min_scale, tcfg.flip)
     distill(

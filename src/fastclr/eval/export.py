@@ -110,7 +110,8 @@ def export(
             plain = None
         if not isinstance(getattr(plain, "fc", None), nn.Linear):
             raise UserError(
-                f"--format torchvision: {arch} has no torchvision constructor with an fc classifier; use --format safetensors"
+                f"--format torchvision: {arch} has no torchvision constructor with an fc classifier; use --format "
+                "safetensors"
             )
         state = encoder_state(model)
         if fc is None:

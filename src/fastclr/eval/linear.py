@@ -64,6 +64,7 @@ def train_classifier(
     with torch.no_grad():
         fc.weight.copy_(torch.randn(fc.weight.shape, generator=g) * 0.01)
         fc.bias.zero_()
+    assert train.labels is not None, "linear evaluation needs a labelled train split"
     labels = train.labels.to(device)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -116,13 +117,15 @@ def linear_eval(
         batch_size=batch_size,
         lr=lr,
         seed=seed,
-        device=device,
+        device=torch.device(device),
         precision=precision,
     )
-    logits = supervised.predict(lambda x: fc(model.encode(x).float()), test.images, aug.size, device, precision)
+    encode = model.encode
+    logits = supervised.predict(lambda x: fc(encode(x).float()), test.images, aug.size, torch.device(device), precision)
     moved = changed(model, before)
     if moved:
         raise RuntimeError(f"linear evaluation changed the frozen encoder: {moved[:5]}")
+    assert test.labels is not None, "linear evaluation needs a labelled test split"
     return supervised.accuracy(logits, test.labels)
 
 
@@ -183,7 +186,8 @@ def run(
             "encoder": restored.source,
         }
     log.info(
-        f"linear (sgd): {epochs} epochs, batch {batch_size}, {len(train)} train / {len(test)} test images, {dev} {precision}"
+        f"linear (sgd): {epochs} epochs, batch {batch_size}, {len(train)} train / {len(test)} test images, {dev} "
+        f"{precision}"
     )
     aug = supervised.crop_flip(cfg.image_size, cfg.min_scale, cfg.flip)
     result = linear_eval(

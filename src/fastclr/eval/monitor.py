@@ -91,7 +91,8 @@ class Monitors(Callback):
             and isinstance(data.train, ImageSet)
             and isinstance(data.test, ImageSet)
         )
-        self.train, self.test = (data.train, data.test) if labelled else (None, None)
+        self.train: ImageSet | None = data.train if labelled else None
+        self.test: ImageSet | None = data.test if labelled else None
         if cfg.knn_every and not labelled and warn:
             warn("knn_every is set but the data set has no labelled train and test splits: no kNN monitor")
         if cfg.online_probe and self.labels is None and warn:

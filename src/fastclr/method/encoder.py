@@ -70,12 +70,12 @@ def _strip_classifier(model: nn.Module) -> int:
             return head.in_features
         if isinstance(head, nn.Sequential):
             for i in reversed(range(len(head))):
-                if isinstance(head[i], nn.Linear):
-                    width = head[i].in_features
+                layer = head[i]
+                if isinstance(layer, nn.Linear):
                     head[i] = nn.Identity()
-                    return width
+                    return layer.in_features
     if hasattr(model, "heads") and hasattr(model.heads, "head"):  # vision transformers
-        width = model.heads.head.in_features
+        width = int(model.heads.head.in_features)  # type: ignore[union-attr,arg-type]
         model.heads.head = nn.Identity()
         return width
     raise UserError(f"--arch {type(model).__name__}: cannot find its classifier to remove; use a ResNet")

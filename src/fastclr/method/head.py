@@ -56,4 +56,4 @@ class ProjectionHead(nn.Module):
 
     def width(self, upto: int) -> int:
         """Output width after the first ``upto`` layers."""
-        return self.layers[upto - 1][0].out_features
+        return self.layers[upto - 1][0].out_features  # type: ignore[index]

@@ -82,7 +82,8 @@ def is_excluded(name: str, param: torch.Tensor) -> bool:
 
 def lars_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: weight matrices (decayed, adapted) and 1-d parameters (neither)."""
-    decay, plain = [], []
+    decay: list[nn.Parameter] = []
+    plain: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (plain if is_excluded(name, p) else decay).append(p)

@@ -48,7 +48,7 @@ def keyed_generator(seed: int, *keys: int) -> torch.Generator:
     """A CPU torch.Generator seeded from (seed, *keys), for host-side draws such as shuffling."""
     value = seed & _MASK
     for k in keys:
-        value = int(_mix(torch.tensor([value ^ _mix(torch.tensor([k + _GOLDEN])).item()]))[0])
+        value = int(_mix(torch.tensor([value ^ int(_mix(torch.tensor([k + _GOLDEN])).item())]))[0])
     g = torch.Generator()
     g.manual_seed(value)
     return g

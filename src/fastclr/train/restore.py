@@ -51,7 +51,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Restored
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if missing or unexpected:
         raise UserError(
-            f"checkpoint {path}: weights do not match arch={cfg.arch} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            f"checkpoint {path}: weights do not match arch={cfg.arch} (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]})"
         )
     return Restored(model.to(device), cfg, state, str(path))
 
@@ -84,7 +85,7 @@ def open_for_command(
     path: str | None, device: str | None, random: bool = False, seed: int = 0, init: str | None = None
 ) -> tuple[Restored, torch.device, str]:
     """What every evaluation command starts with: the model on its device, and the precision to use."""
-    restored = resolve_model(path, random, seed, "cpu", init)
+    restored = resolve_model(path, random, seed, torch.device("cpu"), init)
     dev, precision = device_and_precision(restored.cfg, device)
     restored.model.to(dev)
     return restored, dev, precision
@@ -94,7 +95,8 @@ def in_memory(images: object, what: str) -> datasets.ImageSet:
     """The split as decoded images; UserError for a split that is streamed from disk."""
     if not isinstance(images, datasets.ImageSet):
         raise UserError(
-            f"{what}: these images are streamed from disk; use a data set decoded at the training size (its train split)"
+            f"{what}: these images are streamed from disk; use a data set decoded at the training size (its train "
+            "split)"
         )
     return images
 
@@ -114,10 +116,12 @@ def labelled_splits(data: datasets.DataSplits, command: str) -> tuple[datasets.I
     """The labelled train and test splits, or a UserError saying what the data set lacks."""
     if data.train is None or data.train.labels is None:
         raise UserError(
-            f"{command}: data set {data.name!r} has no labels; use a folder with one sub-folder per class (train/<class>/..., test/<class>/...)"
+            f"{command}: data set {data.name!r} has no labels; use a folder with one sub-folder per class "
+            "(train/<class>/..., test/<class>/...)"
         )
     if data.test is None or data.test.labels is None:
         raise UserError(
-            f"{command}: data set {data.name!r} has no labelled test split; add a test/ (or val/) folder with the same class folders"
+            f"{command}: data set {data.name!r} has no labelled test split; add a test/ (or val/) folder with the "
+            "same class folders"
         )
     return data.train, data.test

@@ -40,7 +40,8 @@ def make_views(
 
 
 def contrastive_loss(z: torch.Tensor, cfg: config.Config, step: int) -> torch.Tensor:
-    """The configured loss of this rank's anchors against the global batch (paper section 2.1, eq. 1; docs/distributed.md).
+    """The configured loss of this rank's anchors against the global batch (paper section 2.1, eq. 1;
+    docs/distributed.md).
 
     Args:
         z: [V*b, D] this rank's projections, view-major (row v*b + i is view v of local sample i).
