@@ -140,10 +140,15 @@ def run(
     images = getattr(splits, split)
     if images is None:
         raise UserError(f"--split {split}: data set {splits.name!r} has no such split; use --split pretrain")
-    images = restore.in_memory(images, "embed")
     fn = (lambda x: model.project(model.encode(x).float())) if projection else model.encode
     mine = shard(len(images), dist.rank(), dist.world_size())
-    rows = embed_rows(fn, images.images, mine, cfg.image_size, dev, batch_size, precision, progress=dist.is_main())
+    if hasattr(images, "tokens"):  # texts: token ids through the text encoder
+        from fastclr.text.sts import encode_tokens
+
+        rows = encode_tokens(fn, images.tokens[mine], dev, batch_size, precision)
+    else:
+        images = restore.in_memory(images, "embed")
+        rows = embed_rows(fn, images.images, mine, cfg.image_size, dev, batch_size, precision, progress=dist.is_main())
     full = gather_in_order(rows, mine, len(images), dev)
     result: dict = {"out": out, "count": len(images), "dim": int(rows.shape[1])}
     if dist.is_main() and full is not None:

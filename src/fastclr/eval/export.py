@@ -33,6 +33,7 @@ import torch
 import torchvision
 from torch import nn
 
+from fastclr import config
 from fastclr.errors import UserError
 from fastclr.method.augment import MEAN, STD
 from fastclr.method.model import SimCLR
@@ -187,6 +188,12 @@ def run(checkpoint: str, fmt: str, out: str | Path) -> dict:
 
     restored = restore.load_model(checkpoint)
     cfg, state, fc = restored.cfg, restored.state, None
+    if config.is_text(cfg):
+        from fastclr.text.encoder import TextEncoder
+        from fastclr.text.export import export_text
+
+        assert isinstance(restored.model.encoder, TextEncoder)  # a text config builds one
+        return export_text(restored.model.encoder, cfg.arch, cfg.max_length, fmt, out)
     if state.get("kind") == "classifier" and int(state.get("from_head_layer", 0)) == 0:
         fc = load_classifier(checkpoint)[0].fc
     return export(restored.model, cfg.arch, cfg.cifar_stem, cfg.image_size, fmt, out, fc=fc)

@@ -23,7 +23,7 @@ from fastclr import config
 from fastclr.data import datasets
 from fastclr.errors import UserError
 from fastclr.eval.evaluate import FeatureSettings, split_features
-from fastclr.method.augment import MEAN, STD, augment
+from fastclr.method.augment import MEAN, STD, AugmentConfig, augment
 from fastclr.train import tracking
 from fastclr.train.step import augment_config
 
@@ -120,6 +120,8 @@ def view_pairs_figure(images: torch.Tensor, cfg: config.Config, count: int = 8, 
     count = min(count, images.shape[0])
     index = torch.linspace(0, images.shape[0] - 1, count).round().long()
     aug = augment_config(cfg)
+    if not isinstance(aug, AugmentConfig):
+        raise UserError(f"data {cfg.data!r}: view pairs are drawn for images only")
     views = [augment(images[index], index, seed=cfg.seed, epoch=epoch, view=v, cfg=aug) for v in range(2)]
     fig, axes = plt.subplots(3, count, figsize=(1.3 * count, 4.2), squeeze=False)
     for j in range(count):
