@@ -33,6 +33,7 @@ import torch
 import torchvision
 from torch import nn
 
+from fastclr import config
 from fastclr.errors import UserError
 from fastclr.method.augment import MEAN, STD
 from fastclr.method.model import SimCLR
@@ -110,7 +111,8 @@ def export(
             plain = None
         if not isinstance(getattr(plain, "fc", None), nn.Linear):
             raise UserError(
-                f"--format torchvision: {arch} has no torchvision constructor with an fc classifier; use --format safetensors"
+                f"--format torchvision: {arch} has no torchvision constructor with an fc classifier; use --format "
+                "safetensors"
             )
         state = encoder_state(model)
         if fc is None:
@@ -177,3 +179,21 @@ def _export_onnx(enc: nn.Module, x: torch.Tensor, out: Path) -> None:
             dynamic_axes={"images": {0: "batch"}, "h": {0: "batch"}},
             opset_version=17,
         )
+
+
+def run(checkpoint: str, fmt: str, out: str | Path) -> dict:
+    """``fastclr export``: the encoder of a checkpoint; a fine-tuned classifier on h exports with its fc."""
+    from fastclr.eval.finetune import load_classifier
+    from fastclr.train import restore
+
+    restored = restore.load_model(checkpoint)
+    cfg, state, fc = restored.cfg, restored.state, None
+    if config.is_text(cfg):
+        from fastclr.text.encoder import TextEncoder
+        from fastclr.text.export import export_text
+
+        assert isinstance(restored.model.encoder, TextEncoder)  # a text config builds one
+        return export_text(restored.model.encoder, cfg.arch, cfg.max_length, fmt, out)
+    if state.get("kind") == "classifier" and int(state.get("from_head_layer", 0)) == 0:
+        fc = load_classifier(checkpoint)[0].fc
+    return export(restored.model, cfg.arch, cfg.cifar_stem, cfg.image_size, fmt, out, fc=fc)

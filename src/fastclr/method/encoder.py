@@ -1,7 +1,7 @@
 """Encoders f: images -> representation h (the pooled features).
 
 torchvision's ResNets (18 to 152) and wide ResNets, optionally with the CIFAR stem for small
-images (SIMCLR.md section 3: first conv 3x3 stride 1, no max-pool), a small ResNet for CPU
+images (paper Appendix B.9: first conv 3x3 stride 1, no max-pool), a small ResNet for CPU
 demos, and any other torchvision classification model by name with its classifier removed.
 """
 
@@ -70,12 +70,12 @@ def _strip_classifier(model: nn.Module) -> int:
             return head.in_features
         if isinstance(head, nn.Sequential):
             for i in reversed(range(len(head))):
-                if isinstance(head[i], nn.Linear):
-                    width = head[i].in_features
+                layer = head[i]
+                if isinstance(layer, nn.Linear):
                     head[i] = nn.Identity()
-                    return width
+                    return layer.in_features
     if hasattr(model, "heads") and hasattr(model.heads, "head"):  # vision transformers
-        width = model.heads.head.in_features
+        width = int(model.heads.head.in_features)  # type: ignore[union-attr,arg-type]
         model.heads.head = nn.Identity()
         return width
     raise UserError(f"--arch {type(model).__name__}: cannot find its classifier to remove; use a ResNet")
