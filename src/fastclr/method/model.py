@@ -18,13 +18,20 @@ class SimCLR(nn.Module):
         head_layers: 2 (v1) or 3 (v2).
         head_hidden: hidden width of the head; None uses d, the width of h (as the paper).
         proj_dim: width of z.
+        arch_kwargs: keyword arguments of the encoder's torchvision / timm constructor.
     """
 
     def __init__(
-        self, arch: str, cifar_stem: bool, head_layers: int = 2, head_hidden: int | None = None, proj_dim: int = 128
+        self,
+        arch: str,
+        cifar_stem: bool,
+        head_layers: int = 2,
+        head_hidden: int | None = None,
+        proj_dim: int = 128,
+        arch_kwargs: dict | None = None,
     ):
         super().__init__()
-        self.encoder, self.feature_dim = build_encoder(arch, cifar_stem)
+        self.encoder, self.feature_dim = build_encoder(arch, cifar_stem, arch_kwargs)
         self.head = ProjectionHead(self.feature_dim, head_hidden or self.feature_dim, proj_dim, head_layers)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from fastclr import config
 from fastclr.data.stream import finish_views
 from fastclr.method import loss
 from fastclr.method.augment import AugmentConfig, augment
+from fastclr.method.encoder import freeze_patch_embedding
 from fastclr.method.model import SimCLR
 from fastclr.method.rng import keyed_uniform
 from fastclr.train import dist, gradcache
@@ -28,7 +29,13 @@ def augment_config(cfg: config.Config) -> AugmentConfig:
 
 
 def build_model(cfg: config.Config) -> SimCLR:
-    return SimCLR(cfg.arch, cfg.cifar_stem, cfg.head_layers, cfg.head_hidden or None, cfg.proj_dim)
+    """The SimCLR network ``cfg`` describes, its ViT patch projection frozen when ``freeze_patch_embed``."""
+    model = SimCLR(
+        cfg.arch, cfg.cifar_stem, cfg.head_layers, cfg.head_hidden or None, cfg.proj_dim, config.arch_kwargs(cfg)
+    )
+    if cfg.freeze_patch_embed:
+        freeze_patch_embedding(model.encoder)
+    return model
 
 
 def make_views(
