@@ -148,7 +148,7 @@ class WandB:
                 group=group or None,
                 name=name,
                 dir=str(folder),
-                id=run_id or wandb.util.generate_id(),
+                id=run_id,
                 resume="allow",
                 settings=wandb.Settings(console="off"),  # stdout stays ours: the result is its last line
             )
