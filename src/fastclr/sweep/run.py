@@ -38,7 +38,7 @@ class SweepSpec:
 
     base: str | None
     data: str | None
-    space: str
+    space_file: str
     metric: str = "knn_top1"
     pruner: str = "median"
     sets: tuple[str, ...] = ()
@@ -144,7 +144,7 @@ def sweep(
         raise UserError(f"--pruner {spec.pruner!r}: use one of {', '.join(PRUNERS)}")
     if trials < 1:
         raise UserError(f"--trials {trials}: must be >= 1")
-    dims = space.read(spec.space)
+    dims = space.read(spec.space_file)
     out = Path(out)
     trial_config(spec, dims, _Preview(), out, "check")  # a bad base config or --set fails before any trial
     optuna = study.import_optuna()

@@ -52,11 +52,13 @@ def _dimension(name: str, spec: object, where: str) -> Dimension:
     kind = config._field_type(name)
     if kind not in (int, float):
         raise UserError(f"{where}: {name} is a {kind.__name__}: give a list of choices, not a range")
-    low, high = config.parse_value(name, spec["low"]), config.parse_value(name, spec["high"])
+    low, high = float(config.parse_value(name, spec["low"])), float(config.parse_value(name, spec["high"]))  # type: ignore[arg-type]
     log = bool(spec.get("log", False))
-    if not low < high or (log and low <= 0) or not all(math.isfinite(v) for v in (low, high)):  # type: ignore[arg-type]
+    if not low < high or (log and low <= 0) or not all(math.isfinite(v) for v in (low, high)):
         raise UserError(f"{where}: {name}: need low < high (and low > 0 with log), got {spec}")
-    return Dimension(name, low=low, high=high, log=log, step=spec.get("step"))  # type: ignore[arg-type]
+    if kind is int:
+        return Dimension(name, low=int(low), high=int(high), log=log, step=spec.get("step"))
+    return Dimension(name, low=low, high=high, log=log, step=spec.get("step"))
 
 
 def read(path: str | Path) -> list[Dimension]:

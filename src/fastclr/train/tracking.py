@@ -101,22 +101,39 @@ class Tracker(Protocol):
 
 
 class TensorBoard:
-    """Scalars and the config as text in the run folder (``pip install 'fastclr[tensorboard]'``)."""
+    """Scalars and the config as text in the run folder (``pip install 'fastclr[tensorboard]'``).
 
-    def __init__(self, out: Path, start_step: int):
+    The writer opens at the first record and purges the events from that step on (TensorBoard's
+    ``purge_step``): a resumed run's events read like an uninterrupted run's.
+    """
+
+    def __init__(self, out: Path):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise UserError("trackers=tensorboard needs tensorboard: pip install 'fastclr[tensorboard]'") from None
-        self.writer = SummaryWriter(log_dir=str(out), purge_step=start_step if start_step > 0 else None)
+        self.out, self.opener, self.pending = out, SummaryWriter, []  # type: ignore[var-annotated]
+        self._writer: Any = None
+
+    def _open(self, step: int) -> Any:
+        if self._writer is None:
+            self._writer = self.opener(log_dir=str(self.out), purge_step=step if step > 0 else None)
+            for text in self.pending:
+                self._writer.add_text("config", text)
+        return self._writer
 
     def log_config(self, values: dict[str, Any]) -> None:
-        self.writer.add_text("config", "\n".join(f"    {k}: {v!r}" for k, v in values.items()))
+        text = "\n".join(f"    {k}: {v!r}" for k, v in values.items())
+        if self._writer is None:
+            self.pending.append(text)
+        else:
+            self._writer.add_text("config", text)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        writer = self._open(step)
         for key, value in metrics.items():
-            self.writer.add_scalar(key, value, step)
-        self.writer.flush()
+            writer.add_scalar(key, value, step)
+        writer.flush()
 
     def log_summary(self, values: dict[str, float], step: int) -> None:
         self.log_metrics({f"eval/{k}": v for k, v in values.items()}, step)
@@ -127,10 +144,11 @@ class TensorBoard:
             from PIL import Image
 
             image = np.asarray(Image.open(path).convert("RGB"))
-            self.writer.add_image(path.stem, image, dataformats="HWC")
+            self._open(0).add_image(path.stem, image, dataformats="HWC")
 
     def close(self) -> None:
-        self.writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 class WandB:
@@ -233,7 +251,6 @@ class Trackers:
     Args:
         names: tracker names (see :func:`parse_names`).
         out: the run folder (TensorBoard's events, ``trackers.json``).
-        start_step: the step training starts from (TensorBoard drops its later events).
         folder: where W&B and MLflow write locally ("" or None: ``out``).
         project, group: W&B project / group, MLflow experiment / tag ``group``.
     """
@@ -242,7 +259,6 @@ class Trackers:
         self,
         names: list[str],
         out: Path,
-        start_step: int = 0,
         folder: str | Path | None = None,
         project: str = "fastclr",
         group: str = "",
@@ -255,7 +271,7 @@ class Trackers:
         self.items: list[Tracker] = []
         for tracker in names:
             if tracker == "tensorboard":
-                self.items.append(TensorBoard(out, start_step))
+                self.items.append(TensorBoard(out))
             elif tracker == "wandb":
                 run = WandB(out, where, ids.get("wandb"), project, group, name)
                 ids["wandb"] = run.id
@@ -269,12 +285,11 @@ class Trackers:
             ids_path.write_text(json.dumps(ids, indent=2))
 
     @classmethod
-    def from_config(cls, cfg: Any, start_step: int = 0) -> Trackers:
+    def from_config(cls, cfg: Any) -> Trackers:
         """The trackers ``cfg`` (a :class:`fastclr.config.Config`) asks for, in its run folder."""
         return cls(
             parse_names(cfg.trackers),
             Path(cfg.out),
-            start_step,
             cfg.tracker_dir,
             cfg.tracker_project,
             cfg.tracker_group,
@@ -329,7 +344,7 @@ class MetricsLog:
         trim(path, start_step)
         self.file = open(path, "a")  # noqa: SIM115 - open for the whole run
         if trackers is None:
-            self.trackers = Trackers(parse_names("auto"), Path(out), start_step)
+            self.trackers = Trackers(parse_names("auto"), Path(out))
 
     def log(self, record: dict) -> None:
         """Append one record (it must hold ``step``)."""
