@@ -71,10 +71,11 @@ class MiniResNet(nn.Module):
 
 def _strip_classifier(model: nn.Module) -> int:
     """Replace the last classification layer with Identity; return the feature width."""
-    if isinstance(getattr(model, "features", None), nn.Sequential) and type(model).__name__ == "VGG":
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Sequential) and type(model).__name__ == "VGG":
         model.avgpool = nn.AdaptiveAvgPool2d(1)  # h = GAP of the last conv stage (see the module docstring)
         model.classifier = nn.Identity()
-        return [m for m in model.features if isinstance(m, nn.Conv2d)][-1].out_channels
+        return [m for m in features if isinstance(m, nn.Conv2d)][-1].out_channels
     if hasattr(model, "fc") and isinstance(model.fc, nn.Linear):
         width = model.fc.in_features
         model.fc = nn.Identity()
@@ -99,9 +100,10 @@ def _strip_classifier(model: nn.Module) -> int:
 
 def _cifar_stem(model: nn.Module, arch: str) -> None:
     """Swap a ResNet's 7x7 stride-2 stem and max-pool for a 3x3 stride-1 conv (SIMCLR.md section 3)."""
-    if not isinstance(getattr(model, "conv1", None), nn.Conv2d) or not hasattr(model, "maxpool"):
+    conv1 = getattr(model, "conv1", None)
+    if not isinstance(conv1, nn.Conv2d) or not hasattr(model, "maxpool"):
         raise UserError(f"--arch {arch}: the CIFAR stem applies to ResNets only; set cifar_stem=false")
-    model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
+    model.conv1 = nn.Conv2d(3, conv1.out_channels, 3, 1, 1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     model.maxpool = nn.Identity()
 
@@ -118,7 +120,7 @@ def _timm_encoder(name: str, kwargs: dict) -> tuple[nn.Module, int]:
         model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
     except TypeError as e:
         raise UserError(f"--arch timm:{name}: arch_kwargs {kwargs} refused ({str(e).splitlines()[0][:120]})") from None
-    return model, int(model.num_features)
+    return model, int(model.num_features)  # type: ignore[arg-type]
 
 
 def _torchvision_encoder(arch: str, kwargs: dict) -> nn.Module:
@@ -174,9 +176,7 @@ def freeze_patch_embedding(encoder: nn.Module) -> int:
     """
     module = getattr(encoder, "patch_embed", None) or getattr(encoder, "conv_proj", None)
     if not isinstance(module, nn.Module):
-        raise UserError(
-            f"freeze_patch_embed=true: encoder {type(encoder).__name__} has no patch projection; use a ViT"
-        )
+        raise UserError(f"freeze_patch_embed=true: encoder {type(encoder).__name__} has no patch projection; use a ViT")
     params = list(module.parameters())
     for p in params:
         p.requires_grad_(False)
