@@ -23,6 +23,7 @@ from fastclr.errors import UserError
 from fastclr.method.model import SimCLR
 from fastclr.train import checkpoint
 from fastclr.train.precision import pick_device, resolve
+from fastclr.train.step import build_model
 
 
 @dataclass
@@ -36,8 +37,8 @@ class Restored:
 
 
 def build(cfg: config.Config) -> SimCLR:
-    """A freshly initialised SimCLR network as ``cfg`` describes it."""
-    return SimCLR(cfg.arch, cfg.cifar_stem, cfg.head_layers, cfg.head_hidden or None, cfg.proj_dim)
+    """A freshly initialised SimCLR network as ``cfg`` describes it (the training step's builder)."""
+    return build_model(cfg)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> Restored:

@@ -1,5 +1,6 @@
 """Experiment tracking: ``OUT/metrics.jsonl`` (one JSON object per line), always, and the trackers
-the config's ``trackers`` names: TensorBoard, Weights & Biases, MLflow (any subset).
+the config's ``trackers`` names: TensorBoard, Weights & Biases, MLflow (any subset). The pipeline
+(:mod:`fastclr.pipeline`) opens them and hands the loop a :class:`TrackerCallback`.
 
 Every line has a ``step``; training lines add ``epoch``, ``loss``, ``lr``, ``images_per_s``, monitor
 lines add their own keys (``knn_top1``, ``online_probe_top1``, ...). Every numeric key of a line goes
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fastclr.errors import UserError
+from fastclr.train.callbacks import Callback
 
 FILE = "metrics.jsonl"
 IDS_FILE = "trackers.json"  # the W&B / MLflow run ids, so a resumed run continues the same tracked run
@@ -321,30 +323,35 @@ class Trackers:
         self.items = []
 
 
+class TrackerCallback(Callback):
+    """Feeds every record the loop logs (its own and the monitors') to the run's trackers."""
+
+    def __init__(self, trackers: Trackers):
+        self.trackers = trackers
+
+    def on_log(self, record: dict[str, Any]) -> None:
+        self.trackers.log(record)
+
+
 class MetricsLog:
-    """Appends JSON lines to ``OUT/metrics.jsonl`` and passes every record to the run's trackers.
+    """Appends JSON lines to ``OUT/metrics.jsonl`` (rank 0); the trackers get the same records through
+    :class:`TrackerCallback`.
 
     Args:
         out: the run folder.
         start_step: the step training starts from (0, or a resumed checkpoint's); later lines are dropped.
         enabled: False on every rank but 0 (nothing is written).
-        trackers: the run's trackers (closed by whoever opened them); None opens TensorBoard when it is
-            installed and closes it with this log.
     The file-like ``write(line)`` / ``flush()`` / ``close()`` accept lines that callers format themselves.
     """
 
-    def __init__(self, out: Path, start_step: int = 0, enabled: bool = True, trackers: Trackers | None = None):
+    def __init__(self, out: Path, start_step: int = 0, enabled: bool = True):
         self.enabled = enabled
-        self.owned = trackers is None
-        self.trackers = trackers if trackers is not None else Trackers([], Path(out))
         if not enabled:
             self.file = open(os.devnull, "w")  # noqa: SIM115 - open for the whole run
             return
         path = Path(out) / FILE
         trim(path, start_step)
         self.file = open(path, "a")  # noqa: SIM115 - open for the whole run
-        if trackers is None:
-            self.trackers = Trackers(parse_names("auto"), Path(out))
 
     def log(self, record: dict) -> None:
         """Append one record (it must hold ``step``)."""
@@ -352,20 +359,9 @@ class MetricsLog:
 
     def write(self, line: str) -> None:
         self.file.write(line)
-        if not self.enabled:
-            return
-        for text in line.splitlines():
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                self.trackers.log(record)
 
     def flush(self) -> None:
         self.file.flush()
 
     def close(self) -> None:
         self.file.close()
-        if self.owned:
-            self.trackers.close()
