@@ -21,6 +21,7 @@ pytest.importorskip("optuna")
 
 TINY = [
     "max_images=256",
+    "image_size=8",
     "epochs=2",
     "batch_size=64",
     "warmup_epochs=0",

@@ -15,6 +15,7 @@ BACKBONES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,kwargs,width", BACKBONES)
 def test_pretrain_two_steps_then_onnx_matches_pytorch(tmp_path, arch, kwargs, width):
     if arch.startswith("timm:"):

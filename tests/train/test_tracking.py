@@ -86,3 +86,29 @@ def test_missing_extra_names_the_install_command(tmp_path, monkeypatch, name, mo
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if the package were absent
     with pytest.raises(UserError, match=f"pip install 'fastclr\\[{name}\\]'"):
         Trackers([name], tmp_path)
+
+
+@pytest.mark.slow
+def test_a_pretraining_run_reaches_mlflow_and_tensorboard_with_its_steps(tmp_path, monkeypatch):
+    """Through the pipeline: every metrics.jsonl record is in MLflow and TensorBoard at its step."""
+    pytest.importorskip("mlflow")
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fastclr import config, pipeline
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "run"
+    sets = ["max_images=128", "image_size=8", "batch_size=32", "epochs=2", "log_every=2", "eval=false", "workers=0"]
+    sets += ["device=cpu", "knn_every=1", "knn_k=10", "trackers=[mlflow, tensorboard]", "tracker_project=digits"]
+    pipeline.pretrain_and_evaluate(config.build_config(None, {"out": str(out)}, sets))
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    client = _mlflow_client(out)
+    run_id = json.loads((out / IDS_FILE).read_text())["mlflow"]
+    for key in ("loss", "knn_top1"):
+        expected = [(r["step"], pytest.approx(r[key])) for r in records if key in r]
+        assert expected and [(m.step, m.value) for m in client.get_metric_history(run_id, key)] == expected
+    assert client.get_run(run_id).data.params["temperature"] == "0.2"  # the resolved config
+    acc = EventAccumulator(str(out))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [r["step"] for r in records if "loss" in r]
