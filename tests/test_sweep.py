@@ -119,7 +119,7 @@ def test_sweep_resumes_after_a_kill_without_losing_or_duplicating_a_trial(tmp_pa
     cmd = [sys.executable, "-m", "fastclr", *_args(tmp_path, out)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     victim = out / "trials" / "1"
-    deadline = time.time() + 300
+    deadline = time.time() + 1200
     while time.time() < deadline and proc.poll() is None:
         if (victim / "checkpoints").is_dir() and [s for s in _checkpoint_steps(victim) if s >= 2]:
             break
@@ -128,7 +128,7 @@ def test_sweep_resumes_after_a_kill_without_losing_or_duplicating_a_trial(tmp_pa
     os.killpg(proc.pid, signal.SIGKILL)  # no handler runs: trial 1 stays RUNNING in the study
     proc.wait()
     killed_at = max(_checkpoint_steps(victim))
-    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     assert again.returncode == 0, again.stderr[-2000:]
     result = json.loads(again.stdout.strip().splitlines()[-1])
     assert result["trials"] == 3 and result["failed"] == 0 and result["complete"] + result["pruned"] == 3
@@ -136,3 +136,27 @@ def test_sweep_resumes_after_a_kill_without_losing_or_duplicating_a_trial(tmp_pa
     assert f"resuming from {victim / 'checkpoints'}" in again.stderr  # taken over, not restarted
     steps = [json.loads(x)["step"] for x in (victim / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert steps == sorted(set(steps)) and steps[0] == 1 and killed_at in steps  # one continuous log
+
+
+def test_a_trial_of_a_dead_process_is_taken_over_not_added(tmp_path):
+    """A RUNNING trial whose owner pid is gone is handed out again (same number, same params);
+    the study never grows past --trials."""
+    import optuna
+
+    from fastclr.sweep import study
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    s = optuna.create_study(storage=study.storage(tmp_path, None), study_name="s", direction="maximize")
+    first = study.next_trial(s, tmp_path, total=2)
+    lr = first.suggest_float("lr", 0.01, 1.0, log=True)
+    first.set_user_attr("owner", {"host": study.me()["host"], "pid": dead.pid})  # its process was killed
+    again = study.next_trial(s, tmp_path, total=2)
+    assert again.number == first.number and again.suggest_float("lr", 0.01, 1.0, log=True) == lr
+    assert again.user_attrs["owner"] == study.me()
+    s.tell(again, 0.5)
+    second = study.next_trial(s, tmp_path, total=2)
+    assert second.number == 1
+    assert study.next_trial(s, tmp_path, total=2) is None  # trial 1 is alive (ours): nothing to take over
+    s.tell(second, 0.7)
+    assert study.next_trial(s, tmp_path, total=2) is None and len(s.trials) == 2
