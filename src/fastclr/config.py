@@ -30,7 +30,7 @@ class Config:
     text_column: str = "text"  # text data (text:FILE .csv/.tsv/.jsonl): the column holding the texts
     max_length: int = 32  # text: tokens per text, [CLS] and [SEP] included; longer texts are truncated
     # model
-    arch: str = "resnet_mini"  # encoder: resnet_mini (CPU demos), resnet18 ... resnet152, resnet50x2/x4, any torchvision model, timm:NAME
+    arch: str = "resnet_mini"  # resnet_mini (CPU demos), resnet18 ... resnet152, resnet50x2/x4, torchvision models, timm:NAME
     arch_kwargs: str = ""  # YAML mapping for the torchvision/timm constructor, e.g. "{img_size: 32, patch_size: 4}"
     freeze_patch_embed: bool = False  # ViTs: keep the random patch projection fixed (MoCo v3 section 4.2)
     init: str = ""  # start the encoder from a torchvision/timm state dict or .safetensors file ("": random init); keys checked exactly
