@@ -506,6 +506,48 @@ def run_show_augment(args) -> dict:
     return run_show_augment(args.config, args.data, args.set, args.out, args.count, args.epoch)
 
 
+def add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="hyper-parameter search with optuna: each trial a pretraining run, pruned on the kNN monitor",
+        description="Search the config fields SPACE.yaml names ({low, high[, log][, step]}, a list of choices, or a "
+        "fixed value). Writes DIR/trials/N (one run folder per trial), DIR/trials.csv, DIR/best.yaml, DIR/sweep.html. "
+        "Rerun the same command to resume; run it in several processes on the same DIR to search in parallel. "
+        "Needs optuna: pip install 'fastclr[sweep]'.",
+    )
+    p.add_argument("--config", help="base preset name or YAML file (default: digits)")
+    p.add_argument("--data", help=DATA_HELP)
+    p.add_argument("--space", required=True, help="YAML file: config field -> range, choices or fixed value")
+    p.add_argument("--trials", type=int, required=True, help="trials the study should hold (rerun with more to extend)")
+    p.add_argument("--metric", default="knn_top1", help="objective, maximised: knn_top1 (default) or linear_top1")
+    p.add_argument(
+        "--pruner", default="median", help="median (default), halving (successive halving) or none; reads knn_every"
+    )
+    p.add_argument("--out", default="runs/sweep", help="study folder (default runs/sweep)")
+    p.add_argument(
+        "--storage", help="a database URL (sqlite:///FILE, postgresql://...) or journal file shared by workers"
+    )
+    p.add_argument("--study-name", dest="study_name", help="default: the name of --out")
+    p.add_argument(
+        "--sampler-seed", type=int, dest="sampler_seed", help="seed of the TPE sampler (reproducible search)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a config field for every trial (repeatable)",
+    )
+    p.set_defaults(func=run_sweep)
+
+
+def run_sweep(args) -> dict:
+    from fastclr.sweep import SweepSpec, sweep
+
+    spec = SweepSpec(args.config, args.data, args.space, args.metric, args.pruner, tuple(args.set))
+    return sweep(spec, args.trials, args.out, args.storage, args.study_name, args.sampler_seed)
+
+
 def build_parser() -> Parser:
     parser = Parser(
         prog="fastclr", description="SimCLR: contrastive self-supervised learning of image representations."
@@ -518,6 +560,7 @@ def build_parser() -> Parser:
     add_prepare(sub)
     add_report(sub)
     add_show_augment(sub)
+    add_sweep(sub)
     return parser
 
 

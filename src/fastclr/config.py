@@ -31,8 +31,11 @@ class Config:
     text_column: str = "text"  # text data (text:FILE .csv/.tsv/.jsonl): the column holding the texts
     max_length: int = 32  # text: tokens per text, [CLS] and [SEP] included; longer texts are truncated
     # model
-    # encoder: resnet_mini (CPU demos), resnet18 ... resnet152, wide_resnet50_2, any torchvision model
+    # encoder: resnet_mini (CPU demos), resnet18 ... resnet152, resnet50x2/x4, torchvision models, timm:NAME
     arch: str = "resnet_mini"
+    # YAML mapping for the torchvision/timm constructor, e.g. "{img_size: 32, patch_size: 4}"
+    arch_kwargs: str = ""
+    freeze_patch_embed: bool = False  # ViTs: keep the random patch projection fixed (MoCo v3 section 4.2)
     # start the encoder from a torchvision/timm state dict or .safetensors file ("": random init); keys checked exactly
     init: str = ""
     cifar_stem: bool = True  # 3x3 stride-1 first conv and no max-pool: right for images of 64 px or less
@@ -89,6 +92,12 @@ class Config:
     online_probe: bool = False
     # output
     out: str = "runs/fastclr"
+    trackers: str = (
+        "auto"  # any of tensorboard,wandb,mlflow (comma list or [a,b]); auto: TensorBoard if installed; none
+    )
+    tracker_project: str = "fastclr"  # W&B project and MLflow experiment
+    tracker_group: str = ""  # W&B group and MLflow tag "group" (a sweep groups its trials under the study's name)
+    tracker_dir: str = ""  # folder of W&B's offline runs and the MLflow file store ("": OUT); MLFLOW_TRACKING_URI wins
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -111,6 +120,10 @@ def parse_value(name: str, raw: Any) -> Any:
     if name not in FIELDS:
         raise UserError(f"unknown config key {name!r}; valid keys: {', '.join(FIELDS)}")
     kind = _field_type(name)
+    if kind is str and isinstance(raw, list):  # a YAML list (trackers): stored as a comma list
+        return ",".join(str(v) for v in raw)
+    if kind is str and isinstance(raw, dict):  # a YAML mapping (arch_kwargs): stored as its flow-style YAML
+        return yaml.safe_dump(raw, default_flow_style=True, sort_keys=True).strip()
     if isinstance(raw, str) and kind is not str:
         try:
             raw = yaml.safe_load(raw)
@@ -232,6 +245,21 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
 ]
 
 
+def arch_kwargs(cfg: Config) -> dict:
+    """``cfg.arch_kwargs`` as a dict ({} when empty); UserError unless it is a YAML mapping."""
+    if not cfg.arch_kwargs.strip():
+        return {}
+    try:
+        value = yaml.safe_load(cfg.arch_kwargs)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise UserError(
+            f"arch_kwargs={cfg.arch_kwargs!r}: expected a YAML mapping, e.g. '{{img_size: 32, patch_size: 4}}'"
+        )
+    return value
+
+
 def is_text(cfg: Config) -> bool:
     """A text run: a Hugging Face encoder (``arch hf:...``) on text data (``text:FILE``, ``stsb:DIR``)."""
     return cfg.arch.startswith("hf:")
@@ -245,6 +273,7 @@ def validate(cfg: Config) -> None:
             raise UserError(f"{name}={value!r} is not a finite number: must be {valid}")
         if not ok(value):
             raise UserError(f"{name}={value!r} is out of range: must be {valid}")
+    arch_kwargs(cfg)
     if cfg.min_scale > 1.0:
         raise UserError(f"min_scale={cfg.min_scale} must be <= 1")
     _validate_modality(cfg)

@@ -25,6 +25,7 @@ from fastclr.method.model import SimCLR
 from fastclr.train import checkpoint, dist, loop
 from fastclr.train.callbacks import Callback
 from fastclr.train.restore import build_model
+from fastclr.train.tracking import TrackerCallback, Trackers
 
 
 def pretrain_and_evaluate(
@@ -32,10 +33,24 @@ def pretrain_and_evaluate(
 ) -> dict[str, Any]:
     """Pretrain as configured (resuming from ``OUT/checkpoints``), then evaluate; the final JSON line.
 
-    ``callbacks`` run after the monitors (trackers, a search's pruner). An interrupted run
-    returns the loop's result (``interrupted: True``) and is not evaluated.
+    ``callbacks`` run after the monitors and the trackers of ``cfg.trackers`` (which also receive the
+    config and the final evaluation). An interrupted run returns the loop's result
+    (``interrupted: True``) and is not evaluated.
     """
     run = loop.setup(cfg)
+    trackers = Trackers.from_config(cfg) if dist.is_main() else Trackers([], run.out)
+    try:
+        trackers.log_config(config.to_dict(cfg))
+        result = _train_and_evaluate(run, resume, [TrackerCallback(trackers), *callbacks])
+        if isinstance(result.get("eval"), dict):
+            trackers.log_summary(result["eval"], result["steps"])
+    finally:
+        trackers.close()
+    return result
+
+
+def _train_and_evaluate(run: loop.Run, resume: bool, callbacks: Sequence[Callback]) -> dict[str, Any]:
+    cfg = run.cfg
     labels = getattr(run.images, "labels", None)
     monitors = Monitors(cfg, run.model.feature_dim, run.data, labels, run.device, run.precision, log.warn)
     result = loop.train(run, resume, [monitors, *callbacks])

@@ -319,7 +319,20 @@ def build(
     target = Path(out) if out else run / "report.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(page)
+    if cfg is not None:
+        _to_trackers(cfg, run, target)
     return {"out": str(target), "sections": len(sections), "step": step}
+
+
+def _to_trackers(cfg: config.Config, run: Path, page: Path) -> None:
+    """The page (its figures embedded) as a file of the run's W&B / MLflow run (ids in RUN/trackers.json)."""
+    import dataclasses
+
+    names = [n for n in tracking.parse_names(cfg.trackers) if n != "tensorboard"]
+    if names and (run / tracking.IDS_FILE).is_file():
+        trackers = tracking.Trackers.from_config(dataclasses.replace(cfg, out=str(run), trackers=",".join(names)))
+        trackers.log_file(page)
+        trackers.close()
 
 
 def show_augment(spec: str, out: str | Path, cfg: config.Config, count: int = 8, epoch: int = 0) -> dict:

@@ -346,7 +346,7 @@ def set_rng_state(state: dict) -> None:
 # --- a pretraining run's checkpoint: assembly and resume ------------------------------------------
 
 # Config fields a checkpoint's weights must match, and fields whose change does not alter the run.
-SHAPE_KEYS = ("arch", "cifar_stem", "head_layers", "head_hidden", "proj_dim", "optimizer")
+SHAPE_KEYS = ("arch", "arch_kwargs", "cifar_stem", "head_layers", "head_hidden", "proj_dim", "optimizer")
 FREE_KEYS = {
     "out",
     "max_steps",
@@ -365,6 +365,10 @@ FREE_KEYS = {
     "knn_every",
     "online_probe",
     "compile",
+    "trackers",
+    "tracker_project",
+    "tracker_group",
+    "tracker_dir",
 }
 
 

@@ -20,6 +20,7 @@ import torch
 from fastclr import config
 from fastclr.data import datasets
 from fastclr.errors import UserError
+from fastclr.method.encoder import freeze_patch_embedding
 from fastclr.method.model import SimCLR
 from fastclr.train import checkpoint, dist
 from fastclr.train.precision import pick_device, resolve
@@ -36,14 +37,25 @@ class Restored:
 
 
 def build_model(cfg: config.Config) -> SimCLR:
-    """A freshly initialised SimCLR network as ``cfg`` describes it (an ``hf:`` arch: a text encoder);
-    the one place a config becomes a model."""
+    """A freshly initialised SimCLR network as ``cfg`` describes it (an ``hf:`` arch: a text encoder), its
+    ViT patch projection frozen when ``freeze_patch_embed``; the one place a config becomes a model."""
     encoder = None
     if config.is_text(cfg):
         from fastclr.text.encoder import build_text_encoder
 
         encoder = build_text_encoder(cfg.arch, cfg.pooling, cfg.hf_random_init)
-    return SimCLR(cfg.arch, cfg.cifar_stem, cfg.head_layers, cfg.head_hidden or None, cfg.proj_dim, encoder)
+    model = SimCLR(
+        cfg.arch,
+        cfg.cifar_stem,
+        cfg.head_layers,
+        cfg.head_hidden or None,
+        cfg.proj_dim,
+        config.arch_kwargs(cfg),
+        encoder,
+    )
+    if cfg.freeze_patch_embed:
+        freeze_patch_embedding(model.encoder)
+    return model
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> Restored:
