@@ -542,7 +542,7 @@ def add_sweep(sub) -> None:
 
 
 def run_sweep(args) -> dict:
-    from fastclr.sweep import SweepSpec, sweep
+    from fastclr.sweep.run import SweepSpec, sweep
 
     spec = SweepSpec(args.config, args.data, args.space, args.metric, args.pruner, tuple(args.set))
     return sweep(spec, args.trials, args.out, args.storage, args.study_name, args.sampler_seed)
