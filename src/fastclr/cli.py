@@ -98,8 +98,8 @@ def run_pretrain(args) -> dict:
     from pathlib import Path
 
     from fastclr.config import build_config
+    from fastclr.pipeline import pretrain_and_evaluate
     from fastclr.train import checkpoint
-    from fastclr.train.loop import pretrain
 
     flags = {
         k: getattr(args, k)
@@ -129,7 +129,7 @@ def run_pretrain(args) -> dict:
     cfg = build_config(base, flags, args.set)
     if args.out is None and not any(s.startswith("out=") for s in args.set):
         cfg.out = str(Path("runs") / Path(args.config or "digits").stem)  # one folder per preset
-    return pretrain(cfg, resume=not args.no_resume)
+    return pretrain_and_evaluate(cfg, resume=not args.no_resume)
 
 
 def add_prepare(sub) -> None:

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastclr import cli, config
-from fastclr.train import loop as train
+from fastclr import cli, config, pipeline
 
 pytest.importorskip("matplotlib")
 
@@ -38,7 +37,7 @@ def run_dir(tmp_path_factory):
         "online_probe=true",
         "knn_k=20",
     ]
-    train.pretrain(config.build_config(None, {"out": str(out)}, sets))
+    pipeline.pretrain_and_evaluate(config.build_config(None, {"out": str(out)}, sets))
     torch.set_num_threads(threads)
     return out
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastclr import config
-from fastclr.train.loop import pretrain
+from fastclr.pipeline import pretrain_and_evaluate as pretrain
 from fastclr.train.step import augment_config, make_views
 
 

@@ -53,6 +53,13 @@ class ImageSet:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    @property
+    def num_classes(self) -> int:
+        """Number of classes: the named ones, else the largest label + 1 (0 without labels)."""
+        if self.classes:
+            return len(self.classes)
+        return int(self.labels.max()) + 1 if self.labels is not None and len(self.labels) else 0
+
     def subset(self, index: torch.Tensor) -> ImageSet:
         idx = index.tolist()
         return ImageSet(

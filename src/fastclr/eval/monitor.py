@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastclr.data.datasets import ImageSet
-from fastclr.eval.features import extract
-from fastclr.eval.knn import knn_accuracy
+from fastclr.eval.evaluate import FeatureSettings, evaluate
 from fastclr.train import dist
+from fastclr.train.callbacks import Callback, LoopState, OnRepresentations
 
 
 def global_batch(x: torch.Tensor, views: int) -> torch.Tensor:
@@ -91,38 +91,9 @@ class OnlineProbe:
         self.opt.load_state_dict(state["opt"])
 
 
-@torch.no_grad()
-def knn_monitor(
-    encode,
-    train: ImageSet,
-    test: ImageSet,
-    num_classes: int,
-    *,
-    size: int,
-    device: torch.device,
-    k: int = 200,
-    temperature: float = 0.1,
-    batch_size: int = 512,
-    precision: str = "fp32",
-) -> float:
-    """Top-1 of the weighted kNN classifier: train split features as the bank, test split queried.
-
-    The caller switches the model to eval mode (BN running statistics) and back.
-    """
-    kw = {"size": size, "device": device, "batch_size": batch_size, "precision": precision}
-    return knn_accuracy(
-        extract(encode, train.images, **kw),
-        train.labels,
-        extract(encode, test.images, **kw),
-        test.labels,
-        num_classes,
-        k,
-        temperature,
-    )
-
-
-class Monitors:
-    """What the pretraining loop calls: ``hook(index)`` per step, ``epoch_end`` at each epoch's end.
+class Monitors(Callback):
+    """The monitors as a pretraining callback: the online probe learns from every step's h
+    (``on_batch``), both report at each epoch's end (``on_epoch_end``) into metrics.jsonl.
 
     Args:
         cfg: the run's config (knn_every, online_probe, views, kNN settings).
@@ -153,35 +124,37 @@ class Monitors:
             classes = len(self.train.classes or []) if self.train is not None else 0
             self.probe = OnlineProbe(feature_dim, classes or int(self.labels.max()) + 1, device)
 
-    def hook(self, index: torch.Tensor):
-        """The step's ``on_h`` callback (labels of the batch, repeated for every view), or None."""
-        if self.probe is None:
+    def on_batch(self, index: torch.Tensor) -> OnRepresentations | None:
+        """The step's ``on_h`` (labels of the batch, repeated for every view), or None."""
+        probe, labels = self.probe, self.labels
+        if probe is None or labels is None:
             return None
-        y = self.labels[index.to(self.device)].repeat(self.cfg.views)  # views are view-major: [V*b]
-        return lambda h: self.probe.update(h, y, self.cfg.views)
+        y = labels[index.to(self.device)].repeat(self.cfg.views)  # views are view-major: [V*b]
+        return lambda h: probe.update(h, y, self.cfg.views)
 
-    def epoch_end(self, model, epoch: int) -> dict[str, float]:
-        """The epoch's monitor values for metrics.jsonl (empty when nothing is due)."""
+    def on_epoch_end(self, state: LoopState) -> None:
+        """Log the epoch's monitor values to metrics.jsonl (nothing when nothing is due)."""
+        record = self.epoch_end(state.model, round(state.epoch))
+        if record:
+            state.log({"step": state.step, "epoch": state.epoch, **record})
+
+    def epoch_end(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        """The monitor values after ``epoch`` epochs (empty when nothing is due)."""
         record: dict[str, float] = {}
         if self.probe is not None:
             record.update(self.probe.read())
-        if self.cfg.knn_every and self.train is not None and epoch % self.cfg.knn_every == 0:
-            was_training = model.training
-            model.eval()
-            classes = len(self.train.classes or []) or int(self.train.labels.max()) + 1
-            record["knn_top1"] = knn_monitor(
-                model.encode,
+        if self.cfg.knn_every and self.train is not None and self.test is not None and epoch % self.cfg.knn_every == 0:
+            settings = FeatureSettings(self.cfg.image_size, self.device, self.cfg.eval_batch_size, self.precision)
+            scores = evaluate(
+                model,
                 self.train,
                 self.test,
-                classes,
-                size=self.cfg.image_size,
-                device=self.device,
-                k=self.cfg.knn_k,
-                temperature=self.cfg.knn_temperature,
-                batch_size=self.cfg.eval_batch_size,
-                precision=self.precision,
+                settings,
+                knn_k=(self.cfg.knn_k,),
+                knn_temperature=self.cfg.knn_temperature,
+                linear=False,
             )
-            model.train(was_training)
+            record["knn_top1"] = scores.knn[self.cfg.knn_k]
         return record
 
     def state_dict(self) -> dict:

@@ -5,6 +5,10 @@ A checkpoint holds ``format`` ("fastclr"), ``version``, ``config`` (a dict), ``m
 generator's state, see :func:`rng_state`) and ``digest``: a SHA-256 of everything else, so a file
 damaged after it was written (a flipped byte inside a tensor loads fine otherwise) is detected.
 
+A pretraining run's checkpoint is assembled by :func:`assemble` and written by :func:`write`; on
+resume, :func:`resume_state` finds it and checks that it fits the run's config, and
+:func:`restore_training` puts the weights, optimiser and generators back.
+
 Loading uses ``torch.load(path, weights_only=True)``, which refuses any pickled object other than
 tensors and primitives, so a crafted file cannot run code. A refused file is told apart from a
 damaged one by reading its pickle opcodes (never executing them): a well-formed pickle that
@@ -35,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastclr import config, log
 from fastclr.errors import UserError
 
 FORMAT = "fastclr"
@@ -333,3 +338,113 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss"]))
+
+
+# --- a pretraining run's checkpoint: assembly and resume ------------------------------------------
+
+# Config fields a checkpoint's weights must match, and fields whose change does not alter the run.
+SHAPE_KEYS = ("arch", "cifar_stem", "head_layers", "head_hidden", "proj_dim", "optimizer")
+FREE_KEYS = {
+    "out",
+    "max_steps",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "eval",
+    "knn_k",
+    "knn_temperature",
+    "eval_batch_size",
+    "device",
+    "workers",
+    "download",
+    "max_bad_fraction",
+    "channels_last",
+    "knn_every",
+    "online_probe",
+    "compile",
+}
+
+
+def assemble(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: config.Config,
+    step: int,
+    steps_per_epoch: int,
+    monitor: dict | None = None,
+) -> dict:
+    """The checkpoint dict of a pretraining run after ``step`` steps (the format of this module's docstring)."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": config.to_dict(cfg),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "epoch": step // steps_per_epoch,
+        "step_in_epoch": step % steps_per_epoch,
+        "rng": rng_state(),
+        "monitor": monitor or {},  # the callbacks' state: the online probe's classifier and optimiser
+    }
+
+
+def write(folder: Path, state: dict, keep: int, main: bool = True) -> Path:
+    """Write ``state`` into the rotating set of ``folder`` (rank 0 only: ``main``); returns ``folder/last.pt``."""
+    if main:  # every rank holds the same weights; rank 0 writes them
+        save_rotating(state, folder, int(state["step"]), keep)
+    return Path(folder) / LAST
+
+
+def clear(folder: Path, main: bool = True) -> None:
+    """Delete a run's checkpoints (``--no-resume``), saying so."""
+    old = existing(folder)
+    if old:
+        log.info(f"--no-resume: starting over at step 0; deleting {len(old)} checkpoint file(s) in {folder}")
+        if main:
+            for path in old:
+                path.unlink(missing_ok=True)
+
+
+def resume_state(folder: Path, cfg: config.Config, device: torch.device, main: bool = True) -> dict | None:
+    """The newest checkpoint of ``folder`` to continue from (None: start at step 0).
+
+    UserError when it was written with other weight shapes (``SHAPE_KEYS``); a warning when other
+    settings that change the run differ (everything but ``FREE_KEYS``).
+    """
+    found = load_latest(folder, map_location=device, warn=log.warn, set_aside=main)
+    if found is None:
+        return None
+    state, path = found
+    saved = state.get("config", {})
+    for key in SHAPE_KEYS:
+        if key in saved and saved[key] != getattr(cfg, key):
+            raise UserError(
+                f"{key}={getattr(cfg, key)!r} differs from {saved[key]!r} in checkpoint {path}: resume with the same "
+                "value, or start over with --no-resume (or another --out)"
+            )
+    changed = [
+        f"{k} {saved[k]!r} -> {getattr(cfg, k)!r}"
+        for k in config.FIELDS
+        if k in saved and k not in FREE_KEYS and saved[k] != getattr(cfg, k)
+    ]
+    if changed:
+        log.warn(
+            f"resuming with changed settings ({', '.join(changed)}): the result will differ from an uninterrupted run"
+        )
+    log.info(f"resuming from {path} at step {state['step']}")
+    return state
+
+
+def restore_training(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> int:
+    """Put a checkpoint's weights, optimiser state and generators back; returns its step."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UserError(
+            f"checkpoint {Path(folder) / LAST} does not fit this model ({str(e).splitlines()[0][:120]}); "
+            "start over with --no-resume"
+        ) from None
+    if "rng" in state:
+        set_rng_state(state["rng"])
+    return int(state["step"])

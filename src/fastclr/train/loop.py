@@ -1,66 +1,381 @@
-"""SimCLR pretraining: the loop, the step, and the evaluation at the end.
+"""SimCLR pretraining, read top to bottom: setup, resume, the loop, finish.
 
-Single process: ``fastclr pretrain``. The step: V augmented views of each image (batched, on
-the device), one forward pass of the concatenated views (BN sees all of them, as in the
-reference code), NT-Xent (or a variant) in float32, LARS with warm-up + cosine, per step.
+Single process: ``fastclr pretrain``; :func:`fastclr.pipeline.pretrain_and_evaluate` adds the
+monitors and the evaluation at the end (training never imports evaluation: they plug in through
+:mod:`fastclr.train.callbacks`). The step (:mod:`fastclr.train.step`): V augmented views of each
+image (batched, on the device), one forward pass of the concatenated views (BN sees all of them,
+as in the reference code), NT-Xent (or a variant) in float32, LARS with warm-up + cosine, per step
+(SimCLR section 3, Appendix B.1).
 
-Faults: a run folder resumes from its newest loadable checkpoint (``checkpoint.load_latest``),
+Faults: a run folder resumes from its newest loadable checkpoint (:mod:`fastclr.train.checkpoint`),
 mid-epoch included, and ends with the same weights as an uninterrupted run: the data order and
 the augmentation are pure functions of (seed, epoch, index), the learning rate of the step, and
 every other generator's state is in the checkpoint. Checkpoints are written every
 ``checkpoint_every`` steps, at each epoch's end, at the end, and on SIGTERM / SIGINT (the step in
-flight finishes first). A non-finite loss stops the run before anything is written, so
-``last.pt`` always holds finite weights. There is no gradient scaler to save: bf16 needs none.
+flight finishes first: :mod:`fastclr.train.signals`). A non-finite loss stops the run before
+anything is written, so ``last.pt`` always holds finite weights. bf16 needs no gradient scaler.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import sys
-import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
-from fastclr import config
+from fastclr import config, log
 from fastclr.data import datasets
 from fastclr.data.loader import build_loader
 from fastclr.errors import UserError
-from fastclr.eval.features import extract
-from fastclr.eval.knn import knn_accuracy
-from fastclr.eval.monitor import Monitors
-from fastclr.eval.probe import linear_probe
+from fastclr.method.augment import AugmentConfig
 from fastclr.method.lars import build_optimizer, scaled_lr, set_lr
 from fastclr.method.model import SimCLR
 from fastclr.method.schedule import lr_at
 from fastclr.train import checkpoint, dist, preflight
+from fastclr.train.callbacks import Callback, LoopState, batch_hook, merged_state
 from fastclr.train.precision import pick_device, resolve
+from fastclr.train.signals import StopSignal
 from fastclr.train.step import augment_config, build_model, make_views, train_step
 from fastclr.train.tracking import MetricsLog
 
+# --- setup --------------------------------------------------------------------------------------
 
-def evaluate_encoder(
-    model: SimCLR, data: datasets.DataSplits, cfg: config.Config, device, precision: str
-) -> dict[str, float]:
-    """kNN (k, T from cfg) and an L-BFGS linear probe on frozen h: train split -> test split."""
-    model.eval()
-    size = cfg.image_size
-    kw = dict(
-        size=size, device=device, batch_size=cfg.eval_batch_size, precision=precision, channels_last=cfg.channels_last
+
+@dataclass(frozen=True)
+class Schedule:
+    """Step counts and the peak learning rate, derived from the config (never written back into it)."""
+
+    steps_per_epoch: int
+    total_steps: int  # the schedule spans every epoch ...
+    run_steps: int  # ... even when max_steps stops the run earlier
+    warmup_steps: int
+    peak_lr: float
+
+    @classmethod
+    def of(cls, cfg: config.Config, steps_per_epoch: int) -> Schedule:
+        total = cfg.epochs * steps_per_epoch
+        return cls(
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total,
+            run_steps=min(total, cfg.max_steps) if cfg.max_steps else total,
+            warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+            peak_lr=scaled_lr(cfg.lr, cfg.batch_size, cfg.lr_rule),  # Appendix B.1: lr * B / 256
+        )
+
+
+@dataclass
+class Run:
+    """Everything :func:`setup` builds: what training, the monitors and the evaluation share."""
+
+    cfg: config.Config
+    out: Path
+    device: torch.device
+    world: int
+    precision: str
+    data: datasets.DataSplits
+    images: Any  # the pretraining images: an ImageSet, or a FileSet streamed from disk
+    loader: Any
+    model: SimCLR  # the bare network: checkpoints and evaluation use it
+    net: nn.Module  # what the step runs: DDP and/or compiled around ``model``
+    optimizer: torch.optim.Optimizer
+    aug: AugmentConfig
+    schedule: Schedule
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+
+def setup(cfg: config.Config) -> Run:
+    """Check the config, join the process group, load the data, build the model and optimiser."""
+    config.validate(cfg)
+    preflight.per_process_batch(cfg, preflight.world_size_from_env())
+    device = dist.setup(pick_device(cfg.device))  # joins torchrun's process group, if any
+    dist.check_same(config.to_dict(cfg))
+    out = Path(cfg.out)
+    preflight.output_folder(out)
+    precision = resolve(cfg.precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN time its kernels once
+    torch.manual_seed(cfg.seed)
+    data, images = load_images(cfg, out)
+    aug = augment_config(cfg)
+    loader = build_loader(
+        images,
+        cfg.batch_size,
+        cfg.seed,
+        device,
+        views=cfg.views,
+        aug=aug,
+        workers=cfg.workers,
+        rank=dist.rank(),
+        world_size=dist.world_size(),
     )
-    train_f = extract(model.encode, data.train.images, **kw)
-    test_f = extract(model.encode, data.test.images, **kw)
-    classes = len(data.train.classes or []) or int(data.train.labels.max()) + 1
-    knn = knn_accuracy(train_f, data.train.labels, test_f, data.test.labels, classes, cfg.knn_k, cfg.knn_temperature)
-    probe = linear_probe(train_f, data.train.labels, test_f, data.test.labels, classes, seed=cfg.seed)
-    return {"knn_top1": knn, "linear_top1": probe["top1"], "linear_top5": probe["top5"]}
+    schedule = Schedule.of(cfg, len(loader))
+    model, net = build_network(cfg, device, out)
+    optimizer = build_optimizer(
+        model, cfg.optimizer, schedule.peak_lr, cfg.weight_decay, cfg.momentum, cfg.trust_coefficient
+    )
+    if dist.is_main():
+        config.save(cfg, out / "config.yaml")
+    return Run(
+        cfg, out, device, dist.world_size(), precision, data, images, loader, model, net, optimizer, aug, schedule
+    )
+
+
+def load_images(cfg: config.Config, out: Path) -> tuple[datasets.DataSplits, Any]:
+    """The run's data and its pretraining images (``max_images``: a class-balanced subset), checked."""
+    data = datasets.load(
+        cfg.data,
+        cfg.image_size,
+        out_dir=out if dist.is_main() else None,
+        download=cfg.download,
+        max_bad_fraction=cfg.max_bad_fraction,
+        workers=cfg.workers,
+    )
+    images = datasets.balanced_subset(data.pretrain, cfg.max_images, cfg.seed)
+    stored = getattr(images, "images", None)
+    side: int | None
+    if isinstance(stored, torch.Tensor):
+        side = int(min(stored.shape[-2:]))
+    else:
+        side = int(images.hw.min()) if len(images) else None
+    preflight.against_data(cfg, len(images), side, data.name)
+    return data, images
+
+
+def build_network(cfg: config.Config, device: torch.device, out: Path) -> tuple[SimCLR, nn.Module]:
+    """The bare SimCLR network on its device, and the module the step runs (DDP, compiled)."""
+    model = build_model(cfg)
+    if cfg.init:  # before global BN and DDP, so every rank starts from the file's weights
+        from fastclr.train.weights import init_encoder
+
+        init_encoder(model.encoder, cfg.init)  # a resumed run then overwrites these with its checkpoint
+    if dist.world_size() > 1 and cfg.sync_bn:
+        model = dist.sync_batchnorm(model, device)  # type: ignore[assignment]  # global BN: statistics over all k*V*b views
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    preflight.free_disk(out, preflight.checkpoint_bytes(model, cfg.optimizer))
+    net = dist.wrap(model, device)  # DDP when k > 1; checkpoints and evaluation use the bare model
+    if cfg.compile:
+        net = torch.compile(net)  # type: ignore[assignment]  # the step runs compiled; checkpoints keep the bare model's keys
+    return model, net
+
+
+# --- resume -------------------------------------------------------------------------------------
+
+
+def resume_or_start(run: Run, resume: bool, callbacks: Sequence[Callback]) -> tuple[int, Path]:
+    """Continue from the newest checkpoint (``resume``), else write step 0's; returns (step, checkpoint)."""
+    folder, main = run.ckpt_dir, dist.is_main()
+    if main:
+        checkpoint.remove_temporaries(folder)
+    if not resume:
+        checkpoint.clear(folder, main)
+    state = checkpoint.resume_state(folder, run.cfg, run.device, main) if resume else None
+    if state is not None:
+        for cb in callbacks:
+            cb.load_state_dict(state.get("monitor", {}))
+        step = checkpoint.restore_training(state, run.model, run.optimizer, folder)
+        saved = folder / checkpoint.LAST
+    else:  # a checkpoint exists from the first moment on, so a kill never leaves the run without one
+        step, saved = 0, save(run, 0, callbacks)
+    dist.check_same(
+        {"step": step}, "checkpoint", f"every node must see the same --out ({run.out}): use a shared file system"
+    )
+    s, cfg = run.schedule, run.cfg
+    log.info(
+        f"{len(run.images)} images, {s.steps_per_epoch} steps/epoch, {s.run_steps} steps, batch {cfg.batch_size}, "
+        f"peak lr {s.peak_lr:.4g}, {run.device} {run.precision}"
+    )
+    return step, saved
+
+
+def save(run: Run, step: int, callbacks: Sequence[Callback]) -> Path:
+    """Write the run's checkpoint after ``step`` steps; returns ``checkpoints/last.pt``."""
+    state = {}
+    if dist.is_main():
+        state = checkpoint.assemble(
+            run.model, run.optimizer, run.cfg, step, run.schedule.steps_per_epoch, merged_state(callbacks)
+        )
+    return checkpoint.write(run.ckpt_dir, state, run.cfg.keep_checkpoints, main=dist.is_main())
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """The running loop's counters."""
+
+    step: int
+    saved: tuple[int, Path]  # (step, path) of the newest checkpoint of this run
+    bad_step: torch.Tensor  # first step with a non-finite loss (-1: none), kept on the device
+    last_loss: float | None = None  # None until a step of this process logs one
+    stopping: bool = False
+    images_done: int = 0
+    t_start: float = field(default_factory=time.perf_counter)
+    t_log: float = field(default_factory=time.perf_counter)
+    images_log: int = 0
+
+
+def loop(run: Run, step: int, saved: Path, callbacks: Sequence[Callback]) -> tuple[Tally, StopSignal]:
+    """Train from ``step`` to ``run_steps`` (or until a signal or a callback stops it)."""
+    cfg, s = run.cfg, run.schedule
+    tally = Tally(step, (step, saved), torch.full((), -1, dtype=torch.int64, device=run.device))
+    metrics = MetricsLog(run.out, start_step=step, enabled=dist.is_main())
+
+    def write_record(record: dict[str, Any]) -> None:
+        metrics.log(record)
+        for cb in callbacks:
+            cb.on_log(record)
+
+    progress = Progress(s.run_steps, step)
+    stop = StopSignal()
+    run.model.train()
+    with stop.installed():
+        while tally.step < s.run_steps and not tally.stopping:
+            epoch, first = divmod(tally.step, s.steps_per_epoch)
+            for index, images in run.loader.epoch(epoch, first):
+                lr = lr_at(tally.step, s.peak_lr, s.warmup_steps, s.total_steps)
+                value = one_step(run, tally.step, epoch, lr, index, images, callbacks)
+                tally.step += 1
+                tally.bad_step = torch.where((tally.bad_step < 0) & ~torch.isfinite(value), tally.step, tally.bad_step)
+                tally.images_done += index.shape[0] * run.world  # global images
+                tally.images_log += index.shape[0] * run.world
+                log_now = tally.step % cfg.log_every == 0 or tally.step == s.run_steps
+                if log_now:
+                    log_step(run, tally, value, lr, write_record, progress)
+                    metrics.flush()
+                progress.update(1)
+                state = LoopState(
+                    run.model, tally.step, tally.step / s.steps_per_epoch, s.steps_per_epoch, write_record
+                )
+                end_of_step(state, callbacks, stop)
+                tally.stopping = stop.agreed(run.world, run.device, sync_point=log_now)
+                if tally.stopping or checkpoint_due(tally.step, cfg.checkpoint_every, s):
+                    if int(tally.bad_step) >= 0 or not all_finite(run.model):  # never overwrite good weights
+                        bad = max(int(tally.bad_step), tally.step)
+                        raise UserError(nonfinite_message(bad, cfg, run.precision, tally.saved))
+                    tally.saved = (tally.step, save(run, tally.step, callbacks))
+                if tally.step >= s.run_steps or tally.stopping:
+                    break
+    progress.close()
+    metrics.close()
+    return tally, stop
+
+
+def one_step(
+    run: Run,
+    step: int,
+    epoch: int,
+    lr: float,
+    index: torch.Tensor,
+    images: torch.Tensor,
+    callbacks: Sequence[Callback],
+) -> torch.Tensor:
+    """Views of one batch, one optimisation step at learning rate ``lr``; the loss as a device tensor."""
+    set_lr(run.optimizer, lr)
+    x = make_views(images, index, epoch, run.cfg, run.aug)
+    if run.cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    on_h = batch_hook(callbacks, index)
+    return train_step(run.net, run.optimizer, x, run.cfg, step, run.device, run.precision, on_h)
+
+
+def log_step(run: Run, tally: Tally, value: torch.Tensor, lr: float, write: Any, progress: Progress) -> None:
+    """Read the loss (the only host sync of the loop), stop on a non-finite one, write the metrics line."""
+    tally.last_loss = float(value)
+    if int(tally.bad_step) >= 0:
+        raise UserError(nonfinite_message(int(tally.bad_step), run.cfg, run.precision, tally.saved))
+    now = time.perf_counter()
+    ips = tally.images_log / max(now - tally.t_log, 1e-9)
+    tally.t_log, tally.images_log = now, 0
+    step = tally.step
+    record = {"step": step, "epoch": step / run.schedule.steps_per_epoch, "loss": tally.last_loss, "lr": lr}
+    write({**record, "images_per_s": ips})
+    progress.update(0, loss=f"{tally.last_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}")
+
+
+def end_of_step(state: LoopState, callbacks: Sequence[Callback], stop: StopSignal) -> None:
+    """The callbacks' turn after a step: step end, epoch end, and whether one asks to stop."""
+    for cb in callbacks:
+        cb.on_step_end(state)
+    if state.step % state.steps_per_epoch == 0:
+        for cb in callbacks:
+            cb.on_epoch_end(state)
+    if any(cb.should_stop() for cb in callbacks):
+        stop.request()
+
+
+def checkpoint_due(step: int, every: int, s: Schedule) -> bool:
+    """Every ``every`` steps, at each epoch's end and at the run's last step."""
+    return step % every == 0 or step % s.steps_per_epoch == 0 or step == s.run_steps
+
+
+# --- finish -------------------------------------------------------------------------------------
+
+
+def finish(run: Run, tally: Tally, stop: StopSignal) -> dict[str, Any]:
+    """The training result (the keys of the final JSON line but ``eval``); leaves the process group."""
+    elapsed = time.perf_counter() - tally.t_start
+    last_loss = tally.last_loss
+    if last_loss is None and dist.is_main():  # resumed with nothing (or nothing logged) left to run
+        last_loss = last_logged_loss(run.out / "metrics.jsonl")
+    dist.cleanup()  # training is over; rank 0 evaluates and writes the result alone
+    if tally.stopping:
+        result: dict[str, Any] = {"out": str(run.out), "steps": tally.step, "final_loss": last_loss}
+        result["interrupted"] = True
+        if stop.signum:
+            name = signal.Signals(stop.signum).name
+            result.update(signal=name, exit_code=128 + stop.signum)
+        else:
+            name = "a callback"
+            result["stopped_by"] = "callback"
+        log.info(f"{name}: stopped after step {tally.step} of {run.schedule.run_steps}; checkpoint {tally.saved[1]}")
+        log.info(f"resume with: fastclr pretrain --out {run.out}")
+        result["checkpoint"] = str(tally.saved[1])
+        return result
+    return {
+        "out": str(run.out),
+        "epochs": tally.step / run.schedule.steps_per_epoch,
+        "steps": tally.step,
+        "final_loss": last_loss,
+        "images_per_s": tally.images_done / elapsed if tally.images_done else 0.0,
+        "skipped": len(run.data.skipped),  # files that could not be decoded: OUT/skipped.txt
+    }
+
+
+def train(run: Run, resume: bool = True, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Resume (or start), train, finish: the training result of :func:`finish`."""
+    step, saved = resume_or_start(run, resume, callbacks)
+    tally, stop = loop(run, step, saved, callbacks)
+    return finish(run, tally, stop)
+
+
+def pretrain(cfg: config.Config, resume: bool = True, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Set up and train as configured, without evaluation (:mod:`fastclr.pipeline` adds it).
+
+    Continues from ``OUT/checkpoints`` when a checkpoint is there (``resume`` False deletes them and
+    starts over). On SIGTERM / SIGINT it returns early with ``interrupted: True`` and the
+    conventional ``exit_code`` (143 / 130) after writing a checkpoint.
+    """
+    return train(setup(cfg), resume, callbacks)
+
+
+# --- helpers ------------------------------------------------------------------------------------
 
 
 class Progress:
-    """A tqdm bar on stderr showing loss, lr and images/s."""
+    """A tqdm bar on stderr showing loss, lr and images/s (rank 0 only)."""
 
     def __init__(self, total: int, initial: int):
         from tqdm import tqdm
@@ -84,327 +399,18 @@ class Progress:
         self.bar.close()
 
 
-def log(msg: str) -> None:
-    if dist.is_main():
-        print(f"fastclr: {msg}", file=sys.stderr, flush=True)
-
-
-def warn(msg: str) -> None:
-    log(f"warning: {msg}")
-
-
-class StopSignal:
-    """SIGTERM and SIGINT set a flag; the loop finishes its step, checkpoints and returns.
-
-    A second signal of the same kind acts at once (the handler before ours is put back).
-    """
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self._previous: dict[int, object] = {}
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = self.signum or signum
-        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-
-    @contextlib.contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread only
-            yield self
-            return
-        for s in (signal.SIGTERM, signal.SIGINT):
-            self._previous[s] = signal.signal(s, self._handle)
-        try:
-            yield self
-        finally:
-            for s, handler in self._previous.items():
-                signal.signal(s, handler)
-
-    def agreed(self, world: int, device, sync_point: bool) -> bool:
-        """Stop now? One process: whenever a signal came. k processes: all stop at the same step,
-        agreed at ``sync_point`` steps (one all-reduce), so no rank waits on a collective alone."""
-        if world == 1:
-            return bool(self.signum)
-        if not sync_point:
-            return False
-        flag = torch.tensor(1.0 if self.signum else 0.0, device=device)
-        if dist.mean(flag).item() > 0:
-            self.signum = self.signum or signal.SIGTERM
-            return True
-        return False
-
-
-# Config fields a checkpoint's weights must match, and fields whose change does not alter the run.
-_SHAPE_KEYS = ("arch", "cifar_stem", "head_layers", "head_hidden", "proj_dim", "optimizer")
-_FREE_KEYS = {
-    "out",
-    "max_steps",
-    "log_every",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "eval",
-    "knn_k",
-    "knn_temperature",
-    "eval_batch_size",
-    "device",
-    "workers",
-    "download",
-    "max_bad_fraction",
-    "channels_last",
-    "knn_every",
-    "online_probe",
-    "compile",
-}
-
-
-def resume_state(ckpt_dir: Path, cfg: config.Config, device, resume: bool) -> dict | None:
-    """The checkpoint to continue from (None: start at step 0); with ``resume`` False, delete old ones."""
-    if not resume:
-        old = checkpoint.existing(ckpt_dir)
-        if old:
-            log(f"--no-resume: starting over at step 0; deleting {len(old)} checkpoint file(s) in {ckpt_dir}")
-            if dist.is_main():
-                for path in old:
-                    path.unlink(missing_ok=True)
-        return None
-    found = checkpoint.load_latest(ckpt_dir, map_location=device, warn=warn, set_aside=dist.is_main())
-    if found is None:
-        return None
-    state, path = found
-    saved = state.get("config", {})
-    for key in _SHAPE_KEYS:
-        if key in saved and saved[key] != getattr(cfg, key):
-            raise UserError(
-                f"{key}={getattr(cfg, key)!r} differs from {saved[key]!r} in checkpoint {path}: resume with the same value, or start over with --no-resume (or another --out)"
-            )
-    changed = [
-        f"{k} {saved[k]!r} -> {getattr(cfg, k)!r}"
-        for k in config.FIELDS
-        if k in saved and k not in _FREE_KEYS and saved[k] != getattr(cfg, k)
-    ]
-    if changed:
-        warn(f"resuming with changed settings ({', '.join(changed)}): the result will differ from an uninterrupted run")
-    log(f"resuming from {path} at step {state['step']}")
-    return state
-
-
 def nonfinite_message(bad: int, cfg: config.Config, precision: str, saved: tuple[int, Path] | None) -> str:
+    """The one-line error for a loss that became nan or inf at step ``bad``."""
     where = f"the last good checkpoint is {saved[1]} (step {saved[0]})" if saved else "no checkpoint was written"
     low = (
         f"too little precision (precision={precision}; try --set precision=fp32)"
         if precision != "fp32"
         else "float32 precision exceeded (extreme inputs)"
     )
-    return f"loss became nan or inf at step {bad}: likely causes: learning rate too high (lr={cfg.lr}), temperature too low (temperature={cfg.temperature}), or {low}; {where}"
-
-
-def pretrain(cfg: config.Config, resume: bool = True) -> dict:
-    """Run SimCLR pretraining as configured; returns the result dict printed as the final JSON.
-
-    Continues from ``OUT/checkpoints`` when a checkpoint is there (``resume`` False deletes them and
-    starts over). On SIGTERM / SIGINT it returns early with ``interrupted: True`` and the
-    conventional ``exit_code`` (143 / 130) after writing a checkpoint.
-    """
-    config.validate(cfg)
-    preflight.per_process_batch(cfg, preflight.world_size_from_env())
-    device = dist.setup(pick_device(cfg.device))  # joins torchrun's process group, if any
-    world = dist.world_size()
-    dist.check_same(config.to_dict(cfg))
-    out = Path(cfg.out)
-    preflight.output_folder(out)
-    precision = resolve(cfg.precision, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN time its kernels once
-    torch.manual_seed(cfg.seed)
-
-    data = datasets.load(
-        cfg.data,
-        cfg.image_size,
-        out_dir=out if dist.is_main() else None,
-        download=cfg.download,
-        max_bad_fraction=cfg.max_bad_fraction,
-        workers=cfg.workers,
+    return (
+        f"loss became nan or inf at step {bad}: likely causes: learning rate too high (lr={cfg.lr}), "
+        f"temperature too low (temperature={cfg.temperature}), or {low}; {where}"
     )
-    pretrain_set = datasets.balanced_subset(data.pretrain, cfg.max_images, cfg.seed)
-    stored = getattr(pretrain_set, "images", None)
-    side = (
-        int(min(stored.shape[-2:]))
-        if isinstance(stored, torch.Tensor)
-        else int(pretrain_set.hw.min())
-        if len(pretrain_set)
-        else None
-    )
-    preflight.against_data(cfg, len(pretrain_set), side, data.name)
-    loader = build_loader(
-        pretrain_set,
-        cfg.batch_size,
-        cfg.seed,
-        device,
-        views=cfg.views,
-        aug=augment_config(cfg),
-        workers=cfg.workers,
-        rank=dist.rank(),
-        world_size=world,
-    )
-    steps_per_epoch = len(loader)
-    total_steps = cfg.epochs * steps_per_epoch
-    run_steps = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    peak_lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.lr_rule)  # derived, never written back into cfg
-
-    model = build_model(cfg)
-    if cfg.init:  # before global BN and DDP, so every rank starts from the file's weights
-        from fastclr.train.weights import init_encoder
-
-        init_encoder(model.encoder, cfg.init)  # a resumed run then overwrites these with its checkpoint
-    if world > 1 and cfg.sync_bn:
-        model = dist.sync_batchnorm(model, device)  # global BN: statistics over all k*V*b views
-    model = model.to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    preflight.free_disk(out, preflight.checkpoint_bytes(model, cfg.optimizer))
-    net = dist.wrap(model, device)  # DDP when k > 1; checkpoints and evaluation use the bare model
-    if cfg.compile:
-        net = torch.compile(net)  # the step runs compiled; checkpoints keep the bare model's keys
-    optimizer = build_optimizer(model, cfg.optimizer, peak_lr, cfg.weight_decay, cfg.momentum, cfg.trust_coefficient)
-    if dist.is_main():
-        config.save(cfg, out / "config.yaml")
-    aug = augment_config(cfg)
-
-    ckpt_dir = out / "checkpoints"
-    if dist.is_main():
-        checkpoint.remove_temporaries(ckpt_dir)
-    state = resume_state(ckpt_dir, cfg, device, resume)
-    monitors = Monitors(cfg, model.feature_dim, data, getattr(pretrain_set, "labels", None), device, precision, warn)
-    if state is not None:
-        monitors.load_state_dict(state.get("monitor", {}))
-    step = 0
-    saved: tuple[int, Path] | None = None  # (step, path) of the newest checkpoint of this run
-    if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise UserError(
-                f"checkpoint {ckpt_dir / checkpoint.LAST} does not fit this model ({str(e).splitlines()[0][:120]}); start over with --no-resume"
-            ) from None
-        if "rng" in state:
-            checkpoint.set_rng_state(state["rng"])
-        step = int(state["step"])
-        saved = (step, ckpt_dir / checkpoint.LAST)
-    else:  # a checkpoint exists from the first moment on, so a kill never leaves the run without one
-        saved = (0, save_checkpoint(ckpt_dir, model, optimizer, cfg, 0, steps_per_epoch, monitors.state_dict()))
-    dist.check_same(
-        {"step": step}, "checkpoint", f"every node must see the same --out ({out}): use a shared file system"
-    )
-    log(
-        f"{len(pretrain_set)} images, {steps_per_epoch} steps/epoch, {run_steps} steps, batch {cfg.batch_size}, peak lr {peak_lr:.4g}, {device} {precision}"
-    )
-
-    metrics = MetricsLog(out, start_step=step, enabled=dist.is_main())
-    progress = Progress(run_steps, step)
-    stop = StopSignal()
-    model.train()
-    last_loss: float | None = None  # None until a step of this process logs one
-    bad_step = torch.full(
-        (), -1, dtype=torch.int64, device=device
-    )  # first step with a non-finite loss, kept on the device
-    t_start, images_done = time.perf_counter(), 0
-    t_log, images_log = t_start, 0
-    stopping = False
-    with stop.installed():
-        while step < run_steps and not stopping:
-            epoch, start = divmod(step, steps_per_epoch)
-            for index, images in loader.epoch(epoch, start):
-                lr = lr_at(step, peak_lr, warmup_steps, total_steps)
-                set_lr(optimizer, lr)
-                x = make_views(images, index, epoch, cfg, aug)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                value = train_step(net, optimizer, x, cfg, step, device, precision, monitors.hook(index))
-                step += 1
-                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(value), step, bad_step)
-                images_done += index.shape[0] * world  # global images
-                images_log += index.shape[0] * world
-                log_now = step % cfg.log_every == 0 or step == run_steps
-                if log_now:
-                    last_loss = float(value)  # the only host sync of the loop
-                    if int(bad_step) >= 0:
-                        raise UserError(nonfinite_message(int(bad_step), cfg, precision, saved))
-                    now = time.perf_counter()
-                    ips = images_log / max(now - t_log, 1e-9)
-                    t_log, images_log = now, 0
-                    metrics.log(
-                        {
-                            "step": step,
-                            "epoch": step / steps_per_epoch,
-                            "loss": last_loss,
-                            "lr": lr,
-                            "images_per_s": ips,
-                        }
-                    )
-                    metrics.flush()
-                    progress.update(0, loss=f"{last_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}")
-                progress.update(1)
-                if step % steps_per_epoch == 0 and (cfg.knn_every or cfg.online_probe):
-                    record = monitors.epoch_end(model, step // steps_per_epoch)
-                    if record:
-                        metrics.log({"step": step, "epoch": step / steps_per_epoch, **record})
-                stopping = stop.agreed(world, device, sync_point=log_now)
-                if stopping or step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0 or step == run_steps:
-                    if int(bad_step) >= 0 or not all_finite(model):  # never overwrite good weights with bad ones
-                        raise UserError(nonfinite_message(max(int(bad_step), step), cfg, precision, saved))
-                    saved = (
-                        step,
-                        save_checkpoint(ckpt_dir, model, optimizer, cfg, step, steps_per_epoch, monitors.state_dict()),
-                    )
-                if step >= run_steps or stopping:
-                    break
-    progress.close()
-    metrics.close()
-    elapsed = time.perf_counter() - t_start
-    if last_loss is None and dist.is_main():  # resumed with nothing (or nothing logged) left to run
-        last_loss = last_logged_loss(out / "metrics.jsonl")
-    if stopping:
-        name = signal.Signals(stop.signum).name
-        log(f"{name}: stopped after step {step} of {run_steps}; checkpoint {saved[1]}")
-        log(f"resume with: fastclr pretrain --out {out}")
-        dist.cleanup()
-        return {
-            "out": str(out),
-            "steps": step,
-            "final_loss": last_loss,
-            "interrupted": True,
-            "signal": name,
-            "exit_code": 128 + stop.signum,
-            "checkpoint": str(saved[1]),
-        }
-    dist.cleanup()  # training is over; rank 0 evaluates and writes the result alone
-
-    result: dict = {
-        "out": str(out),
-        "epochs": step / steps_per_epoch,
-        "steps": step,
-        "final_loss": last_loss,
-        "images_per_s": images_done / elapsed if images_done else 0.0,
-        "skipped": len(data.skipped),  # files that could not be decoded: OUT/skipped.txt
-    }
-    if cfg.eval and dist.is_main() and data.train is not None and data.test is not None:
-        log("evaluating: kNN and linear probe, SimCLR encoder and random-init baseline")
-        ours = evaluate_encoder(model, data, cfg, device, precision)
-        torch.manual_seed(cfg.seed + 1)
-        baseline = build_model(cfg).to(device)
-        if cfg.channels_last:
-            baseline = baseline.to(memory_format=torch.channels_last)
-        base = evaluate_encoder(baseline, data, cfg, device, precision)
-        result["eval"] = {
-            **ours,
-            "random_init_knn_top1": base["knn_top1"],
-            "random_init_linear_top1": base["linear_top1"],
-        }
-    if dist.is_main():
-        (out / "result.json").write_text(json.dumps(result, indent=2))
-    return result
 
 
 def last_logged_loss(path: Path) -> float | None:
@@ -425,26 +431,3 @@ def all_finite(model: torch.nn.Module) -> bool:
     """Every weight and buffer is finite (one host sync)."""
     tensors = [t.detach().isfinite().all() for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
     return bool(torch.stack(tensors).all()) if tensors else True
-
-
-def save_checkpoint(
-    folder: Path, model, optimizer, cfg: config.Config, step: int, steps_per_epoch: int, monitor: dict | None = None
-) -> Path:
-    """Write step ``step`` into the rotating set of ``folder``; returns ``folder/last.pt``."""
-    last = folder / checkpoint.LAST
-    if not dist.is_main():  # every rank holds the same weights; rank 0 writes them
-        return last
-    state = {
-        "format": checkpoint.FORMAT,
-        "version": checkpoint.VERSION,
-        "config": config.to_dict(cfg),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "step": step,
-        "epoch": step // steps_per_epoch,
-        "step_in_epoch": step % steps_per_epoch,
-        "rng": checkpoint.rng_state(),
-        "monitor": monitor or {},  # the online probe's classifier and optimiser (monitor.py)
-    }
-    checkpoint.save_rotating(state, folder, step, cfg.keep_checkpoints)
-    return last

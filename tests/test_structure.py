@@ -1,0 +1,104 @@
+"""The package's architecture, checked on the source with ``ast``: no import cycles (module level or
+inside functions) and layers that import downward only (method and data at the bottom, training
+above them, evaluation above training, the pipeline and the CLI on top)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+SRC = ROOT / "src"
+PACKAGE = SRC / "fastclr"
+
+# A module of the left layer may not import any module starting with a name on the right.
+FORBIDDEN = {
+    "fastclr.method": ("fastclr.data", "fastclr.train", "fastclr.eval", "fastclr.pipeline", "fastclr.cli"),
+    "fastclr.data": ("fastclr.train", "fastclr.eval", "fastclr.pipeline", "fastclr.cli"),
+    "fastclr.train": ("fastclr.eval", "fastclr.pipeline", "fastclr.cli"),
+    "fastclr.eval": ("fastclr.pipeline", "fastclr.cli"),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports_of(name: str) -> set[str]:
+    """Every fastclr module ``name`` imports, anywhere in its source (functions included)."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        else:
+            continue
+        for target in targets:
+            while target and target not in MODULES:  # fastclr.train.dist.mean -> fastclr.train.dist
+                target = target.rpartition(".")[0]
+            if target and target != name and target != "fastclr":
+                found.add(target)
+    return found
+
+
+GRAPH = {name: imports_of(name) for name in MODULES}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` as [a, b, ..., a], or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_checker_finds_cycles_and_reads_function_level_imports():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert "fastclr.train.dist" in GRAPH["fastclr.train.loop"]
+    assert len(MODULES) > 40 and all(name.startswith("fastclr") for name in MODULES)
+
+
+def test_no_import_cycles():
+    assert find_cycle(GRAPH) is None
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_layers_import_downward_only(layer):
+    wrong = sorted(
+        f"{name} imports {target}"
+        for name, targets in GRAPH.items()
+        if name.startswith(layer + ".") or name == layer
+        for target in targets
+        if target.startswith(FORBIDDEN[layer])
+    )
+    assert not wrong, wrong
