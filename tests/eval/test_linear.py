@@ -137,3 +137,23 @@ def test_eval_view_crop_proportion():
     assert view.shape == (2, 3, 32, 32)
     assert torch.allclose(view, eval_view(images[..., 16:48, 16:48], 32))
     assert torch.equal(supervised.eval_view(images, 32), eval_view(images, 32))  # crop 1: the whole image
+
+
+def test_cli_protocol_flags(ckpt, folder):
+    out = last_json(
+        cli(
+            "linear",
+            "--checkpoint",
+            str(ckpt),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "40",
+            "--min-scale",
+            "0.3",
+            "--no-flip",
+        )
+    )
+    assert (out["min_scale"], out["flip"], out["crop"]) == (0.3, False, 1.0)
+    line = one_line_error(cli("linear", "--checkpoint", str(ckpt), "--crop-proportion", "1.5"))
+    assert "--crop-proportion" in line
