@@ -63,7 +63,8 @@ def test_pretrain_logs_monitors_and_saves_the_probe(tmp_path):
     assert [r["epoch"] for r in monitored] == [1.0, 2.0]
     assert all(0 <= r["knn_top1"] <= 1 and 0 <= r["online_probe_top1"] <= 1 for r in monitored)
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    assert state["monitor"]["online_probe"]["fc"]["weight"].shape == (10, 256)
+    width = SimCLR(state["config"]["arch"], True).feature_dim  # the preset's encoder width
+    assert state["monitor"]["online_probe"]["fc"]["weight"].shape == (10, width)
 
 
 VIEWS, BATCH, DIM, CLASSES, STEPS = 2, 8, 6, 3, 4
