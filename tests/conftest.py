@@ -11,6 +11,16 @@ CIFAR_ARCHIVE = SHARED_DATA / "cifar10-jpeg.tar.xz"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` skip on machines without a CUDA GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def cifar_subset(tmp_path_factory):
     """A small class-balanced subset of the CIFAR-10 JPEGs from ../shared/data: train/ and test/ folders
@@ -36,3 +46,20 @@ def cifar_subset(tmp_path_factory):
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(tar.extractfile(member).read())
     return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_arch(tmp_path_factory) -> str:
+    """``hf:FOLDER`` of a tiny random BertModel with its fast tokenizer (tests/textkit.py)."""
+    pytest.importorskip("transformers", reason="the text tests need Transformers (pip install 'fastclr[text]')")
+    from textkit import tiny_bert
+
+    return "hf:" + str(tiny_bert(tmp_path_factory.mktemp("tiny_bert")))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_arch):
+    """The fast tokenizer of ``tiny_arch``."""
+    from fastclr.text.encoder import load_tokenizer
+
+    return load_tokenizer(tiny_arch)

@@ -115,3 +115,21 @@ def test_online_probe_two_processes_equal_one(tmp_path):
         rows = torch.cat([torch.arange(BATCH // 2) + v * BATCH for v in range(VIEWS)])
         half.update(h[rows], y[rows], VIEWS)
     assert not torch.allclose(half.fc.weight, ref["weight"], atol=1e-4)
+
+
+def test_knn_monitor_runs_on_rank_0_only(monkeypatch):
+    """Under torchrun every rank holds the same encoder: only rank 0 (which writes metrics.jsonl) scores it."""
+    import dataclasses
+
+    from fastclr.config import Config
+    from fastclr.data.datasets import DataSplits, ImageSet
+    from fastclr.eval.monitor import Monitors
+
+    g = torch.Generator().manual_seed(0)
+    split = ImageSet(torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8, generator=g), torch.arange(12) % 3, [])
+    cfg = dataclasses.replace(Config(), image_size=8, knn_every=1, knn_k=3, precision="fp32")
+    monitors = Monitors(cfg, 256, DataSplits("t", split, split, split), None, torch.device("cpu"), "fp32")
+    model = SimCLR("resnet_mini", cifar_stem=True, head_layers=2, proj_dim=16)
+    for rank, scored in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)  # what dist.rank() reads when no process group is started
+        assert ("knn_top1" in monitors.epoch_end(model, 1)) is scored

@@ -67,6 +67,16 @@ class InMemoryLoader:
             yield index, self.images[index]
 
 
+def worker_cap(workers: int) -> int:
+    """Loader workers for this process: at most its share of the node's cores.
+
+    torchrun starts LOCAL_WORLD_SIZE processes per node, and they share its cores: 8 ranks with 16
+    workers each on 16 cores would run 128 decoding processes, which only adds contention.
+    """
+    per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(workers, max(1, (os.cpu_count() or 1) // per_node)))
+
+
 def build_loader(
     source,
     batch_size: int,
@@ -79,13 +89,15 @@ def build_loader(
     rank: int = 0,
     world_size: int = 1,
 ):
-    """The loader for a pretraining source: InMemoryLoader for an ImageSet (images on the device),
-    stream.StreamLoader for a FileSet (large images decoded and cropped by ``workers`` CPU processes)."""
+    """The loader for a pretraining source: InMemoryLoader for an ImageSet (images on the device) or a
+    text set (its token tensors, :mod:`fastclr.text.data`), stream.StreamLoader for a FileSet (large
+    images decoded and cropped by ``workers`` CPU processes)."""
     from fastclr.data.stream import FileSet, StreamLoader
 
     if isinstance(source, FileSet):
-        workers = min(workers, os.cpu_count() or 1)  # more processes than cores only add contention
+        workers = worker_cap(workers)
         return StreamLoader(
             source, batch_size, seed, device, views=views, cfg=aug, workers=workers, rank=rank, world_size=world_size
         )
-    return InMemoryLoader(source.images, batch_size, seed, device, rank=rank, world_size=world_size)
+    rows = source.tokens if hasattr(source, "tokens") else source.images
+    return InMemoryLoader(rows, batch_size, seed, device, rank=rank, world_size=world_size)

@@ -84,8 +84,9 @@ def forward_backward(
             None splits x as it is. ``loss_fn`` and ``on_h`` always see x's own row order.
     Returns:
         the loss (scalar tensor, detached).
-    The model's stochastic layers, if any, must be deterministic between the two passes (SimCLR's
-    ResNets have none). BN running statistics are updated once per chunk, by the replay only.
+    Stochastic layers (the dropout of text encoders) draw the same masks in both passes: each
+    chunk's replay restarts the random generators where its first pass started (the paper's
+    RandContext). BN running statistics are updated once per chunk, by the replay only.
     """
     if order is None:
         order = torch.arange(x.shape[0], device=x.device)
@@ -93,9 +94,19 @@ def forward_backward(
     inverse[order] = torch.arange(order.shape[0], device=order.device)
     chunks = _permute(x, order).split(chunk_size)
     saved = [buf.clone() for buf in _bn_buffers(model)]
+    rng: list[tuple[torch.Tensor, torch.Tensor | None, torch.device]] = []
+    hz = []
     with torch.no_grad(), autocast():
+<<<<<<< HEAD
         hz = [model(c) for c in chunks]
     z = torch.cat([zc for _, zc in hz])[inverse]  # [V*b, D], back in x's row order
+=======
+        for c in chunks:
+            rng.append(_rng_get(c.device))
+            hz.append(model(c))
+    after = _rng_get(x.device)
+    z = torch.cat([zc for _, zc in hz])  # [V*b, D]
+>>>>>>> main
     if on_h is not None:
         on_h(torch.cat([h for h, _ in hz])[inverse])
     del hz
@@ -111,7 +122,22 @@ def forward_backward(
     for i, (c, g) in enumerate(zip(chunks, grads)):
         sync = contextlib.nullcontext() if i == len(chunks) - 1 else no_sync()
         with sync:
+            _rng_set(rng[i])
             with autocast():
                 _, zc = model(c)
             zc.float().backward(g)
+    _rng_set(after)  # the generators continue as after the first pass, as if each chunk ran once
     return value.detach()
+
+
+def _rng_get(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, torch.device]:
+    """The CPU generator's state, and the CUDA device's when the views are there."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda, device
+
+
+def _rng_set(state: tuple[torch.Tensor, torch.Tensor | None, torch.device]) -> None:
+    cpu, cuda, device = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)

@@ -18,6 +18,7 @@ anything is written, so ``last.pt`` always holds finite weights. bf16 needs no g
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -38,6 +39,7 @@ from fastclr.method.augment import AugmentConfig
 from fastclr.method.lars import build_optimizer, scaled_lr, set_lr
 from fastclr.method.model import SimCLR
 from fastclr.method.schedule import lr_at
+from fastclr.text.views import TextViewConfig
 from fastclr.train import checkpoint, dist, preflight
 from fastclr.train.callbacks import Callback, LoopState, batch_hook, merged_state
 from fastclr.train.precision import pick_device, resolve
@@ -80,12 +82,12 @@ class Run:
     world: int
     precision: str
     data: datasets.DataSplits
-    images: Any  # the pretraining images: an ImageSet, or a FileSet streamed from disk
+    images: Any  # the pretraining images: an ImageSet, or a FileSet streamed from disk (text: a TextSet)
     loader: Any
     model: SimCLR  # the bare network: checkpoints and evaluation use it
     net: nn.Module  # what the step runs: DDP and/or compiled around ``model``
     optimizer: torch.optim.Optimizer
-    aug: AugmentConfig
+    aug: AugmentConfig | TextViewConfig
     schedule: Schedule
 
     @property
@@ -132,18 +134,29 @@ def setup(cfg: config.Config) -> Run:
 
 def load_images(cfg: config.Config, out: Path) -> tuple[datasets.DataSplits, Any]:
     """The run's data and its pretraining images (``max_images``: a class-balanced subset), checked."""
-    data = datasets.load(
-        cfg.data,
-        cfg.image_size,
-        out_dir=out if dist.is_main() else None,
-        download=cfg.download,
-        max_bad_fraction=cfg.max_bad_fraction,
-        workers=cfg.workers,
-    )
+    out_dir = out if dist.is_main() else None
+    if config.is_text(cfg):  # tokenised texts: the same fields, token tensors instead of pixels
+        from fastclr.text import data as text_data
+        from fastclr.text.encoder import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.arch)
+        args = dict(column=cfg.text_column, max_bad_fraction=cfg.max_bad_fraction, out_dir=out_dir)
+        data: Any = text_data.load(cfg.data, tokenizer, cfg.max_length, **args)  # type: ignore[arg-type]
+    else:
+        data = datasets.load(
+            cfg.data,
+            cfg.image_size,
+            out_dir=out_dir,
+            download=cfg.download,
+            max_bad_fraction=cfg.max_bad_fraction,
+            workers=cfg.workers,
+        )
     images = datasets.balanced_subset(data.pretrain, cfg.max_images, cfg.seed)
     stored = getattr(images, "images", None)
     side: int | None
-    if isinstance(stored, torch.Tensor):
+    if config.is_text(cfg):
+        side = None  # no pixels to check the crop against
+    elif isinstance(stored, torch.Tensor):
         side = int(min(stored.shape[-2:]))
     else:
         side = int(images.hw.min()) if len(images) else None
@@ -180,7 +193,7 @@ def resume_or_start(run: Run, resume: bool, callbacks: Sequence[Callback]) -> tu
         checkpoint.remove_temporaries(folder)
     if not resume:
         checkpoint.clear(folder, main)
-    state = checkpoint.resume_state(folder, run.cfg, run.device, main) if resume else None
+    state = checkpoint.resume_state(folder, run.cfg, main) if resume else None
     if state is not None:
         for cb in callbacks:
             cb.load_state_dict(state.get("monitor", {}))
@@ -225,6 +238,18 @@ class Tally:
     t_start: float = field(default_factory=time.perf_counter)
     t_log: float = field(default_factory=time.perf_counter)
     images_log: int = 0
+    t_aside: float = 0.0  # seconds of checkpoints and epoch-end callbacks (monitors): not training
+
+    @contextlib.contextmanager
+    def aside(self, device: torch.device):
+        """Time the block as work other than training; the device's queued steps finish first."""
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # once per epoch or checkpoint: the saves read the weights anyway
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.t_aside += time.perf_counter() - t
 
 
 def loop(run: Run, step: int, saved: Path, callbacks: Sequence[Callback]) -> tuple[Tally, StopSignal]:
@@ -259,13 +284,16 @@ def loop(run: Run, step: int, saved: Path, callbacks: Sequence[Callback]) -> tup
                 state = LoopState(
                     run.model, tally.step, tally.step / s.steps_per_epoch, s.steps_per_epoch, write_record
                 )
-                end_of_step(state, callbacks, stop)
+                epoch_end = tally.step % s.steps_per_epoch == 0
+                with tally.aside(run.device) if epoch_end else contextlib.nullcontext():
+                    end_of_step(state, callbacks, stop)
                 tally.stopping = stop.agreed(run.world, run.device, sync_point=log_now)
                 if tally.stopping or checkpoint_due(tally.step, cfg.checkpoint_every, s):
-                    if int(tally.bad_step) >= 0 or not all_finite(run.model):  # never overwrite good weights
-                        bad = max(int(tally.bad_step), tally.step)
-                        raise UserError(nonfinite_message(bad, cfg, run.precision, tally.saved))
-                    tally.saved = (tally.step, save(run, tally.step, callbacks))
+                    with tally.aside(run.device):
+                        if int(tally.bad_step) >= 0 or not all_finite(run.model):  # never overwrite good weights
+                            bad = max(int(tally.bad_step), tally.step)
+                            raise UserError(nonfinite_message(bad, cfg, run.precision, tally.saved))
+                        tally.saved = (tally.step, save(run, tally.step, callbacks))
                 if tally.step >= s.run_steps or tally.stopping:
                     break
     progress.close()
@@ -285,14 +313,14 @@ def one_step(
     """Views of one batch, one optimisation step at learning rate ``lr``; the loss as a device tensor."""
     set_lr(run.optimizer, lr)
     x = make_views(images, index, epoch, run.cfg, run.aug)
-    if run.cfg.channels_last:
+    if run.cfg.channels_last and x.dim() == 4:  # images; text views are token ids [V*b, L]
         x = x.contiguous(memory_format=torch.channels_last)
     on_h = batch_hook(callbacks, index)
     return train_step(run.net, run.optimizer, x, run.cfg, step, run.device, run.precision, on_h)
 
 
 def log_step(run: Run, tally: Tally, value: torch.Tensor, lr: float, write: Any, progress: Progress) -> None:
-    """Read the loss (the only host sync of the loop), stop on a non-finite one, write the metrics line."""
+    """Read the loss (a host sync, every ``log_every`` steps), stop on a non-finite one, write the metrics line."""
     tally.last_loss = float(value)
     if int(tally.bad_step) >= 0:
         raise UserError(nonfinite_message(int(tally.bad_step), run.cfg, run.precision, tally.saved))
@@ -349,7 +377,9 @@ def finish(run: Run, tally: Tally, stop: StopSignal) -> dict[str, Any]:
         "epochs": tally.step / run.schedule.steps_per_epoch,
         "steps": tally.step,
         "final_loss": last_loss,
-        "images_per_s": tally.images_done / elapsed if tally.images_done else 0.0,
+        "images_per_s": tally.images_done / elapsed if tally.images_done else 0.0,  # end to end
+        # the steps alone: without checkpoints and epoch-end monitors (benchmarks/gpu_check.sh reports both)
+        "train_images_per_s": tally.images_done / max(elapsed - tally.t_aside, 1e-9) if tally.images_done else 0.0,
         "skipped": len(run.data.skipped),  # files that could not be decoded: OUT/skipped.txt
     }
 

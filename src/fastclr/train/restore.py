@@ -11,6 +11,7 @@ reads an encoder reads those too.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from fastclr import config
 from fastclr.data import datasets
 from fastclr.errors import UserError
 from fastclr.method.model import SimCLR
-from fastclr.train import checkpoint
+from fastclr.train import checkpoint, dist
 from fastclr.train.precision import pick_device, resolve
 
 
@@ -36,8 +37,10 @@ class Restored:
 
 
 def build(cfg: config.Config) -> SimCLR:
-    """A freshly initialised SimCLR network as ``cfg`` describes it."""
-    return SimCLR(cfg.arch, cfg.cifar_stem, cfg.head_layers, cfg.head_hidden or None, cfg.proj_dim)
+    """A freshly initialised SimCLR network as ``cfg`` describes it (``hf:`` archs: a text encoder)."""
+    from fastclr.train.step import build_model
+
+    return build_model(cfg)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> Restored:
@@ -59,6 +62,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Restored
 
 def random_init(cfg: config.Config, seed: int, device: torch.device | str = "cpu") -> Restored:
     """The same architecture with random weights: the baseline every protocol is compared to."""
+    if config.is_text(cfg):  # a Transformer's random draw, not its file's weights
+        cfg = dataclasses.replace(cfg, hf_random_init=True)
     torch.manual_seed(seed)
     return Restored(build(cfg).to(device), cfg, {}, "random-init")
 
@@ -82,11 +87,23 @@ def resolve_model(path: str | None, random: bool, seed: int, device: torch.devic
 
 
 def open_for_command(
-    path: str | None, device: str | None, random: bool = False, seed: int = 0, init: str | None = None
+    path: str | None,
+    device: str | None,
+    random: bool = False,
+    seed: int = 0,
+    init: str | None = None,
+    join: bool = False,
 ) -> tuple[Restored, torch.device, str]:
-    """What every evaluation command starts with: the model on its device, and the precision to use."""
+    """What every evaluation command starts with: the model on its device, and the precision to use.
+
+    ``join`` first joins torchrun's process group (``fastclr embed``): each rank then takes GPU
+    LOCAL_RANK before anything touches CUDA, instead of every rank opening a context on GPU 0.
+    """
     restored = resolve_model(path, random, seed, "cpu", init)
-    dev, precision = device_and_precision(restored.cfg, device)
+    dev = pick_device(device or restored.cfg.device)
+    if join:
+        dev = dist.setup(dev)
+    precision = resolve(restored.cfg.precision, dev)  # may query the GPU: after the group chose it
     restored.model.to(dev)
     return restored, dev, precision
 
@@ -108,6 +125,12 @@ def device_and_precision(cfg: config.Config, device: str | None) -> tuple[torch.
 
 def load_data(cfg: config.Config, spec: str | None) -> datasets.DataSplits:
     """The data a command evaluates on: ``--data``, else the data the checkpoint was trained on."""
+    if config.is_text(cfg):  # tokenised texts (fastclr.text.data.TextSplits, the same fields)
+        from fastclr.text import data as text_data
+        from fastclr.text.encoder import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.arch)
+        return text_data.load(spec or cfg.data, tokenizer, cfg.max_length, column=cfg.text_column)  # type: ignore[return-value]
     return datasets.load(spec or cfg.data, cfg.image_size)
 
 
