@@ -97,16 +97,11 @@ def forward_backward(
     rng: list[tuple[torch.Tensor, torch.Tensor | None, torch.device]] = []
     hz = []
     with torch.no_grad(), autocast():
-<<<<<<< HEAD
-        hz = [model(c) for c in chunks]
-    z = torch.cat([zc for _, zc in hz])[inverse]  # [V*b, D], back in x's row order
-=======
         for c in chunks:
             rng.append(_rng_get(c.device))
             hz.append(model(c))
     after = _rng_get(x.device)
-    z = torch.cat([zc for _, zc in hz])  # [V*b, D]
->>>>>>> main
+    z = torch.cat([zc for _, zc in hz])[inverse]  # [V*b, D], back in x's row order
     if on_h is not None:
         on_h(torch.cat([h for h, _ in hz])[inverse])
     del hz
