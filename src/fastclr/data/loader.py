@@ -14,19 +14,9 @@ from collections.abc import Iterator
 
 import torch
 
-from fastclr.method.rng import keyed_generator
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The epoch's permutation of sample indices 0..n-1 (int64 [n], on the CPU)."""
-    return torch.randperm(n, generator=keyed_generator(seed, epoch, 0x5EED))
-
-
-def batch_index(perm: torch.Tensor, b: int, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
-    """This process's slice of global batch ``b`` of an epoch's permutation: int64 [batch_size / world_size]."""
-    local = batch_size // world_size
-    lo = b * batch_size + rank * local
-    return perm[lo : lo + local]
+from fastclr.data.order import batch_index, epoch_order
+from fastclr.data.sets import FileSet
+from fastclr.data.stream import StreamLoader
 
 
 class InMemoryLoader:
@@ -92,8 +82,6 @@ def build_loader(
     """The loader for a pretraining source: InMemoryLoader for an ImageSet (images on the device) or a
     text set (its token tensors, :mod:`fastclr.text.data`), stream.StreamLoader for a FileSet (large
     images decoded and cropped by ``workers`` CPU processes)."""
-    from fastclr.data.stream import FileSet, StreamLoader
-
     if isinstance(source, FileSet):
         workers = worker_cap(workers)
         return StreamLoader(

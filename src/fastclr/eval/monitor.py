@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastclr.data.datasets import ImageSet
+from fastclr.data.sets import ImageSet, count_classes
 from fastclr.eval.evaluate import FeatureSettings, evaluate
 from fastclr.train import dist
 from fastclr.train.callbacks import Callback, LoopState, OnRepresentations
@@ -114,15 +114,16 @@ class Monitors(Callback):
             and isinstance(data.train, ImageSet)
             and isinstance(data.test, ImageSet)
         )
-        self.train, self.test = (data.train, data.test) if labelled else (None, None)
+        self.train: ImageSet | None = data.train if labelled else None
+        self.test: ImageSet | None = data.test if labelled else None
         if cfg.knn_every and not labelled and warn:
             warn("knn_every is set but the data set has no labelled train and test splits: no kNN monitor")
         if cfg.online_probe and self.labels is None and warn:
             warn("online_probe is set but the pretraining images have no labels: no online probe")
         self.probe = None
         if cfg.online_probe and self.labels is not None:
-            classes = len(self.train.classes or []) if self.train is not None else 0
-            self.probe = OnlineProbe(feature_dim, classes or int(self.labels.max()) + 1, device)
+            classes = count_classes(self.train.classes if self.train is not None else None, self.labels)
+            self.probe = OnlineProbe(feature_dim, classes, device)
 
     def on_batch(self, index: torch.Tensor) -> OnRepresentations | None:
         """The step's ``on_h`` (labels of the batch, repeated for every view), or None."""
