@@ -36,7 +36,8 @@ from fastclr import config as C
 from fastclr.method.augment import MEAN, STD, augment
 from fastclr.method.lars import build_optimizer, scaled_lr
 from fastclr.train.precision import autocast, pick_device, resolve
-from fastclr.train.step import augment_config, build_model, contrastive_loss, make_views, train_step
+from fastclr.train.restore import build_model
+from fastclr.train.step import augment_config, contrastive_loss, make_views, train_step
 
 
 def sync(device):
@@ -243,24 +244,29 @@ def main():
     res["aug_ratio"] = res["aug_ours_views_per_s"] / res["aug_reference_views_per_s"]
     res["step_ratio"] = res["step_ours_images_per_s"] / res["step_reference_images_per_s"]
     print(
-        f"machine     {res['device']}, torch {res['torch']}, commit {commit}, {args.config}, batch {B} x {V} views, {precision}",
+        f"machine     {res['device']}, torch {res['torch']}, commit {commit}, {args.config}, batch {B} x {V} views, "
+        f"{precision}",
         file=sys.stderr,
     )
     print(
-        f"augment     fastclr {res['aug_ours_views_per_s']:10.0f} views/s   reference {res['aug_reference_views_per_s']:10.0f} views/s   ratio {res['aug_ratio']:.1f}x",
+        f"augment     fastclr {res['aug_ours_views_per_s']:10.0f} views/s   reference "
+        f"{res['aug_reference_views_per_s']:10.0f} views/s   ratio {res['aug_ratio']:.1f}x",
         file=sys.stderr,
     )
     print(
-        f"train step  fastclr {res['step_ours_images_per_s']:10.0f} img/s     reference {res['step_reference_images_per_s']:10.0f} img/s     ratio {res['step_ratio']:.1f}x",
+        f"train step  fastclr {res['step_ours_images_per_s']:10.0f} img/s     reference "
+        f"{res['step_reference_images_per_s']:10.0f} img/s     ratio {res['step_ratio']:.1f}x",
         file=sys.stderr,
     )
     print(
-        f"            fastclr {res['step_ours_images_per_s'] * V:10.0f} views/s, {flops / B / V / 1e9:.2f} GFLOP/view, MFU {100 * res['mfu']:.1f}% of {peak / 1e12:.2f} TFLOP/s ({peak_src})",
+        f"            fastclr {res['step_ours_images_per_s'] * V:10.0f} views/s, {flops / B / V / 1e9:.2f} "
+        f"GFLOP/view, MFU {100 * res['mfu']:.1f}% of {peak / 1e12:.2f} TFLOP/s ({peak_src})",
         file=sys.stderr,
     )
     if compiled_step_s is not None:
         print(
-            f"            fastclr + torch.compile {res['step_compiled_images_per_s']:10.0f} img/s ({res['step_compiled_images_per_s'] / res['step_ours_images_per_s']:.2f}x eager)",
+            f"            fastclr + torch.compile {res['step_compiled_images_per_s']:10.0f} img/s "
+            f"({res['step_compiled_images_per_s'] / res['step_ours_images_per_s']:.2f}x eager)",
             file=sys.stderr,
         )
     if args.json:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -23,9 +24,10 @@ from fastclr.eval.evaluate import FeatureSettings, against_random_init
 from fastclr.eval.features import all_threads
 from fastclr.eval.monitor import Monitors
 from fastclr.method.model import SimCLR
-from fastclr.train import dist, loop
+from fastclr.train import checkpoint, dist, loop
 from fastclr.train.callbacks import Callback
-from fastclr.train.step import build_model
+from fastclr.train.restore import build_model
+from fastclr.train.tracking import TrackerCallback, Trackers
 
 
 def pretrain_and_evaluate(
@@ -33,10 +35,24 @@ def pretrain_and_evaluate(
 ) -> dict[str, Any]:
     """Pretrain as configured (resuming from ``OUT/checkpoints``), then evaluate; the final JSON line.
 
-    ``callbacks`` run after the monitors (trackers, a search's pruner). An interrupted run
-    returns the loop's result (``interrupted: True``) and is not evaluated.
+    ``callbacks`` run after the monitors and the trackers of ``cfg.trackers`` (which also receive the
+    config and the final evaluation). An interrupted run returns the loop's result
+    (``interrupted: True``) and is not evaluated.
     """
     run = loop.setup(cfg)
+    trackers = Trackers.from_config(cfg) if dist.is_main() else Trackers([], run.out)
+    try:
+        trackers.log_config(config.to_dict(cfg))
+        result = _train_and_evaluate(run, resume, [TrackerCallback(trackers), *callbacks])
+        if isinstance(result.get("eval"), dict):
+            trackers.log_summary(result["eval"], result["steps"])
+    finally:
+        trackers.close()
+    return result
+
+
+def _train_and_evaluate(run: loop.Run, resume: bool, callbacks: Sequence[Callback]) -> dict[str, Any]:
+    cfg = run.cfg
     labels = getattr(run.images, "labels", None)
     watched = evaluation_data(run.data, cfg, run.device) if cfg.knn_every and not config.is_text(cfg) else run.data
     monitors = Monitors(cfg, run.model.feature_dim, watched, labels, run.device, run.precision, log.warn)
@@ -87,6 +103,36 @@ def evaluation_data(data: DataSplits, cfg: config.Config, device: torch.device) 
     return evalset.eval_splits(
         data, cfg.image_size, max_images=cfg.eval_max_images, seed=cfg.seed, workers=cfg.workers, limit=limit
     )
+
+
+def resolve_config(preset: str | None, flags: dict[str, Any], sets: list[str], resume: bool = True) -> config.Config:
+    """The run's config: ``preset`` (a name or YAML file), then ``flags``, then ``--set`` values.
+
+    Resuming a run (``--out`` holds checkpoints and config.yaml, no preset named) starts from the run's
+    own config.yaml, so ``fastclr pretrain --out DIR`` continues a stopped run as it was started.
+    Without ``--out``, the run goes to ``runs/PRESET``.
+    """
+    out = flags.get("out")
+    base = preset
+    if base is None and out and resume:
+        saved = Path(out) / "config.yaml"
+        if checkpoint.existing(Path(out) / "checkpoints") and saved.is_file():
+            base = str(saved)  # resuming: the run's own settings, flags on top
+    cfg = config.build_config(base, flags, sets, from_data=True)
+    if out is None and not any(s.startswith("out=") for s in sets):
+        cfg.out = str(Path("runs") / Path(preset or "digits").stem)  # one folder per preset
+    return cfg
+
+
+def run(
+    preset: str | None,
+    flags: dict[str, Any],
+    sets: list[str],
+    resume: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> dict[str, Any]:
+    """``fastclr pretrain``: :func:`resolve_config`, then :func:`pretrain_and_evaluate`."""
+    return pretrain_and_evaluate(resolve_config(preset, flags, sets, resume), resume, callbacks)
 
 
 def random_init_like(cfg: config.Config, device: torch.device) -> SimCLR:

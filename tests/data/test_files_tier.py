@@ -7,7 +7,7 @@ from PIL import Image
 
 from fastclr.data import badfiles, datasets, evalset, images
 from fastclr.data.loader import build_loader
-from fastclr.data.stream import FileSet
+from fastclr.data.sets import FileSet
 from fastclr.errors import UserError
 from fastclr.method.augment import AugmentConfig
 from makeimages import pixels, write_bad

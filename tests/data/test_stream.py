@@ -4,7 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fastclr.data.stream import FileSet, StreamLoader, crop_views, finish_views
+from fastclr.data.sets import FileSet
+from fastclr.data.stream import StreamLoader, crop_views, finish_views
 from fastclr.method import augment
 from fastclr.method.augment import AugmentConfig
 from makeimages import pixels
@@ -67,8 +68,8 @@ def test_stream_loader_independent_of_worker_count(tmp_path):
     for workers in (0, 2):
         loader = StreamLoader(data, 4, seed=1, device=torch.device("cpu"), views=2, cfg=CFG, workers=workers)
         runs.append([(i.clone(), v.clone(), e) for e in (0, 1) for i, v in loader.epoch(e)])
-    assert len(runs[0]) == 6
-    for (i0, v0, e), (i1, v1, _) in zip(*runs):
+    assert [len(r) for r in runs] == [6] * len(runs)  # 12 files, batch 4, 2 epochs: nothing dropped or truncated
+    for (i0, v0, e), (i1, v1, _) in zip(*runs, strict=True):
         # workers on a CPU device finish the views themselves (pixel ops included): the same views
         assert v0.dtype == torch.uint8 and v1.dtype == torch.float32
         finished = finish_views(v0, i0, seed=1, epoch=e, cfg=CFG)
@@ -78,7 +79,7 @@ def test_stream_loader_independent_of_worker_count(tmp_path):
         StreamLoader(data, 4, seed=1, device=torch.device("cpu"), views=2, cfg=CFG, rank=r, world_size=2)
         for r in (0, 1)
     ]
-    for (i, v, _), a, b in zip(runs[0][:3], halves[0].epoch(0), halves[1].epoch(0)):
+    for (i, v, _), a, b in zip(runs[0][:3], halves[0].epoch(0), halves[1].epoch(0), strict=True):
         assert torch.equal(i, torch.cat([a[0], b[0]])) and torch.equal(v, torch.cat([a[1], b[1]], 1))
 
 
@@ -90,7 +91,9 @@ def test_resume_mid_epoch_gives_the_same_batches(tmp_path):
     loader = StreamLoader(FileSet(files, side=40), 2, seed=0, device=torch.device("cpu"), views=2, cfg=CFG)
     full = list(loader.epoch(3))
     resumed = list(loader.epoch(3, start=2))
-    assert all(torch.equal(a[1], b[1]) for a, b in zip(full[2:], resumed))
+    assert len(full) == 4 and len(resumed) == 2  # 8 files, batch 2: resumed at batch 2 of 4
+    for a, b in zip(full[2:], resumed, strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 @pytest.mark.parametrize(

@@ -91,20 +91,15 @@ def test_crop_resize_equals_torchvision_resized_crop(size):
 
 
 def test_colour_ops_equal_torchvision():
+    """Each public colour op, with a per-row factor, against torchvision's function on that row."""
     g = torch.Generator().manual_seed(1)
     x = torch.rand(4, 3, 8, 8, generator=g)
     f = torch.tensor([0.6, 0.9, 1.2, 1.4])
+    brightness, contrast, saturation = A.adjust_brightness(x, f), A.adjust_contrast(x, f), A.adjust_saturation(x, f)
     for i in range(4):
-        assert torch.allclose(
-            A._blend(x[i : i + 1], A.grayscale(x[i : i + 1]).mean((1, 2, 3), keepdim=True), f[i : i + 1])[0],
-            TF.adjust_contrast(x[i], float(f[i])),
-            atol=1e-5,
-        )
-        assert torch.allclose(
-            A._blend(x[i : i + 1], A.grayscale(x[i : i + 1]), f[i : i + 1])[0],
-            TF.adjust_saturation(x[i], float(f[i])),
-            atol=1e-5,
-        )
+        assert torch.allclose(brightness[i], TF.adjust_brightness(x[i], float(f[i])), atol=1e-5)
+        assert torch.allclose(contrast[i], TF.adjust_contrast(x[i], float(f[i])), atol=1e-5)
+        assert torch.allclose(saturation[i], TF.adjust_saturation(x[i], float(f[i])), atol=1e-5)
     hue = torch.tensor([-0.2, -0.05, 0.1, 0.2])
     ours = A.adjust_hue(x, hue)
     for i in range(4):
@@ -207,3 +202,18 @@ def test_gpu_views_equal_cpu_views(blur):
     pg = A.sample_params(index.cuda(), hw.cuda(), hw.cuda() + 8, seed=7, epoch=2, view=0, cfg=cfg)
     for key in ("flip", "jitter", "gray", "order", "blur"):
         assert torch.equal(pc[key], pg[key].cpu()), key
+
+
+@pytest.mark.parametrize("h,w", [(4, 400), (400, 4)])
+def test_crop_falls_back_to_torchvision_centre_crop_when_no_box_fits(h, w):
+    """An image far outside the ratio range: no sampled box fits, so the crop is torchvision's fallback
+    (the whole image, ratio clamped to [3/4, 4/3], centred), for every sample and every view."""
+    cfg = A.AugmentConfig(size=8)
+    n = 16
+    p = A.sample_params(torch.arange(n), torch.full((n,), h), torch.full((n,), w), seed=0, epoch=0, view=0, cfg=cfg)
+    top, left, ch, cw = RandomResizedCrop.get_params(
+        torch.zeros(3, h, w), scale=(cfg.min_scale, cfg.max_scale), ratio=(cfg.min_ratio, cfg.max_ratio)
+    )
+    assert p["top"].tolist() == [top] * n and p["left"].tolist() == [left] * n
+    assert p["crop_h"].tolist() == [ch] * n and p["crop_w"].tolist() == [cw] * n
+    assert (ch, cw) == ((4, 5) if h == 4 else (5, 4))  # the short side kept, the long side at ratio 4/3

@@ -1,4 +1,4 @@
-"""1 process with batch B equals k = 2 processes with B/2 each (SIMCLR.md section 6).
+"""1 process with batch B equals k = 2 processes with B/2 each (docs/distributed.md).
 
 Inputs differ across ranks; the loss, every parameter's gradient and every BN buffer must match
 the single-process step on the whole batch up to float32 rounding.
@@ -97,7 +97,10 @@ def test_two_processes_equal_one(name, two_process_results):
     buf_rel, buf_key = max_rel(
         {k: v.float() for k, v in ref["buffers"].items()}, {k: v.float() for k, v in got["buffers"].items()}
     )
-    msg = f"{name}: loss {ref['loss']:.6f} vs {got['loss']:.6f} (rel {loss_rel:.2e}); max relative gradient difference {grad_rel:.2e} ({grad_key}); BN buffers {buf_rel:.2e} ({buf_key})"
+    msg = (
+        f"{name}: loss {ref['loss']:.6f} vs {got['loss']:.6f} (rel {loss_rel:.2e}); "
+        f"max relative gradient difference {grad_rel:.2e} ({grad_key}); BN buffers {buf_rel:.2e} ({buf_key})"
+    )
     print(msg)
     assert ref["grads"].keys() == got["grads"].keys()
     assert loss_rel < 1e-6, msg
@@ -195,7 +198,10 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert len(loss1) == len(loss2) == 5
     loss_rel = max(abs(a - b) / abs(a) for a, b in zip(loss1, loss2))
     w_abs, key = max(((w1[k].double() - w2[k].double()).abs().max().item(), k) for k in w1)
-    msg = f"per-step losses {loss1} vs {loss2}: max rel diff {loss_rel:.2e}; final weights max abs diff {w_abs:.2e} ({key})"
+    msg = (
+        f"per-step losses {loss1} vs {loss2}: max rel diff {loss_rel:.2e}; "
+        f"final weights max abs diff {w_abs:.2e} ({key})"
+    )
     print(msg)
     assert w1.keys() == w2.keys()
     assert loss_rel < LOSS_RTOL, msg

@@ -22,7 +22,8 @@ from fastclr import config
 from fastclr.data.stream import crop_views
 from fastclr.method import augment
 from fastclr.method.lars import build_optimizer, set_lr
-from fastclr.train.step import augment_config, build_model, make_views, train_step
+from fastclr.train.restore import build_model
+from fastclr.train.step import augment_config, make_views, train_step
 
 _SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "lift_fresh", "lift_fresh_copy", "item"}
 _INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_"}

@@ -24,7 +24,7 @@ from fastclr.data.badfiles import BadFiles
 from fastclr.data.datasets import DataSplits, ImageSet, balanced_subset
 from fastclr.data.images import BadImage, decode
 from fastclr.data.listing import cache_dir
-from fastclr.data.stream import FileSet
+from fastclr.data.sets import FileSet
 from fastclr.data.tiers import decoded_bytes
 from fastclr.data.workers import guarded, ignore_interrupt
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import torch
 
 from fastclr.data.order import batch_index, epoch_order
+from fastclr.data.sets import FileSet
 
 
 class InMemoryLoader:
@@ -83,7 +84,7 @@ def build_loader(
     mapped.MappedLoader for a cache over the memory budget, stream.StreamLoader for a FileSet (decoded
     and cropped by ``workers`` CPU processes). ``resume`` is the command named when a loader worker dies."""
     from fastclr.data.mapped import MappedLoader
-    from fastclr.data.stream import FileSet, StreamLoader
+    from fastclr.data.stream import StreamLoader
 
     workers = worker_cap(workers)  # more processes than cores only add contention
     if isinstance(source, FileSet):

@@ -13,7 +13,6 @@ PIL images); the in-memory path resamples the same box with the same filter on t
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,43 +21,11 @@ from PIL import Image
 
 from fastclr.data.badfiles import BadFiles
 from fastclr.data.images import BadImage, open_rgb
-from fastclr.data.listing import PathList
 from fastclr.data.order import batch_index, epoch_order
+from fastclr.data.sets import FileSet
 from fastclr.data.workers import EpochSampler, guarded, ignore_interrupt
 from fastclr.errors import UserError
 from fastclr.method.augment import AugmentConfig, apply_pixel_ops, normalize, sample_params, to_float
-
-
-@dataclass
-class FileSet:
-    """Images left on disk, listed but not decoded.
-
-    files: N paths (a ``listing.PathList`` for folders); labels: int64 [N] or None; classes: names
-    or None; side: the median short side in px of a sample of the files (``survey.py``; 0: unknown);
-    bad: where the files that cannot be decoded are reported when met (``badfiles.py``).
-    """
-
-    files: Sequence[Path]
-    labels: torch.Tensor | None = None
-    classes: list[str] | None = None
-    side: int = 0
-    bad: BadFiles | None = None
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    @property
-    def ids(self) -> list[str]:
-        return [str(f) for f in self.files]
-
-    def subset(self, index: torch.Tensor) -> FileSet:
-        files = (
-            self.files.take(index.numpy())
-            if isinstance(self.files, PathList)
-            else [self.files[i] for i in index.tolist()]
-        )
-        labels = None if self.labels is None else self.labels[index]
-        return FileSet(files, labels, self.classes, self.side, self.bad)
 
 
 def crop_views(
@@ -80,9 +47,11 @@ def crop_views(
         p = sample_params(index, h, w, seed=seed, epoch=epoch, view=v, cfg=cfg)
         box = torch.stack((p["left"], p["top"], p["left"] + p["crop_w"], p["top"] + p["crop_h"]), 1).long().tolist()
         for i, im in enumerate(images):
-            view = im.crop(tuple(box[i])).resize((s, s), Image.BILINEAR)  # torchvision's resized_crop on PIL images
+            view = im.crop(tuple(box[i])).resize(
+                (s, s), Image.Resampling.BILINEAR
+            )  # torchvision's resized_crop on PIL images
             if p["flip"][i]:
-                view = view.transpose(Image.FLIP_LEFT_RIGHT)
+                view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             out[v, i] = np.asarray(view)
     return torch.from_numpy(out).permute(0, 1, 4, 2, 3).contiguous()
 

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
-from fastclr.data import evalset
-from fastclr.data.stream import FileSet
+from fastclr.data import evalset, tiers
+from fastclr.data.sets import FileSet
 from fastclr.errors import UserError
 from fastclr.eval.features import extract
-from fastclr.train import dist
+from fastclr.train import dist, restore
 
 
 def shard(n: int, rank: int, world: int) -> torch.Tensor:
@@ -140,7 +140,7 @@ def embed_files(
         raise UserError("--out *.parquet: this data set is embedded straight from its files; write .npy")
     npy = npy_path(out)
     npy.parent.mkdir(parents=True, exist_ok=True)
-    rows: np.ndarray | None = None
+    rows: np.memmap | None = None
     ids: list[str] = []
     bar = tqdm(total=len(data), file=sys.stderr, desc="embed", leave=False, disable=None if progress else True)
     for index, images, bad in evalset.batches(data, size, batch_size, workers):
@@ -182,3 +182,47 @@ def read(path: str | Path) -> tuple[np.ndarray, list[str]]:
         return array, [str(i) for i in table.column("id").to_pylist()]
     npy = path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
     return np.load(npy), json.loads(npy.with_suffix(".ids.json").read_text())
+
+
+def run(
+    checkpoint: str,
+    data: str | None,
+    out: str,
+    *,
+    projection: bool = False,
+    split: str = "pretrain",
+    batch_size: int = 512,
+    device: str | None = None,
+) -> dict:
+    """``fastclr embed``: h (or z with ``projection``) of every image of a split, written by rank 0 in dataset order."""
+    restored, dev, precision = restore.open_for_command(checkpoint, device, join=True)
+    model = restored.model.eval()
+    cfg = restored.cfg
+    splits = restore.load_data(cfg, data)
+    images = getattr(splits, split)
+    if images is None:
+        raise UserError(f"--split {split}: data set {splits.name!r} has no such split; use --split pretrain")
+    fn = (lambda x: model.project(model.encode(x).float())) if projection else model.encode
+    if isinstance(images, FileSet) and dist.world_size() == 1:  # files: streamed, rows to a memmap
+        count, dim, files = embed_files(
+            fn, images, out, cfg.image_size, dev, batch_size=batch_size, precision=precision, workers=cfg.workers
+        )
+        dist.cleanup()
+        return {"out": out, "count": count, "dim": dim, "files": files}
+    if isinstance(images, FileSet):
+        images = evalset.decoded(images, cfg.image_size, workers=cfg.workers, limit=tiers.budget(cfg.data_memory_gb))
+    mine = shard(len(images), dist.rank(), dist.world_size())
+    if hasattr(images, "tokens"):  # texts: token ids through the text encoder
+        from fastclr.text.sts import encode_tokens
+
+        rows = encode_tokens(fn, images.tokens[mine], dev, batch_size, precision)
+    else:
+        images = restore.in_memory(images, "embed")
+        rows = embed_rows(fn, images.images, mine, cfg.image_size, dev, batch_size, precision, progress=dist.is_main())
+    full = gather_in_order(rows, mine, len(images), dev)
+    result: dict = {"out": out, "count": len(images), "dim": int(rows.shape[1])}
+    if dist.is_main() and full is not None:
+        result["files"] = write(out, full, list(images.ids))
+    dist.barrier()
+    dist.cleanup()
+    return result

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fastclr.data.datasets import ImageSet
+from fastclr.data.sets import ImageSet
+from fastclr.errors import UserError
 from fastclr.eval.features import extract
 from fastclr.eval.knn import knn_predict, topk_accuracy
 from fastclr.eval.probe import linear_probe
+from fastclr.train import restore
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,12 @@ def score(
     knn_batch_size: int = 1024,
     linear: bool = True,
     seed: int = 0,
+    device: torch.device | str | None = None,
 ) -> Scores:
-    """kNN (one accuracy per k) and, with ``linear``, the probe; labels and class count from the splits."""
+    """kNN (one accuracy per k) and, with ``linear``, the probe; labels and class count from the splits.
+
+    The probe is fitted in float32 on ``device`` (default: the features' device).
+    """
     assert train.labels is not None and test.labels is not None, "scoring needs labelled splits"
     classes = train.num_classes
     scores = Scores()
@@ -70,7 +76,7 @@ def score(
         votes = knn_predict(train_f, train.labels, test_f, classes, k, knn_temperature, knn_batch_size)
         scores.knn[k] = topk_accuracy(votes, test.labels)
     if linear:
-        scores.linear = linear_probe(train_f, train.labels, test_f, test.labels, classes, seed=seed)
+        scores.linear = linear_probe(train_f, train.labels, test_f, test.labels, classes, seed=seed, device=device)
     return scores
 
 
@@ -103,6 +109,7 @@ def evaluate(
         knn_batch_size=knn_batch_size,
         linear=linear,
         seed=seed,
+        device=settings.device,
     )
 
 
@@ -125,6 +132,45 @@ def against_random_init(
         "knn_top1": ours.knn[knn_k],
         "linear_top1": ours.linear["top1"],
         "linear_top5": ours.linear["top5"],
+        "linear_l2": ours.linear["l2"],  # chosen on held-out train images (probe.L2_GRID)
         "random_init_knn_top1": base.knn[knn_k],
         "random_init_linear_top1": base.linear["top1"],
+    }
+
+
+def run_knn(
+    checkpoint: str,
+    data: str | None = None,
+    *,
+    ks: Sequence[int] = (20, 200),
+    temperature: float = 0.1,
+    batch_size: int = 512,
+    device: str | None = None,
+    random_init: bool = False,
+    seed: int = 0,
+) -> dict:
+    """``fastclr knn``: weighted kNN top-1 of a checkpoint's encoder for every k, train split -> test split.
+
+    ``batch_size`` test images are compared with the bank at a time (bounds memory).
+    """
+    if not ks or min(ks) < 1 or temperature <= 0 or batch_size < 1:
+        raise UserError("--k values must be >= 1, --temperature > 0 and --batch-size >= 1")
+    restored, dev, precision = restore.open_for_command(checkpoint, device, random_init, seed)
+    cfg = restored.cfg
+    train, test = restore.labelled_splits(restore.load_data(cfg, data), "knn")
+    settings = FeatureSettings(cfg.image_size, dev, cfg.eval_batch_size, precision)
+    scores = evaluate(
+        restored.model,
+        train,
+        test,
+        settings,
+        knn_k=sorted(set(ks)),
+        knn_temperature=temperature,
+        knn_batch_size=batch_size,
+        linear=False,
+    )
+    return {
+        "knn": {str(k): acc for k, acc in scores.knn.items()},
+        "temperature": temperature,
+        "encoder": restored.source,
     }

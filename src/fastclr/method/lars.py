@@ -1,4 +1,4 @@
-"""LARS: layer-wise adaptive rate scaling (You et al. 2017), as SimCLR uses it (SIMCLR.md section 5).
+"""LARS: layer-wise adaptive rate scaling (You et al. 2017), as SimCLR uses it (paper section 2.2, Appendix B.1).
 
 Follows the reference code (google-research/simclr tf2/lars_optimizer.py) exactly:
     g <- g + wd * w                                   (decayed parameters only)
@@ -82,7 +82,8 @@ def is_excluded(name: str, param: torch.Tensor) -> bool:
 
 def lars_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: weight matrices (decayed, adapted) and 1-d parameters (neither)."""
-    decay, plain = [], []
+    decay: list[nn.Parameter] = []
+    plain: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (plain if is_excluded(name, p) else decay).append(p)

@@ -179,7 +179,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
                 else "it holds pickled objects that are not tensors or plain values"
             )
             raise UnsafeCheckpoint(
-                f"checkpoint {path}: refused, {what}; fastclr loads only tensors and plain values (nothing in it was run)"
+                f"checkpoint {path}: refused, {what}; fastclr loads only tensors and plain values (nothing in it was "
+                "run)"
             ) from None
         raise CorruptCheckpoint(f"checkpoint {path}: corrupt (not a readable checkpoint file)") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
@@ -288,7 +289,8 @@ def load_latest(
     if bad:
         names = ", ".join(str(p) for p, _ in bad)
         raise CorruptCheckpoint(
-            f"{folder}: no loadable checkpoint, every file is truncated or corrupt ({names}); start over with --no-resume"
+            f"{folder}: no loadable checkpoint, every file is truncated or corrupt ({names}); start over with "
+            "--no-resume"
         )
     return None
 
@@ -320,7 +322,7 @@ def rng_state() -> dict:
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "numpy": {
             "name": name,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
             "pos": int(pos),
             "has_gauss": int(has_gauss),
             "cached": float(cached),
@@ -344,7 +346,7 @@ def set_rng_state(state: dict) -> None:
 # --- a pretraining run's checkpoint: assembly and resume ------------------------------------------
 
 # Config fields a checkpoint's weights must match, and fields whose change does not alter the run.
-SHAPE_KEYS = ("arch", "cifar_stem", "head_layers", "head_hidden", "proj_dim", "optimizer")
+SHAPE_KEYS = ("arch", "arch_kwargs", "cifar_stem", "head_layers", "head_hidden", "proj_dim", "optimizer")
 FREE_KEYS = {
     "out",
     "max_steps",
@@ -365,6 +367,10 @@ FREE_KEYS = {
     "knn_every",
     "online_probe",
     "compile",
+    "trackers",
+    "tracker_project",
+    "tracker_group",
+    "tracker_dir",
 }
 
 

@@ -43,8 +43,9 @@ from fastclr.text.views import TextViewConfig
 from fastclr.train import checkpoint, dist, preflight
 from fastclr.train.callbacks import Callback, LoopState, batch_hook, merged_state
 from fastclr.train.precision import pick_device, resolve
+from fastclr.train.restore import build_model
 from fastclr.train.signals import StopSignal
-from fastclr.train.step import augment_config, build_model, make_views, train_step
+from fastclr.train.step import augment_config, make_views, train_step
 from fastclr.train.tracking import MetricsLog
 
 # --- setup --------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from fastclr import config
 from fastclr.data.stream import finish_views
 from fastclr.method import loss
 from fastclr.method.augment import AugmentConfig, augment
-from fastclr.method.model import SimCLR
 from fastclr.method.rng import keyed_uniform
 from fastclr.text.views import TextViewConfig, make_text_views
 from fastclr.train import dist, gradcache
@@ -30,16 +29,6 @@ def augment_config(cfg: config.Config) -> AugmentConfig | TextViewConfig:
     return AugmentConfig(
         size=cfg.image_size, min_scale=cfg.min_scale, flip=cfg.flip, color_strength=cfg.color_strength, blur=cfg.blur
     )
-
-
-def build_model(cfg: config.Config) -> SimCLR:
-    """A freshly initialised SimCLR network as ``cfg`` describes it (an ``hf:`` arch: a text encoder)."""
-    encoder = None
-    if config.is_text(cfg):
-        from fastclr.text.encoder import build_text_encoder
-
-        encoder = build_text_encoder(cfg.arch, cfg.pooling, cfg.hf_random_init)
-    return SimCLR(cfg.arch, cfg.cifar_stem, cfg.head_layers, cfg.head_hidden or None, cfg.proj_dim, encoder)
 
 
 def make_views(
@@ -62,7 +51,8 @@ def make_views(
 
 
 def contrastive_loss(z: torch.Tensor, cfg: config.Config, step: int) -> torch.Tensor:
-    """The configured loss of this rank's anchors against the global batch (SIMCLR.md section 6).
+    """The configured loss of this rank's anchors against the global batch (paper section 2.1, eq. 1;
+    docs/distributed.md).
 
     Args:
         z: [V*b, D] this rank's projections, view-major (row v*b + i is view v of local sample i).
@@ -93,13 +83,21 @@ def contrastive_loss(z: torch.Tensor, cfg: config.Config, step: int) -> torch.Te
     return loss.margin_triplet_terms(sim, pos, neg, cfg.margin).mean()
 
 
+def global_rows(b: int, views: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """int64 [V*b]: the row of each of this rank's views in the single-process view-major batch."""
+    k, r = dist.world_size(), dist.rank()
+    v = torch.arange(views, device=device)[:, None]
+    return (v * k * b + r * b + torch.arange(b, device=device)[None, :]).reshape(-1)
+
+
 def forward_backward(
     model, x: torch.Tensor, cfg: config.Config, step: int, device, precision: str, on_h=None
 ) -> torch.Tensor:
     """Loss and gradients (in ``.grad``) of one step on this rank's views x [V*b, 3, S, S].
 
     With ``cfg.chunk_size`` > 0 the gradient cache of :mod:`fastclr.train.gradcache` computes the same
-    gradients with activations for ``chunk_size`` views at a time. Under DDP the gradients are
+    gradients with activations for ``chunk_size`` views at a time, the chunks a keyed random
+    permutation of the global batch's views (:func:`fastclr.train.gradcache.chunk_order`). Under DDP the gradients are
     averaged over ranks, which with :func:`fastclr.train.dist.gather` gives the single-process gradient.
     Returns the global mean loss as a detached device tensor (no host sync).
     ``on_h(h)``, if given, receives the detached representations [V*b, d] (the online probe of
@@ -113,6 +111,7 @@ def forward_backward(
             cfg.chunk_size,
             lambda: autocast(device, precision),
             on_h,
+            gradcache.chunk_order(cfg.seed, step, global_rows(x.shape[0] // cfg.views, cfg.views, x.device)),
         )
     else:
         with autocast(device, precision):
