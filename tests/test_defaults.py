@@ -42,7 +42,7 @@ def test_gpu_gets_a_standard_resnet():
 
 def test_digits_stays_the_default_and_presets_win(tmp_path, capsys):
     assert config.build_config(None, {}, [], from_data=True).data == "digits"
-    assert config.build_config(None, {}, [], from_data=True).image_size == 16
+    assert config.build_config(None, {}, [], from_data=True).image_size == 8  # the digits preset
     data = str(_folder(tmp_path / "imgs", 300))
     cfg = config.build_config("cifar10_cpu", {"data": data}, [], from_data=True)
     assert cfg.image_size == 32 and capsys.readouterr().err == ""
