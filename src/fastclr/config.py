@@ -30,6 +30,7 @@ class Config:
     data_memory_gb: float = (
         0.0  # decoded images a run may hold (data/tiers.py); 0: a quarter of RAM and of the GPU's memory
     )
+    decode: str = "auto"  # where shard JPEGs are decoded (data/gpu_decode.py): auto (GPU on CUDA), cpu or gpu
     # model
     arch: str = "resnet_mini"  # encoder: resnet_mini (CPU demos), resnet18 ... resnet152, wide_resnet50_2, any torchvision model
     init: str = ""  # start the encoder from a torchvision/timm state dict or .safetensors file ("": random init); keys checked exactly
@@ -256,6 +257,7 @@ _RANGES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("eval_batch_size", lambda v: v >= 1, ">= 1"),
     ("eval_max_images", lambda v: v >= 0, ">= 0 (0: all)"),
     ("data_memory_gb", lambda v: v >= 0, ">= 0 (0: automatic)"),
+    ("decode", lambda v: v in ("auto", "cpu", "gpu"), "auto, cpu or gpu"),
     ("knn_every", lambda v: v >= 0, ">= 0 (0: off)"),
 ]
 
