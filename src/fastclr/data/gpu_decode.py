@@ -16,6 +16,8 @@ cases, broken files) are decoded on the CPU with PIL; broken ones are reported l
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -32,7 +34,9 @@ def gpu_decoder_available() -> bool:
     if not torch.cuda.is_available():
         return False
     try:
-        from torchvision.io import decode_jpeg  # noqa: F401
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import decode_jpeg  # noqa: F401
     except ImportError:
         return False
     return True
@@ -59,6 +63,12 @@ def resolve(setting: str, device: torch.device, available: bool | None = None) -
 
 def _decode_all(raw: list[torch.Tensor], names: list[str], device: torch.device) -> tuple[list, list]:
     """Each image as uint8 [3, H, W] on ``device`` (None where it cannot be decoded), and the bad ones."""
+    with warnings.catch_warnings():  # torchvision >= 0.29 points to TorchCodec; its decoder still works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _decode_each(raw, names, device)
+
+
+def _decode_each(raw: list[torch.Tensor], names: list[str], device: torch.device) -> tuple[list, list]:
     from torchvision.io import ImageReadMode, decode_jpeg
 
     try:

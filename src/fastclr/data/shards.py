@@ -6,9 +6,9 @@ SPEC is one of:
   lists each split's shards with their member keys and labels, so nothing is read to count them;
 - a folder of ``*.tar`` files without an index: ``train-*.tar`` (or all of them) is the training
   split, ``val-*.tar`` / ``test-*.tar`` the evaluation split;
-- a brace pattern (``/data/in1k/train-{000000..001023}.tar``) or a glob (``/data/*.tar``); a pattern
-  containing ``train`` takes the same pattern with ``val`` (or ``test``) as the evaluation split when
-  those files exist;
+- a brace pattern (``/data/in1k/train-{000000..001023}.tar``) or a glob (``/data/*.tar``); a local
+  pattern whose file name contains ``train`` takes the files matching it with ``val`` (or ``test``) in
+  its place and ``*`` for its braces (``val-*.tar``) as the evaluation split;
 - ``pipe:COMMAND`` URLs (``pipe:aws s3 cp s3://bucket/train-{0000..0127}.tar -``) for object stores.
 
 A sample is the tar members sharing a key (``KEY.jpg``, ``KEY.cls``): the image (``jpg``, ``jpeg``,
@@ -24,6 +24,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,9 +113,10 @@ def split_urls(spec: str) -> tuple[list[str], list[str] | None]:
             "give a folder, a brace pattern (train-{000000..000127}.tar), a glob or pipe:COMMAND URLs"
         )
     if "train" in Path(spec).name and not spec.startswith("pipe:"):
-        for name in EVAL_NAMES:
-            test = expand(spec.replace("train", name))
-            if test and not _local_missing(test):
+        for name in EVAL_NAMES:  # the evaluation set may hold fewer shards: its braces become a glob
+            sibling = re.sub(r"\{[^}]*\}", "*", str(Path(spec).with_name(Path(spec).name.replace("train", name))))
+            test = sorted(glob.glob(os.path.expanduser(sibling)))
+            if test:
                 return train, test
     return train, None
 
