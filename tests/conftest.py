@@ -43,3 +43,20 @@ def _private_cache(tmp_path_factory):
     """Listing caches and scratch files of the tests go to a temporary folder, not ~/.cache."""
     os.environ["FASTCLR_CACHE"] = str(tmp_path_factory.mktemp("fastclr_cache"))
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_arch(tmp_path_factory) -> str:
+    """``hf:FOLDER`` of a tiny random BertModel with its fast tokenizer (tests/textkit.py)."""
+    pytest.importorskip("transformers", reason="the text tests need Transformers (pip install 'fastclr[text]')")
+    from textkit import tiny_bert
+
+    return "hf:" + str(tiny_bert(tmp_path_factory.mktemp("tiny_bert")))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_arch):
+    """The fast tokenizer of ``tiny_arch``."""
+    from fastclr.text.encoder import load_tokenizer
+
+    return load_tokenizer(tiny_arch)

@@ -70,10 +70,11 @@ def build_loader(
     decode: str = "cpu",
 ):
     """The loader for a pretraining source, by tier (``tiers.py``): InMemoryLoader for a decoded
-    ImageSet (images on the device), mapped.MappedLoader for a cache over the memory budget,
-    stream.StreamLoader for a FileSet (decoded and cropped by ``workers`` CPU processes).
-    ``resume`` is the command named when a loader worker dies. A ShardSet (``shards.py``) is read by
-    shard_loader.ShardLoader, its JPEGs decoded where ``decode`` (``gpu_decode.resolve``) says."""
+    ImageSet (images on the device) or a text set (its token tensors, :mod:`fastclr.text.data`),
+    mapped.MappedLoader for a cache over the memory budget, stream.StreamLoader for a FileSet
+    (decoded and cropped by ``workers`` CPU processes). ``resume`` is the command named when a
+    loader worker dies. A ShardSet (``shards.py``) is read by shard_loader.ShardLoader, its JPEGs
+    decoded where ``decode`` (``gpu_decode.resolve``) says."""
     from fastclr.data.mapped import MappedLoader
     from fastclr.data.shards import ShardSet
     from fastclr.data.stream import FileSet, StreamLoader
@@ -114,4 +115,5 @@ def build_loader(
             world_size=world_size,
             resume=resume,
         )
-    return InMemoryLoader(source.images, batch_size, seed, device, rank=rank, world_size=world_size)
+    rows = source.tokens if hasattr(source, "tokens") else source.images
+    return InMemoryLoader(rows, batch_size, seed, device, rank=rank, world_size=world_size)
