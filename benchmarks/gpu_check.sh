@@ -42,3 +42,4 @@ rows = [
 for k, v in rows:
     print(f"{k:42s} {v}")
 PY
+python3 benchmarks/gpu_decode.py --images 6400 --steps 40 --json "$OUT/gpu_decode.json"  # shards: ResNet-50 img/s with CPU vs GPU JPEG decode

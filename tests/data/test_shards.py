@@ -199,3 +199,18 @@ def test_prepare_pretrain_embed_round_trip(tmp_path):
     ids = json.loads((tmp_path / "e.ids.json").read_text())
     assert np.load(tmp_path / "e.npy").shape[0] == 36
     assert ids == list(load_shards(str(tmp_path / "sh")).pretrain.files)  # shards in index order, tar order
+
+
+def test_byte_reading_workers_give_the_same_crops(shards_dir):
+    """The GPU path's split (workers read bytes, the device decodes and crops), run here on the CPU
+    decoder: the same samples and crop boxes as the PIL path, pixels within resampling rounding."""
+    data = load_shards(str(shards_dir)).pretrain
+
+    def crops(decode, workers):
+        loader = ShardLoader(data, 12, 3, CPU, views=2, cfg=aug(16), workers=workers, decode=decode)
+        return list(loader.epoch(0))
+
+    for (i, v), (j, w) in zip(crops("cpu", 0), crops("gpu", 0)):
+        assert torch.equal(i, j) and v.dtype == w.dtype == torch.uint8
+        assert (v.float() - w.float()).abs().mean() < 2.0
+    assert [i.tolist() for i, _ in crops("gpu", 2)] == [i.tolist() for i, _ in epoch_batches(data, batch=12, workers=2)]

@@ -174,11 +174,14 @@ class _ShardBatches(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]):
         epoch, t = key
         items = self.items(epoch, t)
-        if self.mode == "bytes":
+        if self.mode == "bytes":  # one buffer and its offsets: a tensor per image would cost a file handle each
             index = torch.tensor([i for i, _, _ in items], dtype=torch.int64)
-            raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) if d else torch.zeros(0, dtype=torch.uint8)
-                   for _, _, d in items]  # fmt: skip
-            return index, (raw, [k for _, k, _ in items]), []
+            sizes = [len(d) if d else 0 for _, _, d in items]
+            buffer = torch.frombuffer(
+                bytearray(b"".join(d or b"" for _, _, d in items)) or bytearray(1), dtype=torch.uint8
+            )
+            offsets = torch.tensor(np.cumsum([0, *sizes]), dtype=torch.int64)
+            return index, (buffer, offsets, [k for _, k, _ in items]), []
         index, images, bad = open_batch(items)
         views = crop_views(images, index, seed=self.seed, epoch=epoch, views=self.views, cfg=self.cfg)
         if self.mode == "finish":
@@ -229,8 +232,10 @@ class ShardLoader:
         self.sampler.epoch, self.sampler.start = epoch, start
         for index, views, bad in guarded(self.loader, self.resume):
             if self.decode == "gpu":
+                buffer, offsets, names = views
+                raw = [buffer[int(a) : int(b)] for a, b in zip(offsets[:-1], offsets[1:])]
                 index, views, bad = gpu_decode.crop_views(
-                    views[0], views[1], index, self.device, seed=self.seed, epoch=epoch, views=self.views, cfg=self.cfg
+                    raw, names, index, self.device, seed=self.seed, epoch=epoch, views=self.views, cfg=self.cfg
                 )
             if self.bad is not None:
                 self.bad.met(index.shape[0] + len(bad), bad)
