@@ -14,13 +14,18 @@ from fastclr import config
 from fastclr.data import datasets, evalset
 from fastclr.data.shard_loader import ShardLoader, batch_positions
 from fastclr.data.shard_writer import write_shards
-from fastclr.data.shards import ShardSet, load_shards
+from fastclr.data.shards import ShardSet
 from fastclr.train.step import augment_config
 from makeimages import jpeg_bytes
 
 pytest.importorskip("webdataset")
 
 CPU = torch.device("cpu")
+
+
+def load(spec, **kw):
+    """``--data shards:SPEC`` as a run loads it."""
+    return datasets.load(f"shards:{spec}", 8, **kw)
 
 
 def make_folder(root, per_class=12, test_per_class=3, size=20):
@@ -71,12 +76,12 @@ def test_prepare_writes_index(shards_dir):
     labels = [lab for s in train["shards"] for lab in s["labels"]]
     assert sorted(labels) == sorted([0] * 12 + [1] * 12 + [2] * 12)
     assert labels[:12] != sorted(labels[:12])  # shuffled across shards: each shard mixes the classes
-    data = load_shards(str(shards_dir))
+    data = load(str(shards_dir))
     assert len(data.pretrain) == 36 and len(data.test) == 9 and data.test.labels is not None
 
 
 def test_two_ranks_two_workers_see_each_sample_once(shards_dir):
-    data = load_shards(str(shards_dir)).pretrain
+    data = load(str(shards_dir)).pretrain
     for epoch in (0, 1):
         seen = []
         for rank in (0, 1):
@@ -86,7 +91,7 @@ def test_two_ranks_two_workers_see_each_sample_once(shards_dir):
 
 
 def test_views_keyed_on_sample_whatever_ranks_and_workers(shards_dir):
-    data = load_shards(str(shards_dir)).pretrain
+    data = load(str(shards_dir)).pretrain
 
     def views_by_sample(world, workers):
         out = {}
@@ -108,7 +113,7 @@ def test_views_keyed_on_sample_whatever_ranks_and_workers(shards_dir):
 
 
 def test_resume_mid_epoch_equals_uninterrupted(shards_dir):
-    data = load_shards(str(shards_dir)).pretrain
+    data = load(str(shards_dir)).pretrain
     full = epoch_batches(data, batch=6, workers=2, epoch=1)
     resumed = epoch_batches(data, batch=6, workers=2, epoch=1, start=4)
     assert len(full) == 6 and len(resumed) == 2
@@ -121,7 +126,7 @@ def test_corrupt_member_is_skipped_and_reported(tmp_path):
     src = make_folder(tmp_path / "src", per_class=4, test_per_class=1)
     (src / "train" / "a" / "0.jpg").write_bytes(jpeg_bytes(1)[:-300])  # truncated: kept as bytes by prepare
     write_shards(str(src), tmp_path / "sh", shard_size=4)
-    data = load_shards(str(tmp_path / "sh"), out_dir=tmp_path / "run", max_bad_fraction=0.5).pretrain
+    data = load(str(tmp_path / "sh"), out_dir=tmp_path / "run", max_bad_fraction=0.5).pretrain
     index = json.loads((tmp_path / "sh" / "index.json").read_text())
     keys = [(s["name"], k) for s in index["splits"]["train"]["shards"] for k in s["keys"]]
     bad_pos = next(p for p, (_, k) in enumerate(keys) if k == "00000000")  # the listing's first file: train/a/0.jpg
@@ -133,7 +138,7 @@ def test_corrupt_member_is_skipped_and_reported(tmp_path):
 
 
 def test_eval_batches_in_set_order_whatever_workers(shards_dir):
-    data = load_shards(str(shards_dir)).test
+    data = load(str(shards_dir)).test
     a = evalset.decoded(data, 16, workers=0, batch_size=4)
     b = evalset.decoded(data, 16, workers=2, batch_size=4)
     assert a.ids == b.ids == list(data.files) and torch.equal(a.images, b.images)
@@ -141,7 +146,7 @@ def test_eval_batches_in_set_order_whatever_workers(shards_dir):
 
 
 def test_subset_keeps_shard_order(shards_dir):
-    data = load_shards(str(shards_dir)).pretrain
+    data = load(str(shards_dir)).pretrain
     sub = datasets.balanced_subset(data, 9, seed=0)
     assert isinstance(sub, ShardSet) and len(sub) == 9 and sum(sub.counts) == 9
     full = evalset.decoded(data, 8)
@@ -153,13 +158,13 @@ def test_subset_keeps_shard_order(shards_dir):
 
 def test_specs_without_index(shards_dir, tmp_path):
     (shards_dir / "index.json").unlink()
-    by_folder = load_shards(str(shards_dir))
+    by_folder = load(str(shards_dir))
     assert len(by_folder.pretrain) == 36 and len(by_folder.test) == 9 and by_folder.pretrain.labels is not None
-    brace = load_shards(str(shards_dir / "train-{000000..000007}.tar"))
+    brace = load(str(shards_dir / "train-{000000..000007}.tar"))
     assert brace.pretrain.files == by_folder.pretrain.files and len(brace.test) == 9  # test-* found beside
-    glob = load_shards(str(shards_dir / "train-*.tar"))
+    glob = load(str(shards_dir / "train-*.tar"))
     assert glob.pretrain.files == by_folder.pretrain.files
-    piped = load_shards(f"pipe:cat {shards_dir}/train-{{000000..000007}}.tar")
+    piped = load(f"pipe:cat {shards_dir}/train-{{000000..000007}}.tar")
     assert len(piped.pretrain) == 36 and piped.test is None
     assert torch.equal(evalset.decoded(piped.pretrain, 8).images, evalset.decoded(by_folder.pretrain, 8).images)
 
@@ -168,9 +173,9 @@ def test_bad_specs_are_one_line_errors(tmp_path):
     from fastclr.errors import UserError
 
     with pytest.raises(UserError, match="no .tar shards"):
-        load_shards(str(tmp_path))
+        load(str(tmp_path))
     with pytest.raises(UserError, match="does not exist"):
-        load_shards(str(tmp_path / "train-{0..3}.tar"))
+        load(str(tmp_path / "train-{0..3}.tar"))
     with pytest.raises(UserError, match="shards:SPEC needs"):
         datasets.parse("shards:")
 
@@ -198,13 +203,13 @@ def test_prepare_pretrain_embed_round_trip(tmp_path):
     assert r.returncode == 0, r.stderr
     ids = json.loads((tmp_path / "e.ids.json").read_text())
     assert np.load(tmp_path / "e.npy").shape[0] == 36
-    assert ids == list(load_shards(str(tmp_path / "sh")).pretrain.files)  # shards in index order, tar order
+    assert ids == list(load(str(tmp_path / "sh")).pretrain.files)  # shards in index order, tar order
 
 
 def test_byte_reading_workers_give_the_same_crops(shards_dir):
     """The GPU path's split (workers read bytes, the device decodes and crops), run here on the CPU
     decoder: the same samples and crop boxes as the PIL path, pixels within resampling rounding."""
-    data = load_shards(str(shards_dir)).pretrain
+    data = load(str(shards_dir)).pretrain
 
     def crops(decode, workers):
         loader = ShardLoader(data, 12, 3, CPU, views=2, cfg=aug(16), workers=workers, decode=decode)

@@ -293,9 +293,10 @@ def load(
     if kind == "shards":
         from fastclr.data.shards import load_shards
 
-        return load_shards(
+        name, train, test = load_shards(
             spec.partition(":")[2], out_dir=Path(out_dir) if out_dir else None, max_bad_fraction=max_bad_fraction
         )
+        return DataSplits(name, train, train if test is not None else None, test, train.bad or [])
     train, test = listings(str(path))
     name = path.stem if kind == "list" else path.name
     return _splits(

@@ -33,6 +33,7 @@ from typing import cast
 import numpy as np
 import torch
 
+from fastclr.data.badfiles import BadFiles
 from fastclr.data.stream import FileSet
 from fastclr.errors import UserError
 
@@ -193,11 +194,11 @@ def read_index(folder: Path) -> dict:
     return index
 
 
-def load_shards(spec: str, *, out_dir: Path | None = None, max_bad_fraction: float = 0.01):
-    """``shards:SPEC`` -> DataSplits of ShardSets (pretrain = the training split; evaluation split when found)."""
-    from fastclr.data.badfiles import BadFiles
-    from fastclr.data.datasets import DataSplits
-
+def load_shards(
+    spec: str, *, out_dir: Path | None = None, max_bad_fraction: float = 0.01
+) -> tuple[str, ShardSet, ShardSet | None]:
+    """``shards:SPEC`` -> (name, training split, labelled evaluation split or None), reporting bad
+    members to one ``BadFiles`` tally (``datasets.load`` makes the DataSplits)."""
     webdataset()
     folder = Path(spec).expanduser()
     if (folder / INDEX).is_file():
@@ -220,4 +221,4 @@ def load_shards(spec: str, *, out_dir: Path | None = None, max_bad_fraction: flo
             s.bad, s.side = bad, side
     labelled = train.labels is not None and test is not None and test.labels is not None
     name = folder.name if folder.is_dir() else Path(spec.split("::")[0]).stem
-    return DataSplits(name, train, train if labelled else None, test if labelled else None, bad)
+    return name, train, test if labelled else None
