@@ -293,10 +293,11 @@ def load(
     if kind == "shards":
         from fastclr.data.shards import load_shards
 
-        name, train, test = load_shards(
+        name, shard_train, shard_test = load_shards(
             spec.partition(":")[2], out_dir=Path(out_dir) if out_dir else None, max_bad_fraction=max_bad_fraction
         )
-        return DataSplits(name, train, train if test is not None else None, test, train.bad or [])
+        labelled = shard_train if shard_test is not None else None
+        return DataSplits(name, shard_train, labelled, shard_test, shard_train.bad or [])
     train, test = listings(str(path))
     name = path.stem if kind == "list" else path.name
     return _splits(
