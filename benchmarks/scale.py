@@ -46,28 +46,32 @@ BATCH = 64
 
 
 def build(root: Path, count: int) -> Path:
-    """train/<class>/<i>.jpg with ``count`` images of 160 px short side (copies of 500 distinct JPEGs)."""
+    """train/<class>/<i>.jpg with ``count`` images of 160 px short side (copies of 500 distinct JPEGs),
+    and val/<class>/<i>.jpg with count / 20 more (ImageNet's val is 4% of its train split)."""
     from io import BytesIO
 
     from PIL import Image
 
     done = root / f"done_{count}"
-    if done.is_file():
+    if done.is_file() and (root / "val").is_dir():
         return root
     rng = np.random.default_rng(0)
     pool = []
-    for i in range(500):
+    for _ in range(500):
         w = int(rng.integers(160, 240))
         a = rng.integers(0, 256, (20, w // 8, 3), dtype=np.uint8)
         im = Image.fromarray(a).resize((w, 160), Image.BILINEAR)  # smooth content, JPEG-typical size
         buf = BytesIO()
         im.save(buf, "JPEG", quality=85)
         pool.append(buf.getvalue())
-    for i in range(count):
-        folder = root / "train" / f"n{i % CLASSES:08d}"
-        if i < CLASSES:
-            folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"img_{i:07d}.jpg").write_bytes(pool[i % len(pool)])
+    for split, n in (("train", count), ("val", count // 20)):
+        if split == "train" and done.is_file():
+            continue
+        for i in range(n):
+            folder = root / split / f"n{i % CLASSES:08d}"
+            if i < CLASSES:
+                folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"img_{i:07d}.jpg").write_bytes(pool[(i * 7 + (split == "val")) % len(pool)])
     done.write_text(str(count))
     return root
 
@@ -105,11 +109,12 @@ def _memory(pids: list[int]) -> tuple[int, int]:
     return rss, pss
 
 
-def start_run(data: Path | str, out: Path) -> dict:
-    """Launch a 5-step pretraining run; time to its first step and the tree's peak memory."""
+def start_run(data: Path | str, out: Path, evaluate: bool = False) -> dict:
+    """Launch a 5-step pretraining run; time to its first step, the tree's peak memory, total seconds
+    (with ``evaluate``: the end-of-run kNN and probe on eval_max_images train images and the val split)."""
     cmd = [sys.executable, "-m", "fastclr", "pretrain", "--data", str(data), "--out", str(out), "--no-resume"]
     cmd += ["--max-steps", "5", "--batch-size", str(BATCH), "--device", "cpu", "--epochs", "1"]
-    for s in (f"image_size={SIZE}", "workers=2", "eval=false", "log_every=1", "arch=resnet_mini"):
+    for s in (f"image_size={SIZE}", "workers=2", f"eval={str(evaluate).lower()}", "log_every=1", "arch=resnet_mini"):
         cmd += ["--set", s]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     t0 = time.perf_counter()
@@ -242,6 +247,7 @@ def main() -> None:
     p.add_argument("--root", default=str(Path(tempfile.gettempdir()) / "fastclr_scale"))
     p.add_argument("--skip-torchvision", action="store_true")
     p.add_argument("--shards", action="store_true", help="also as tar shards, beside WebDataset's own pipeline")
+    p.add_argument("--with-eval", action="store_true", help="also a 5-step run with the end-of-run evaluation")
     args = p.parse_args()
     import torch
 
@@ -271,6 +277,10 @@ def main() -> None:
             row["torchvision_images_per_s"] = round(torchvision_ips(data), 1)
         if args.shards:
             row.update(shard_row(data, args.skip_torchvision))
+        if args.with_eval:
+            with tempfile.TemporaryDirectory() as out:
+                ev = start_run(data, Path(out) / "e", evaluate=True)
+            row.update(eval_run_total_s=ev["total_s"], eval_run_peak_rss_gb=round(ev["peak_rss_gb"], 2))
         print(json.dumps(row), flush=True)
 
 

@@ -434,9 +434,8 @@ def run_embed(args) -> dict:
     from fastclr.train import dist, restore
 
     _positive(batch_size=args.batch_size)
-    restored, dev, precision = restore.open_for_command(args.checkpoint, args.device)
-    dev = dist.setup(dev)
-    restored.model.to(dev).eval()
+    restored, dev, precision = restore.open_for_command(args.checkpoint, args.device, join=True)
+    restored.model.eval()
     cfg = restored.cfg
     splits = restore.load_data(cfg, args.data)
     images = getattr(splits, args.split)

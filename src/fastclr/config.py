@@ -86,9 +86,7 @@ class Config:
     knn_k: int = 200
     knn_temperature: float = 0.1
     eval_batch_size: int = 512
-    eval_max_images: int = (
-        50000  # train images in the end-of-run kNN bank and probe: a seeded class-balanced subset (0: all)
-    )
+    eval_max_images: int = 10000  # train images in the end-of-run kNN bank and probe: seeded, class-balanced (0: all)
     knn_every: int = 0  # kNN monitor every N epochs during pretraining, into metrics.jsonl (0: off; needs labels)
     online_probe: bool = (
         False  # linear classifier on detached h trained alongside (the reference's "linear eval while pretraining")
@@ -177,11 +175,11 @@ def build_config(preset: str | None, overrides: dict[str, object], sets: list[st
     for item in sets:
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected key=value")
-        k, v = item.split("=", 1)
-        chosen[k.strip()] = parse_value(k.strip(), v)
-    for k, v in overrides.items():
-        if v is not None:
-            chosen.setdefault(k, parse_value(k, v))
+        key, raw = item.split("=", 1)
+        chosen[key.strip()] = parse_value(key.strip(), raw)
+    for key, flag in overrides.items():
+        if flag is not None:
+            chosen.setdefault(key, parse_value(key, flag))
     base = read_preset(preset or "digits")
     if preset is None and from_data:
         base = _data_defaults(str(chosen.get("data", "digits")), str(chosen.get("device", "auto"))) or base

@@ -18,8 +18,9 @@ import torch
 
 from fastclr import config, log
 from fastclr.data import evalset, tiers
-from fastclr.data.datasets import DataSplits
+from fastclr.data.datasets import DataSplits, ImageSet
 from fastclr.eval.evaluate import FeatureSettings, against_random_init
+from fastclr.eval.features import all_threads
 from fastclr.eval.monitor import Monitors
 from fastclr.method.model import SimCLR
 from fastclr.train import dist, loop
@@ -37,7 +38,7 @@ def pretrain_and_evaluate(
     """
     run = loop.setup(cfg)
     labels = getattr(run.images, "labels", None)
-    watched = evaluation_data(run.data, cfg, run.device) if cfg.knn_every else run.data
+    watched = evaluation_data(run.data, cfg, run.device) if cfg.knn_every and not config.is_text(cfg) else run.data
     monitors = Monitors(cfg, run.model.feature_dim, watched, labels, run.device, run.precision, log.warn)
     result = loop.train(run, resume, [monitors, *callbacks])
     if result.get("interrupted"):
@@ -52,24 +53,27 @@ def pretrain_and_evaluate(
         start = build_model(cfg).to(run.device)
         result["eval"] = evaluate_text(run.model, start, cast(TextSplits, data), cfg, run.device, run.precision)
     elif cfg.eval and dist.is_main() and data.train is not None and data.test is not None:
-        data = watched if cfg.knn_every else evaluation_data(data, cfg, run.device)
+        scored = watched if cfg.knn_every else evaluation_data(data, cfg, run.device)
+        train, test = scored.train, scored.test
+        assert isinstance(train, ImageSet) and isinstance(test, ImageSet)  # eval_splits decoded both
         log.info(
-            f"evaluating on {len(data.train)} train / {len(data.test)} test images: kNN and linear probe, "
+            f"evaluating on {len(train)} train / {len(test)} test images: kNN and linear probe, "
             "SimCLR encoder and random-init baseline"
         )
         settings = FeatureSettings(cfg.image_size, run.device, cfg.eval_batch_size, run.precision, cfg.channels_last)
-        result["eval"] = against_random_init(
-            run.model,
-            lambda: random_init_like(cfg, run.device),
-            data.train,
-            data.test,
-            settings,
-            knn_k=cfg.knn_k,
-            knn_temperature=cfg.knn_temperature,
-            seed=cfg.seed,
-        )
-        result["eval"]["train_images"] = len(data.train)  # at most eval_max_images, class-balanced
-        result["eval"]["test_images"] = len(data.test)
+        with all_threads():  # the other ranks have left: under torchrun (OMP_NUM_THREADS=1) take every core
+            result["eval"] = against_random_init(
+                run.model,
+                lambda: random_init_like(cfg, run.device),
+                train,
+                test,
+                settings,
+                knn_k=cfg.knn_k,
+                knn_temperature=cfg.knn_temperature,
+                seed=cfg.seed,
+            )
+        result["eval"]["train_images"] = len(train)  # at most eval_max_images, class-balanced
+        result["eval"]["test_images"] = len(test)
     if dist.is_main():
         (run.out / "result.json").write_text(json.dumps(result, indent=2))
     return result

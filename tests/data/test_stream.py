@@ -91,3 +91,19 @@ def test_resume_mid_epoch_gives_the_same_batches(tmp_path):
     full = list(loader.epoch(3))
     resumed = list(loader.epoch(3, start=2))
     assert all(torch.equal(a[1], b[1]) for a, b in zip(full[2:], resumed))
+
+
+@pytest.mark.parametrize(
+    "cores,local_world,asked,expected",
+    [(16, None, 32, 16), (16, "8", 16, 2), (16, "8", 1, 1), (4, "8", 16, 1), (16, "2", 0, 0)],
+)
+def test_workers_capped_by_the_cores_each_process_shares(monkeypatch, cores, local_world, asked, expected):
+    """torchrun's LOCAL_WORLD_SIZE processes of a node split its cores: 8 ranks x 16 workers on 16 cores -> 2 each."""
+    from fastclr.data import loader
+
+    monkeypatch.setattr(loader.os, "cpu_count", lambda: cores)
+    if local_world is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
+    assert loader.worker_cap(asked) == expected

@@ -88,3 +88,22 @@ def test_torchrun_two_processes_same_file(setup, tmp_path):
     array, ids = embed.read(out)
     assert ids == data.pretrain.ids
     np.testing.assert_allclose(array, _reference(model, data.pretrain.images).numpy(), atol=1e-5)
+
+
+def test_embed_joins_the_process_group_before_touching_the_device(tmp_path, monkeypatch):
+    """Under torchrun each rank must pick its GPU (dist.setup) before the model moves or the precision
+    is resolved (both would open a CUDA context on GPU 0 in every rank)."""
+    from fastclr.method.model import SimCLR
+    from fastclr.train import restore
+
+    ckpt, _ = make_checkpoint(tmp_path / "c.pt", "digits")
+    events: list[str] = []
+    setup, resolve, move = restore.dist.setup, restore.resolve, SimCLR.to
+    monkeypatch.setattr(restore.dist, "setup", lambda d: events.append("setup") or setup(d))
+    monkeypatch.setattr(restore, "resolve", lambda p, d: events.append("precision") or resolve(p, d))
+    monkeypatch.setattr(
+        SimCLR, "to", lambda self, *a, **k: events.append(f"to {a[0] if a else ''}") or move(self, *a, **k)
+    )
+    restored, dev, precision = restore.open_for_command(str(ckpt), "cpu", join=True)
+    assert events == ["to cpu", "setup", "precision", "to cpu"]  # built on the CPU, then the group, then the device
+    assert dev == torch.device("cpu") and precision == "fp32"

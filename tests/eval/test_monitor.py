@@ -63,3 +63,21 @@ def test_pretrain_logs_monitors_and_saves_the_probe(tmp_path):
     assert all(0 <= r["knn_top1"] <= 1 and 0 <= r["online_probe_top1"] <= 1 for r in monitored)
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert state["monitor"]["online_probe"]["fc"]["weight"].shape == (10, 256)
+
+
+def test_knn_monitor_runs_on_rank_0_only(monkeypatch):
+    """Under torchrun every rank holds the same encoder: only rank 0 (which writes metrics.jsonl) scores it."""
+    import dataclasses
+
+    from fastclr.config import Config
+    from fastclr.data.datasets import DataSplits, ImageSet
+    from fastclr.eval.monitor import Monitors
+
+    g = torch.Generator().manual_seed(0)
+    split = ImageSet(torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8, generator=g), torch.arange(12) % 3, [])
+    cfg = dataclasses.replace(Config(), image_size=8, knn_every=1, knn_k=3, precision="fp32")
+    monitors = Monitors(cfg, 256, DataSplits("t", split, split, split), None, torch.device("cpu"), "fp32")
+    model = SimCLR("resnet_mini", cifar_stem=True, head_layers=2, proj_dim=16)
+    for rank, scored in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)  # what dist.rank() reads when no process group is started
+        assert ("knn_top1" in monitors.epoch_end(model, 1)) is scored

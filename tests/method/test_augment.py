@@ -173,3 +173,37 @@ def test_accelerator_select_path_equals_cpu_gather_path():
     p = params(A.AugmentConfig(size=16), n=64, h=16, w=16)
     x = A.crop_resize(A.to_float(imgs), p, 16)
     assert torch.allclose(A.color_distort(x, p, gather=False), A.color_distort(x, p, gather=True), atol=1e-6)
+
+
+def test_without_colour_no_colour_op_runs(monkeypatch):
+    """Crop and flip only (the supervised protocols' views, colour strength 0 and grayscale p 0): no colour op runs."""
+    ran = []
+    apply_to = A._apply_to
+    monkeypatch.setattr(A, "_apply_to", lambda *a: ran.append(a[2]) or apply_to(*a))
+    imgs = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    cfg = A.AugmentConfig(size=16, color_strength=0.0, gray_p=0.0)
+    out = A.augment(imgs, torch.arange(8), seed=0, epoch=0, view=0, cfg=cfg)
+    p = params(cfg, n=8, h=16, w=16)
+    assert ran == [] and torch.allclose(out, A.normalize(A.crop_resize(A.to_float(imgs), p, 16)))
+    A.augment(imgs, torch.arange(8), seed=0, epoch=0, view=0, cfg=A.AugmentConfig(size=16))
+    assert len(ran) == 17  # with colour: 4 positions x 4 ops, then grayscale
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("blur", [False, True])
+def test_gpu_views_equal_cpu_views(blur):
+    """The same keyed views on the GPU as on the CPU: identical draws, pixels equal up to float rounding."""
+    torch.backends.cuda.matmul.allow_tf32 = False  # the crop's batched products in full float32
+    imgs = torch.randint(0, 256, (256, 3, 40, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    index = torch.arange(1000, 1256)
+    cfg = A.AugmentConfig(size=32, blur=blur)
+    for view in range(2):
+        cpu = A.augment(imgs, index, seed=7, epoch=2, view=view, cfg=cfg)
+        gpu = A.augment(imgs.cuda(), index.cuda(), seed=7, epoch=2, view=view, cfg=cfg).cpu()
+        diff = (cpu - gpu).abs().flatten()
+        assert diff.quantile(0.999) < 1e-4 and diff.max() < 0.05, (diff.quantile(0.999), diff.max())
+    hw = torch.full((256,), 40.0)
+    pc = A.sample_params(index, hw, hw + 8, seed=7, epoch=2, view=0, cfg=cfg)
+    pg = A.sample_params(index.cuda(), hw.cuda(), hw.cuda() + 8, seed=7, epoch=2, view=0, cfg=cfg)
+    for key in ("flip", "jitter", "gray", "order", "blur"):
+        assert torch.equal(pc[key], pg[key].cpu()), key

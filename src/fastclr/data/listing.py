@@ -41,7 +41,7 @@ class PathList(Sequence[Path]):
     def __len__(self) -> int:
         return int(self.relative.shape[0])
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         if isinstance(i, slice):
             return PathList(self.root, self.relative[i])
         return Path(self.root, self.relative[i].decode())

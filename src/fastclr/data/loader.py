@@ -55,6 +55,16 @@ class InMemoryLoader:
             yield index, self.images[index]
 
 
+def worker_cap(workers: int) -> int:
+    """Loader workers for this process: at most its share of the node's cores.
+
+    torchrun starts LOCAL_WORLD_SIZE processes per node, and they share its cores: 8 ranks with 16
+    workers each on 16 cores would run 128 decoding processes, which only adds contention.
+    """
+    per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(workers, max(1, (os.cpu_count() or 1) // per_node)))
+
+
 def build_loader(
     source,
     batch_size: int,
@@ -79,7 +89,7 @@ def build_loader(
     from fastclr.data.shards import ShardSet
     from fastclr.data.stream import FileSet, StreamLoader
 
-    workers = min(workers, os.cpu_count() or 1)  # more processes than cores only add contention
+    workers = worker_cap(workers)  # more processes than cores only add contention
     if isinstance(source, ShardSet):
         from fastclr.data.gpu_decode import resolve
         from fastclr.data.shard_loader import ShardLoader
@@ -102,7 +112,7 @@ def build_loader(
             bad=source.bad,
             resume=resume,
         )
-    if source.mapped is not None:
+    if getattr(source, "mapped", None) is not None:
         shape = tuple(source.images.shape)
         return MappedLoader(
             source.mapped,

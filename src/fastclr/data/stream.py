@@ -145,7 +145,8 @@ class _Batches(torch.utils.data.Dataset):
         if self._perm is None or self._perm[0] != epoch:
             self._perm = (epoch, epoch_order(len(self.files), self.seed, epoch))
         index = batch_index(self._perm[1], b, self.batch_size, self.rank, self.world_size).clone()
-        images, bad = [], []
+        images: list[Image.Image] = []
+        bad: list[tuple[str, str]] = []
         for k, i in enumerate(index.tolist()):
             index[k], image = open_or_replace(self.files, i, bad)
             images.append(image)

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 SAMPLE = 1000
+_SEEN: dict[tuple, tuple[float, int]] = {}  # one survey per listing and process (the config and the data ask)
 
 
 def short_side(path: Path | str) -> int | None:
@@ -40,5 +41,9 @@ def median_short_side(files: Sequence[Path], count: int = SAMPLE) -> tuple[float
 
     Returns (0.0, 0) when no sampled file can be read.
     """
-    sides = [s for s in (short_side(files[int(i)]) for i in sample_index(len(files), count)) if s]
-    return (float(np.median(sides)) if sides else 0.0), len(sides)
+    index = sample_index(len(files), count)
+    key = (len(files), count, *(str(files[int(i)]) for i in index[:: max(1, len(index) // 8)]))
+    if key not in _SEEN:
+        sides = [s for s in (short_side(files[int(i)]) for i in index) if s]
+        _SEEN[key] = (float(np.median(sides)) if sides else 0.0), len(sides)
+    return _SEEN[key]

@@ -52,7 +52,9 @@ def death_cause(message: str) -> str | None:
     code = re.search(r"exit code (-?\d+)", message)
     if code:
         return f"exited unexpectedly (exit code {code.group(1)})"
-    return "exited unexpectedly (killed, most often by the out-of-memory killer: lower --set workers=N or the batch size)"
+    return (
+        "exited unexpectedly (killed, most often by the out-of-memory killer: lower --set workers=N or the batch size)"
+    )
 
 
 def guarded(batches: Iterable[T], resume: str) -> Iterator[T]:

@@ -48,7 +48,7 @@ def embed_rows(
     out = []
     chunks = index.split(batch_size)
     for chunk in tqdm(chunks, file=sys.stderr, desc="embed", leave=False, disable=None if progress else True):
-        out.append(extract(fn, images[chunk], size, device, batch_size=batch_size, precision=precision))
+        out.append(extract(fn, images[chunk], size, device, batch_size=batch_size, precision=precision).cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 

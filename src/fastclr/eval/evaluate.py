@@ -43,7 +43,7 @@ class Scores:
 def split_features(
     encode: Callable[[torch.Tensor], torch.Tensor], train: ImageSet, test: ImageSet, settings: FeatureSettings
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """h of every train image, then of every test image: float32 [N_train, d], [N_test, d] on the CPU."""
+    """h of every train image, then of every test image: float32 [N_train, d], [N_test, d] on ``settings.device``."""
     s = settings
     train_f = extract(encode, train.images, s.size, s.device, s.batch_size, s.precision, s.channels_last)
     test_f = extract(encode, test.images, s.size, s.device, s.batch_size, s.precision, s.channels_last)

@@ -17,6 +17,7 @@ from torch import nn
 
 from fastclr.data.datasets import ImageSet
 from fastclr.eval.evaluate import FeatureSettings, evaluate
+from fastclr.train import dist
 from fastclr.train.callbacks import Callback, LoopState, OnRepresentations
 
 
@@ -120,7 +121,9 @@ class Monitors(Callback):
         record: dict[str, float] = {}
         if self.probe is not None:
             record.update(self.probe.read())
-        if self.cfg.knn_every and self.train is not None and self.test is not None and epoch % self.cfg.knn_every == 0:
+        due = self.cfg.knn_every and epoch % self.cfg.knn_every == 0
+        # rank 0 alone: it writes metrics.jsonl, and the other ranks' copies of the same encoder add nothing
+        if due and dist.is_main() and self.train is not None and self.test is not None:
             settings = FeatureSettings(self.cfg.image_size, self.device, self.cfg.eval_batch_size, self.precision)
             scores = evaluate(
                 model,

@@ -273,7 +273,7 @@ def build(
             test = test.subset(
                 torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:MAP_POINTS].sort().values
             )
-        test_h = extract(model.encode, test.images, **kw)
+        test_h = extract(model.encode, test.images, **kw).cpu()
         sections.append(
             _section(
                 f"Test representations ({method.upper()})",
@@ -281,7 +281,7 @@ def build(
             )
         )
         q = _queries(test.labels, len(test), queries)
-        train_h = extract(model.encode, data.train.images, **kw)
+        train_h = extract(model.encode, data.train.images, **kw).cpu()
         fig = retrieval_figure(
             test.images[q],
             test_h[q],

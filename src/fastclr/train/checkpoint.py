@@ -330,12 +330,13 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` captured."""
+    """Restore what :func:`rng_state` captured, from tensors on any device (they are read on the CPU)."""
     torch.set_rng_state(state["torch"].cpu())
     if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    keys = n["keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached"]))
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss"]))
 
@@ -407,13 +408,15 @@ def clear(folder: Path, main: bool = True) -> None:
                 path.unlink(missing_ok=True)
 
 
-def resume_state(folder: Path, cfg: config.Config, device: torch.device, main: bool = True) -> dict | None:
-    """The newest checkpoint of ``folder`` to continue from (None: start at step 0).
+def resume_state(folder: Path, cfg: config.Config, main: bool = True) -> dict | None:
+    """The newest checkpoint of ``folder`` to continue from (None: start at step 0), every tensor on the CPU.
 
+    The generators' states must be read there; the weights and the optimiser state reach the run's
+    device when :func:`restore_training` loads them into the model and optimiser that live there.
     UserError when it was written with other weight shapes (``SHAPE_KEYS``); a warning when other
     settings that change the run differ (everything but ``FREE_KEYS``).
     """
-    found = load_latest(folder, map_location=device, warn=log.warn, set_aside=main)
+    found = load_latest(folder, map_location="cpu", warn=log.warn, set_aside=main)
     if found is None:
         return None
     state, path = found

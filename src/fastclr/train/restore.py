@@ -22,7 +22,7 @@ from fastclr import config
 from fastclr.data import datasets, evalset, tiers
 from fastclr.errors import UserError
 from fastclr.method.model import SimCLR
-from fastclr.train import checkpoint
+from fastclr.train import checkpoint, dist
 from fastclr.train.precision import pick_device, resolve
 
 
@@ -87,11 +87,23 @@ def resolve_model(path: str | None, random: bool, seed: int, device: torch.devic
 
 
 def open_for_command(
-    path: str | None, device: str | None, random: bool = False, seed: int = 0, init: str | None = None
+    path: str | None,
+    device: str | None,
+    random: bool = False,
+    seed: int = 0,
+    init: str | None = None,
+    join: bool = False,
 ) -> tuple[Restored, torch.device, str]:
-    """What every evaluation command starts with: the model on its device, and the precision to use."""
+    """What every evaluation command starts with: the model on its device, and the precision to use.
+
+    ``join`` first joins torchrun's process group (``fastclr embed``): each rank then takes GPU
+    LOCAL_RANK before anything touches CUDA, instead of every rank opening a context on GPU 0.
+    """
     restored = resolve_model(path, random, seed, "cpu", init)
-    dev, precision = device_and_precision(restored.cfg, device)
+    dev = pick_device(device or restored.cfg.device)
+    if join:
+        dev = dist.setup(dev)
+    precision = resolve(restored.cfg.precision, dev)  # may query the GPU: after the group chose it
     restored.model.to(dev)
     return restored, dev, precision
 
@@ -112,7 +124,7 @@ def device_and_precision(cfg: config.Config, device: str | None) -> tuple[torch.
 def load_data(cfg: config.Config, spec: str | None) -> datasets.DataSplits:
     """The data a command evaluates on: ``--data``, else the data the checkpoint was trained on.
 
-    Any image size: the labelled splits come as evaluation views at the training size (resize +
+    Images of any size: the labelled splits come as evaluation views at the training size (resize +
     centre crop, decoded in batches by loader workers; a memory-mapped scratch file past the
     memory budget, ``data/evalset.py``); the pretraining split is left as listed.
     """

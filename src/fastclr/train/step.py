@@ -1,7 +1,8 @@
 """One SimCLR optimisation step: views, forward, loss, backward, update.
 
-The step never synchronises with the host: it returns the loss as a device tensor and the loop
-reads it only every ``log_every`` steps.
+The step never synchronises with the host: constants reach the device once, counts come from
+shapes, and it returns the loss as a device tensor that the loop reads only every ``log_every``
+steps. tests/train/test_sync_free.py runs it under a dispatch mode that fails on any host sync.
 """
 
 from __future__ import annotations
