@@ -219,3 +219,25 @@ def test_byte_reading_workers_give_the_same_crops(shards_dir):
         assert torch.equal(i, j) and v.dtype == w.dtype == torch.uint8
         assert (v.float() - w.float()).abs().mean() < 2.0
     assert [i.tolist() for i, _ in crops("gpu", 2)] == [i.tolist() for i, _ in epoch_batches(data, batch=12, workers=2)]
+
+
+@pytest.mark.slow
+def test_pretraining_on_shards_resumed_mid_epoch_equals_uninterrupted(shards_dir, tmp_path):
+    """The loop's resume (epoch, step) through the shard loader with 2 workers: bit-identical weights."""
+    from fastclr.train import checkpoint
+    from fastclr.train import loop as train
+
+    sets = [f"data=shards:{shards_dir}", "image_size=8", "batch_size=6", "epochs=2", "device=cpu", "precision=fp32",
+            "channels_last=false", "eval=false", "workers=2", "checkpoint_every=100"]  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for out, stops in ((tmp_path / "a", (9,)), (tmp_path / "b", (4, 9))):  # 6 steps per epoch
+            for max_steps in stops:
+                train.pretrain(config.build_config(None, {"out": str(out), "max_steps": max_steps}, sets))
+    finally:
+        torch.set_num_threads(threads)
+    a, b = (checkpoint.load(tmp_path / x / "checkpoints" / "last.pt") for x in "ab")
+    assert a["step"] == b["step"] == 9
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
