@@ -9,6 +9,9 @@ resized crop + flip are cut on the device with the same keyed draws as the CPU p
 within decoding tolerance (nvJPEG and libjpeg round the IDCT differently). The colour part then runs
 on the device as for every tier. Members that nvJPEG cannot decode (PNG, CMYK, progressive corner
 cases, broken files) are decoded on the CPU with PIL; broken ones are reported like bad files.
+One difference remains: the GPU path does not apply EXIF orientation (the CPU path does), so a
+photo stored rotated with an orientation tag is cropped as stored; ``prepare --format shards
+--size S`` re-encodes images upright.
 
 ``decode``: ``auto`` (GPU when the device is CUDA and torchvision has a CUDA decoder, else CPU),
 ``cpu`` or ``gpu``, set with ``--set decode=...``. The CPU path stays the reference.
