@@ -18,6 +18,11 @@ size asked for and measures, per size:
     python benchmarks/scale.py --sizes 10000 100000 --root /tmp/fastclr_scale
 
 The folders are written once (copies of 500 distinct JPEGs) and reused by later runs.
+
+``--shards``: the same sets also written as tar shards (``fastclr prepare --format shards``, bytes
+kept, 1,000 per shard) and measured the same way with ``--data shards:DIR`` (``shards_*`` columns),
+beside WebDataset's own plain pipeline (``WebDataset(urls).shuffle(1000).decode("pil")`` with the
+same per-image transforms and 2 workers) as the reference (``webdataset_images_per_s``).
 """
 
 from __future__ import annotations
@@ -104,7 +109,7 @@ def _memory(pids: list[int]) -> tuple[int, int]:
     return rss, pss
 
 
-def start_run(data: Path, out: Path, evaluate: bool = False) -> dict:
+def start_run(data: Path | str, out: Path, evaluate: bool = False) -> dict:
     """Launch a 5-step pretraining run; time to its first step, the tree's peak memory, total seconds
     (with ``evaluate``: the end-of-run kNN and probe on eval_max_images train images and the val split)."""
     cmd = [sys.executable, "-m", "fastclr", "pretrain", "--data", str(data), "--out", str(out), "--no-resume"]
@@ -132,8 +137,9 @@ def start_run(data: Path, out: Path, evaluate: bool = False) -> dict:
     }
 
 
-def fastclr_ips(data: Path, steps: int = 50, warmup: int = 5) -> float:
-    """Images/s of the files tier: workers decode and crop, the main process applies the colour ops."""
+def fastclr_ips(data: Path | str, steps: int = 50, warmup: int = 5) -> float:
+    """Images/s of the files tier (or of ``shards:DIR``): workers decode and crop, the main process
+    applies the colour ops."""
     import torch
 
     from fastclr.config import Config
@@ -157,13 +163,11 @@ def fastclr_ips(data: Path, steps: int = 50, warmup: int = 5) -> float:
     return steps * BATCH / (time.perf_counter() - t0)
 
 
-def torchvision_ips(data: Path, steps: int = 50, warmup: int = 5) -> float:
-    """Images/s of torchvision's ImageFolder + DataLoader with the per-image equivalents, 2 workers."""
-    import torch
-    from torchvision import datasets as tvd
+def per_image_transform():
+    """torchvision's per-image equivalent of the SimCLR augmentation."""
     from torchvision import transforms as T
 
-    one = T.Compose(
+    return T.Compose(
         [
             T.RandomResizedCrop(SIZE, scale=(0.08, 1.0)),
             T.RandomHorizontalFlip(),
@@ -173,6 +177,14 @@ def torchvision_ips(data: Path, steps: int = 50, warmup: int = 5) -> float:
             T.ToTensor(),
         ]
     )
+
+
+def torchvision_ips(data: Path, steps: int = 50, warmup: int = 5) -> float:
+    """Images/s of torchvision's ImageFolder + DataLoader with the per-image equivalents, 2 workers."""
+    import torch
+    from torchvision import datasets as tvd
+
+    one = per_image_transform()
     ds = tvd.ImageFolder(str(data / "train"), transform=lambda im: torch.stack([one(im), one(im)]))
     loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=2, drop_last=True)
     t0 = 0.0
@@ -184,11 +196,57 @@ def torchvision_ips(data: Path, steps: int = 50, warmup: int = 5) -> float:
     return steps * BATCH / (time.perf_counter() - t0)
 
 
+def webdataset_ips(shards: Path, steps: int = 50, warmup: int = 5) -> float:
+    """Images/s of WebDataset's plain pipeline over the same shards, same transforms, 2 workers."""
+    import torch
+    import webdataset as wds
+
+    one = per_image_transform()
+    urls = sorted(str(p) for p in shards.glob("train-*.tar"))
+    ds = (
+        wds.WebDataset(urls, shardshuffle=len(urls), nodesplitter=wds.split_by_node)
+        .shuffle(1000)
+        .decode("pil")
+        .to_tuple("jpg")
+        .map(lambda s: torch.stack([one(s[0]), one(s[0])]))
+        .batched(BATCH, partial=False)
+    )
+    loader = wds.WebLoader(ds, batch_size=None, num_workers=2)
+    t0 = 0.0
+    for b, _ in enumerate(loader):
+        if b + 1 == warmup:
+            t0 = time.perf_counter()
+        if b + 1 == warmup + steps:
+            break
+    return steps * BATCH / (time.perf_counter() - t0)
+
+
+def shard_row(data: Path, skip_reference: bool) -> dict:
+    """The shards columns: the set written as shards once, then measured as the folder is."""
+    from fastclr.data.shard_writer import write_shards
+
+    shards = data.parent / f"{data.name}_shards"
+    if not (shards / "index.json").is_file():
+        write_shards(str(data), shards)
+    with tempfile.TemporaryDirectory() as out:
+        run = start_run(f"shards:{shards}", Path(out) / "s")
+    row = {
+        "shards_start_s": run["start_s"],
+        "shards_peak_rss_gb": round(run["peak_rss_gb"], 2),
+        "shards_peak_pss_gb": round(run["peak_pss_gb"], 2),
+        "shards_images_per_s": round(fastclr_ips(f"shards:{shards}"), 1),
+    }
+    if not skip_reference:
+        row["webdataset_images_per_s"] = round(webdataset_ips(shards), 1)
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     p.add_argument("--root", default=str(Path(tempfile.gettempdir()) / "fastclr_scale"))
     p.add_argument("--skip-torchvision", action="store_true")
+    p.add_argument("--shards", action="store_true", help="also as tar shards, beside WebDataset's own pipeline")
     p.add_argument("--with-eval", action="store_true", help="also a 5-step run with the end-of-run evaluation")
     args = p.parse_args()
     import torch
@@ -217,6 +275,8 @@ def main() -> None:
         }
         if not args.skip_torchvision:
             row["torchvision_images_per_s"] = round(torchvision_ips(data), 1)
+        if args.shards:
+            row.update(shard_row(data, args.skip_torchvision))
         if args.with_eval:
             with tempfile.TemporaryDirectory() as out:
                 ev = start_run(data, Path(out) / "e", evaluate=True)

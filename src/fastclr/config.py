@@ -31,6 +31,7 @@ class Config:
     data_memory_gb: float = (
         0.0  # decoded images a run may hold (data/tiers.py); 0: a quarter of RAM and of the GPU's memory
     )
+    decode: str = "auto"  # where shard JPEGs are decoded (data/gpu_decode.py): auto (GPU on CUDA), cpu or gpu
     text_column: str = "text"  # text data (text:FILE .csv/.tsv/.jsonl): the column holding the texts
     max_length: int = 32  # text: tokens per text, [CLS] and [SEP] included; longer texts are truncated
     # model
@@ -276,6 +277,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("eval_batch_size", lambda v: v >= 1, ">= 1"),
     ("eval_max_images", lambda v: v >= 0, ">= 0 (0: all)"),
     ("data_memory_gb", lambda v: v >= 0, ">= 0 (0: automatic)"),
+    ("decode", lambda v: v in ("auto", "cpu", "gpu"), "auto, cpu or gpu"),
     ("knn_every", lambda v: v >= 0, ">= 0 (0: off)"),
     ("max_length", lambda v: 3 <= v <= 4096, "3 to 4096 (special tokens included)"),
     ("pooling", lambda v: v in ("mean", "cls"), "mean or cls"),

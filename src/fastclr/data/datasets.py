@@ -11,6 +11,8 @@ A spec names where the images come from:
 - a list file (``.csv``, ``.txt``): ``path[,label]`` lines, paths relative to the list's folder; a
   ``train.*`` list with a ``test.*`` (or ``val.*``) list beside it gives the evaluation split.
 - ``prepared:DIR``: a cache written by ``fastclr prepare`` (``prepare.py``), memory-mapped.
+- ``shards:SPEC``: tar shards (a folder written by ``fastclr prepare --format shards``, a brace
+  pattern, a glob or ``pipe:`` URLs), read sequentially by loader workers (``shards.py``).
 
 Folders and lists are decoded once (``folders.py``, ``images.py``) to uint8 [N, 3, S, S] at the
 training size S (short side resized to S, centre crop). When the pretraining images are larger than
@@ -174,6 +176,10 @@ def parse(spec: str) -> tuple[str, Path | None]:
         if not rest:
             raise UserError("--data prepared:DIR needs the folder that `fastclr prepare` wrote")
         return "prepared", Path(rest).expanduser()
+    if name == "shards":
+        if not rest:
+            raise UserError("--data shards:SPEC needs a folder of .tar shards, a brace pattern, a glob or pipe: URLs")
+        return "shards", Path(rest)  # the pattern as given: shards.load_shards reads it
     path = Path(spec).expanduser()
     if path.is_dir():
         return "folder", path
@@ -186,7 +192,7 @@ def parse(spec: str) -> tuple[str, Path | None]:
         )
     raise UserError(
         f"--data {spec!r}: not a known data set or an existing folder or list; use digits, cifar10[:ROOT], "
-        "cifar100[:ROOT], stl10[:ROOT], prepared:DIR, a folder of images or a .csv/.txt list"
+        "cifar100[:ROOT], stl10[:ROOT], prepared:DIR, shards:SPEC, a folder of images or a .csv/.txt list"
     )
 
 
@@ -231,6 +237,14 @@ def load(
         return load_standard(kind, path, download)
     if kind == "prepared":
         return cache.load_prepared(path, sources, limit, workers)
+    if kind == "shards":
+        from fastclr.data.shards import load_shards
+
+        name, shard_train, shard_test = load_shards(
+            spec.partition(":")[2], out_dir=Path(out_dir) if out_dir else None, max_bad_fraction=max_bad_fraction
+        )
+        labelled = shard_train if shard_test is not None else None
+        return DataSplits(name, shard_train, labelled, shard_test, shard_train.bad or [])
     train, test = listings(str(path))
     name = path.stem if kind == "list" else path.name
     return _splits(

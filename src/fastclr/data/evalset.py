@@ -25,6 +25,8 @@ from fastclr.data.datasets import DataSplits, ImageSet, balanced_subset
 from fastclr.data.images import BadImage, decode
 from fastclr.data.listing import cache_dir
 from fastclr.data.sets import FileSet
+from fastclr.data.shard_loader import eval_batches as shard_eval_batches
+from fastclr.data.shards import ShardSet
 from fastclr.data.tiers import decoded_bytes
 from fastclr.data.workers import guarded, ignore_interrupt
 
@@ -56,6 +58,9 @@ class _Chunks(torch.utils.data.Dataset):
 def batches(data: FileSet, size: int, batch_size: int = 256, workers: int = 0) -> Iterator[Batch]:
     """(index [b], evaluation views uint8 [b, 3, S, S], bad files) of every file, in dataset order."""
     workers = min(workers, os.cpu_count() or 1)
+    if isinstance(data, ShardSet):  # tar shards: read sequentially (shard_loader.py)
+        yield from shard_eval_batches(data, size, batch_size, workers)
+        return
     loader = torch.utils.data.DataLoader(
         _Chunks(data.files, size, batch_size),
         batch_size=None,

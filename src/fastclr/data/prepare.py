@@ -36,6 +36,8 @@ def absolute_spec(spec: str) -> str:
     kind, path = datasets.parse(spec)
     if kind == "prepared":
         raise UserError(f"{spec}: already a prepared cache; give the original data spec to prepare")
+    if kind == "shards":
+        raise UserError(f"{spec}: already shards; give the original folder or list to prepare")
     if kind == "digits" or path is None:
         return kind
     return f"{kind}:{path.resolve()}" if kind in standard.STANDARD else str(path.resolve())

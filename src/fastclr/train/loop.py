@@ -121,6 +121,7 @@ def setup(cfg: config.Config) -> Run:
         rank=dist.rank(),
         world_size=dist.world_size(),
         resume=f"fastclr pretrain --out {out}",
+        decode=cfg.decode,
     )
     schedule = Schedule.of(cfg, len(loader))
     model, net = build_network(cfg, device, out)
