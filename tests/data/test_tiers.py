@@ -78,7 +78,8 @@ for w in loader.loader._iterator._workers:  # the OOM killer's signal
 try:
     list(batches)
 except UserError as e:
-    print(e)
+    print(e, flush=True)
+
 """
 
 
@@ -88,7 +89,11 @@ def test_a_killed_worker_ends_with_one_line_and_the_resume_command(tmp_path):
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-c", KILLED_WORKER, str(tmp_path / "x.u8")], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", KILLED_WORKER, str(tmp_path / "x.u8")],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     lines = done.stdout.strip().splitlines()
     assert done.returncode == 0 and len(lines) == 1, done.stderr[-2000:]

@@ -57,13 +57,27 @@ def death_cause(message: str) -> str | None:
     )
 
 
+def _quiet_sigchld() -> None:
+    """After a worker's death is reported: stop torch's SIGCHLD handler from raising it again later
+    (at any later point, interpreter exit included, as a traceback)."""
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
 def guarded(batches: Iterable[T], resume: str) -> Iterator[T]:
     """``batches``, with a loader worker's death turned into one UserError line."""
+    again = f"; resume with: {resume}" if resume else ""
     try:
         yield from batches
     except RuntimeError as e:
         cause = death_cause(str(e))
         if cause is None:
             raise
-        again = f"; resume with: {resume}" if resume else ""
+        _quiet_sigchld()
         raise UserError(f"a data loader worker {cause}{again}") from None
+    except (ConnectionResetError, BrokenPipeError, EOFError):  # killed while handing over a batch
+        _quiet_sigchld()
+        raise UserError(
+            "a data loader worker exited while sending a batch (killed, most often by the out-of-memory killer: "
+            f"lower --set workers=N or the batch size){again}"
+        ) from None
