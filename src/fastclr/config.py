@@ -27,6 +27,8 @@ class Config:
     download: bool = False  # fetch a missing cifar10 / cifar100 / stl10 into its ROOT (needs internet)
     max_bad_fraction: float = 0.01  # stop before training when more of a folder's files than this cannot be decoded
     workers: int = 4  # CPU processes that decode images (folders, lists, the large-image stream); 0: the main process
+    text_column: str = "text"  # text data (text:FILE .csv/.tsv/.jsonl): the column holding the texts
+    max_length: int = 32  # text: tokens per text, [CLS] and [SEP] included; longer texts are truncated
     # model
     arch: str = "resnet_mini"  # encoder: resnet_mini (CPU demos), resnet18 ... resnet152, wide_resnet50_2, any torchvision model
     init: str = ""  # start the encoder from a torchvision/timm state dict or .safetensors file ("": random init); keys checked exactly
@@ -34,12 +36,18 @@ class Config:
     head_layers: int = 2  # 2 for SimCLR v1, 3 for v2
     head_hidden: int = 0  # hidden width of the head (0: the encoder's width d, as the paper)
     proj_dim: int = 128  # width of z
+    pooling: str = "mean"  # text encoders (arch hf:PATH / hf:minilm): mean of the token states, or cls
+    hf_random_init: bool = False  # text encoders: keep the architecture, draw fresh weights (the baseline)
     # augmentation (SIMCLR.md section 2)
     min_scale: float = 0.08  # smallest crop area fraction
     color_strength: float = 0.5  # s: 0.5 for CIFAR, 1.0 for ImageNet
     blur: bool = False  # Gaussian blur: ImageNet-size images only
     flip: bool = True  # horizontal flip: off for digits and text
     views: int = 2  # views per image; every other view of an image is a positive
+    # text views (dropout noise alone when all are 0, as unsupervised SimCSE)
+    word_delete: float = 0.0  # each word of a text view is deleted with this probability
+    span_crop: float = 0.0  # fraction of a text's words cut away, keeping one contiguous span
+    word_reorder: float = 0.0  # probability that a text view's words are shuffled
     # loss
     loss: str = "nt_xent"  # nt_xent | nt_logistic | margin_triplet
     temperature: float = 0.5  # 0.5 for CIFAR (0.2 small batches), 0.1 for ImageNet at batch 4096
@@ -215,7 +223,17 @@ _RANGES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("knn_temperature", lambda v: v > 0, "> 0"),
     ("eval_batch_size", lambda v: v >= 1, ">= 1"),
     ("knn_every", lambda v: v >= 0, ">= 0 (0: off)"),
+    ("max_length", lambda v: 3 <= v <= 4096, "3 to 4096 (special tokens included)"),
+    ("pooling", lambda v: v in ("mean", "cls"), "mean or cls"),
+    ("word_delete", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("span_crop", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("word_reorder", lambda v: 0 <= v <= 1, "in [0, 1]"),
 ]
+
+
+def is_text(cfg: Config) -> bool:
+    """A text run: a Hugging Face encoder (``arch hf:...``) on text data (``text:FILE``, ``stsb:DIR``)."""
+    return cfg.arch.startswith("hf:")
 
 
 def validate(cfg: Config) -> None:
@@ -228,9 +246,23 @@ def validate(cfg: Config) -> None:
             raise UserError(f"{name}={value!r} is out of range: must be {valid}")
     if cfg.min_scale > 1.0:
         raise UserError(f"min_scale={cfg.min_scale} must be <= 1")
+    _validate_modality(cfg)
     if cfg.loss == "margin_triplet" and cfg.batch_size > 1024:
         raise UserError(
             f"loss=margin_triplet builds a batch^3 hinge tensor; use batch_size <= 1024, not {cfg.batch_size}"
+        )
+
+
+def _validate_modality(cfg: Config) -> None:
+    """Text encoders go with text data, image encoders with images."""
+    text_data = cfg.data.startswith(("text:", "stsb:"))
+    if is_text(cfg) and not text_data:
+        raise UserError(
+            f"arch={cfg.arch!r} is a text encoder but data={cfg.data!r} is not text: use --data text:FILE or stsb:DIR"
+        )
+    if text_data and not is_text(cfg):
+        raise UserError(
+            f"data={cfg.data!r} is text but arch={cfg.arch!r} is an image encoder: use --arch hf:minilm or hf:PATH"
         )
 
 

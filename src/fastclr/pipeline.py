@@ -4,13 +4,15 @@ Training (:mod:`fastclr.train.loop`) knows nothing of evaluation; this layer joi
 builds the monitors of :mod:`fastclr.eval.monitor` as loop callbacks, runs the loop, then scores
 the encoder with kNN and the linear probe against a random-init encoder of the same
 architecture (:func:`fastclr.eval.evaluate.against_random_init`) and writes ``OUT/result.json``.
+A text run is scored by :func:`fastclr.text.sts.evaluate_text` (STS-B Spearman, kNN / probe on
+labelled texts) against the encoder at its starting weights.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -38,7 +40,15 @@ def pretrain_and_evaluate(
     if result.get("interrupted"):
         return result
     data = run.data
-    if cfg.eval and dist.is_main() and data.train is not None and data.test is not None:
+    if cfg.eval and dist.is_main() and config.is_text(cfg):
+        from fastclr.text.data import TextSplits
+        from fastclr.text.sts import evaluate_text
+
+        log.info("evaluating: STS-B and/or kNN and linear probe, trained encoder and its starting weights")
+        torch.manual_seed(cfg.seed)  # the starting weights: the file's, or the run's own random draw
+        start = build_model(cfg).to(run.device)
+        result["eval"] = evaluate_text(run.model, start, cast(TextSplits, data), cfg, run.device, run.precision)
+    elif cfg.eval and dist.is_main() and data.train is not None and data.test is not None:
         log.info("evaluating: kNN and linear probe, SimCLR encoder and random-init baseline")
         settings = FeatureSettings(cfg.image_size, run.device, cfg.eval_batch_size, run.precision, cfg.channels_last)
         result["eval"] = against_random_init(

@@ -178,12 +178,20 @@ def decode_all(
     return images, keep, hw, skipped
 
 
-def enforce(skipped: list[tuple[str, str]], total: int, max_fraction: float, out_dir: Path | None) -> None:
+def enforce(
+    skipped: list[tuple[str, str]],
+    total: int,
+    max_fraction: float,
+    out_dir: Path | None,
+    what: str = "files",
+    failed: str = "could not be decoded",
+) -> None:
     """The bad-file policy: warn, write ``out_dir/skipped.txt``, stop if too many files are bad.
 
     Args:
         skipped: (path, reason) of every file that could not be decoded.
         total: how many files were listed (good and bad).
+        what, failed: the words of the messages ("texts", "were unusable" for text data).
     Raises:
         UserError: more than ``max_fraction`` of the files are bad (after writing skipped.txt).
     """
@@ -202,11 +210,11 @@ def enforce(skipped: list[tuple[str, str]], total: int, max_fraction: float, out
         print(f"fastclr: warning: ... and {len(skipped) - _WARN_FIRST} more", file=sys.stderr)
     fraction = len(skipped) / max(total, 1)
     print(
-        f"fastclr: warning: skipped {len(skipped)} of {total} files that could not be decoded (list: {where})",
+        f"fastclr: warning: skipped {len(skipped)} of {total} {what} that {failed} (list: {where})",
         file=sys.stderr,
     )
     if fraction > max_fraction:
         raise UserError(
-            f"{len(skipped)} of {total} image files ({fraction:.1%}) could not be decoded, more than max_bad_fraction="
-            f"{max_fraction:g}; see {where}, fix or remove those files, or raise it with --set max_bad_fraction=F"
+            f"{len(skipped)} of {total} {what} ({fraction:.1%}) {failed}, more than max_bad_fraction="
+            f"{max_fraction:g}; see {where}, fix or remove those {what}, or raise it with --set max_bad_fraction=F"
         )

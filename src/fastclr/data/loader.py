@@ -79,8 +79,9 @@ def build_loader(
     rank: int = 0,
     world_size: int = 1,
 ):
-    """The loader for a pretraining source: InMemoryLoader for an ImageSet (images on the device),
-    stream.StreamLoader for a FileSet (large images decoded and cropped by ``workers`` CPU processes)."""
+    """The loader for a pretraining source: InMemoryLoader for an ImageSet (images on the device) or a
+    text set (its token tensors, :mod:`fastclr.text.data`), stream.StreamLoader for a FileSet (large
+    images decoded and cropped by ``workers`` CPU processes)."""
     from fastclr.data.stream import FileSet, StreamLoader
 
     if isinstance(source, FileSet):
@@ -88,4 +89,5 @@ def build_loader(
         return StreamLoader(
             source, batch_size, seed, device, views=views, cfg=aug, workers=workers, rank=rank, world_size=world_size
         )
-    return InMemoryLoader(source.images, batch_size, seed, device, rank=rank, world_size=world_size)
+    rows = source.tokens if hasattr(source, "tokens") else source.images
+    return InMemoryLoader(rows, batch_size, seed, device, rank=rank, world_size=world_size)

@@ -18,17 +18,25 @@ class SimCLR(nn.Module):
         head_layers: 2 (v1) or 3 (v2).
         head_hidden: hidden width of the head; None uses d, the width of h (as the paper).
         proj_dim: width of z.
+        encoder: a built encoder and its width d (text encoders, :mod:`fastclr.text.encoder`), used
+            instead of building ``arch``.
     """
 
     def __init__(
-        self, arch: str, cifar_stem: bool, head_layers: int = 2, head_hidden: int | None = None, proj_dim: int = 128
+        self,
+        arch: str,
+        cifar_stem: bool,
+        head_layers: int = 2,
+        head_hidden: int | None = None,
+        proj_dim: int = 128,
+        encoder: tuple[nn.Module, int] | None = None,
     ):
         super().__init__()
-        self.encoder, self.feature_dim = build_encoder(arch, cifar_stem)
+        self.encoder, self.feature_dim = encoder if encoder is not None else build_encoder(arch, cifar_stem)
         self.head = ProjectionHead(self.feature_dim, head_hidden or self.feature_dim, proj_dim, head_layers)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """h = f(x): [N, 3, H, W] -> [N, d]."""
+        """h = f(x): [N, 3, H, W] (text: token ids [N, L]) -> [N, d]."""
         return self.encoder(x)
 
     def project(self, h: torch.Tensor) -> torch.Tensor:

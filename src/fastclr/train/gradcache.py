@@ -45,13 +45,19 @@ def forward_backward(
         on_h: receives the representations h [V*b, d] of the first pass (no gradient).
     Returns:
         the loss (scalar tensor, detached).
-    The model's stochastic layers, if any, must be deterministic between the two passes (SimCLR's
-    ResNets have none). BN running statistics are updated once per chunk, by the replay only.
+    Stochastic layers (the dropout of text encoders) draw the same masks in both passes: each
+    chunk's replay restarts the random generators where its first pass started (the paper's
+    RandContext). BN running statistics are updated once per chunk, by the replay only.
     """
     chunks = x.split(chunk_size)
     saved = [buf.clone() for buf in _bn_buffers(model)]
+    rng: list[tuple[torch.Tensor, torch.Tensor | None, torch.device]] = []
+    hz = []
     with torch.no_grad(), autocast():
-        hz = [model(c) for c in chunks]
+        for c in chunks:
+            rng.append(_rng_get(c.device))
+            hz.append(model(c))
+    after = _rng_get(x.device)
     z = torch.cat([zc for _, zc in hz])  # [V*b, D]
     if on_h is not None:
         on_h(torch.cat([h for h, _ in hz]))
@@ -67,7 +73,22 @@ def forward_backward(
     for i, (c, g) in enumerate(zip(chunks, grads)):
         sync = contextlib.nullcontext() if i == len(chunks) - 1 else no_sync()
         with sync:
+            _rng_set(rng[i])
             with autocast():
                 _, zc = model(c)
             zc.float().backward(g)
+    _rng_set(after)  # the generators continue as after the first pass, as if each chunk ran once
     return value.detach()
+
+
+def _rng_get(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, torch.device]:
+    """The CPU generator's state, and the CUDA device's when the views are there."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda, device
+
+
+def _rng_set(state: tuple[torch.Tensor, torch.Tensor | None, torch.device]) -> None:
+    cpu, cuda, device = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)

@@ -38,6 +38,7 @@ from fastclr.method.augment import AugmentConfig
 from fastclr.method.lars import build_optimizer, scaled_lr, set_lr
 from fastclr.method.model import SimCLR
 from fastclr.method.schedule import lr_at
+from fastclr.text.views import TextViewConfig
 from fastclr.train import checkpoint, dist, preflight
 from fastclr.train.callbacks import Callback, LoopState, batch_hook, merged_state
 from fastclr.train.precision import pick_device, resolve
@@ -80,12 +81,12 @@ class Run:
     world: int
     precision: str
     data: datasets.DataSplits
-    images: Any  # the pretraining images: an ImageSet, or a FileSet streamed from disk
+    images: Any  # the pretraining images: an ImageSet, or a FileSet streamed from disk (text: a TextSet)
     loader: Any
     model: SimCLR  # the bare network: checkpoints and evaluation use it
     net: nn.Module  # what the step runs: DDP and/or compiled around ``model``
     optimizer: torch.optim.Optimizer
-    aug: AugmentConfig
+    aug: AugmentConfig | TextViewConfig
     schedule: Schedule
 
     @property
@@ -132,18 +133,29 @@ def setup(cfg: config.Config) -> Run:
 
 def load_images(cfg: config.Config, out: Path) -> tuple[datasets.DataSplits, Any]:
     """The run's data and its pretraining images (``max_images``: a class-balanced subset), checked."""
-    data = datasets.load(
-        cfg.data,
-        cfg.image_size,
-        out_dir=out if dist.is_main() else None,
-        download=cfg.download,
-        max_bad_fraction=cfg.max_bad_fraction,
-        workers=cfg.workers,
-    )
+    out_dir = out if dist.is_main() else None
+    if config.is_text(cfg):  # tokenised texts: the same fields, token tensors instead of pixels
+        from fastclr.text import data as text_data
+        from fastclr.text.encoder import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.arch)
+        args = dict(column=cfg.text_column, max_bad_fraction=cfg.max_bad_fraction, out_dir=out_dir)
+        data: Any = text_data.load(cfg.data, tokenizer, cfg.max_length, **args)  # type: ignore[arg-type]
+    else:
+        data = datasets.load(
+            cfg.data,
+            cfg.image_size,
+            out_dir=out_dir,
+            download=cfg.download,
+            max_bad_fraction=cfg.max_bad_fraction,
+            workers=cfg.workers,
+        )
     images = datasets.balanced_subset(data.pretrain, cfg.max_images, cfg.seed)
     stored = getattr(images, "images", None)
     side: int | None
-    if isinstance(stored, torch.Tensor):
+    if config.is_text(cfg):
+        side = None  # no pixels to check the crop against
+    elif isinstance(stored, torch.Tensor):
         side = int(min(stored.shape[-2:]))
     else:
         side = int(images.hw.min()) if len(images) else None
@@ -285,7 +297,7 @@ def one_step(
     """Views of one batch, one optimisation step at learning rate ``lr``; the loss as a device tensor."""
     set_lr(run.optimizer, lr)
     x = make_views(images, index, epoch, run.cfg, run.aug)
-    if run.cfg.channels_last:
+    if run.cfg.channels_last and x.dim() == 4:  # images; text views are token ids [V*b, L]
         x = x.contiguous(memory_format=torch.channels_last)
     on_h = batch_hook(callbacks, index)
     return train_step(run.net, run.optimizer, x, run.cfg, step, run.device, run.precision, on_h)

@@ -11,6 +11,7 @@ reads an encoder reads those too.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,10 @@ class Restored:
 
 
 def build(cfg: config.Config) -> SimCLR:
-    """A freshly initialised SimCLR network as ``cfg`` describes it."""
-    return SimCLR(cfg.arch, cfg.cifar_stem, cfg.head_layers, cfg.head_hidden or None, cfg.proj_dim)
+    """A freshly initialised SimCLR network as ``cfg`` describes it (``hf:`` archs: a text encoder)."""
+    from fastclr.train.step import build_model
+
+    return build_model(cfg)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> Restored:
@@ -59,6 +62,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Restored
 
 def random_init(cfg: config.Config, seed: int, device: torch.device | str = "cpu") -> Restored:
     """The same architecture with random weights: the baseline every protocol is compared to."""
+    if config.is_text(cfg):  # a Transformer's random draw, not its file's weights
+        cfg = dataclasses.replace(cfg, hf_random_init=True)
     torch.manual_seed(seed)
     return Restored(build(cfg).to(device), cfg, {}, "random-init")
 
@@ -108,6 +113,12 @@ def device_and_precision(cfg: config.Config, device: str | None) -> tuple[torch.
 
 def load_data(cfg: config.Config, spec: str | None) -> datasets.DataSplits:
     """The data a command evaluates on: ``--data``, else the data the checkpoint was trained on."""
+    if config.is_text(cfg):  # tokenised texts (fastclr.text.data.TextSplits, the same fields)
+        from fastclr.text import data as text_data
+        from fastclr.text.encoder import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.arch)
+        return text_data.load(spec or cfg.data, tokenizer, cfg.max_length, column=cfg.text_column)  # type: ignore[return-value]
     return datasets.load(spec or cfg.data, cfg.image_size)
 
 

@@ -15,30 +15,43 @@ from fastclr.method import loss
 from fastclr.method.augment import AugmentConfig, augment
 from fastclr.method.model import SimCLR
 from fastclr.method.rng import keyed_uniform
+from fastclr.text.views import TextViewConfig, make_text_views
 from fastclr.train import dist, gradcache
 from fastclr.train.precision import autocast
 
 _NEGATIVES_STREAM = 0x4E45  # keyed_uniform "view" slot of the max_negatives draws
 
 
-def augment_config(cfg: config.Config) -> AugmentConfig:
+def augment_config(cfg: config.Config) -> AugmentConfig | TextViewConfig:
+    """The view settings: image augmentations, or the text views of :mod:`fastclr.text.views`."""
+    if config.is_text(cfg):
+        return TextViewConfig(cfg.word_delete, cfg.span_crop, cfg.word_reorder)
     return AugmentConfig(
         size=cfg.image_size, min_scale=cfg.min_scale, flip=cfg.flip, color_strength=cfg.color_strength, blur=cfg.blur
     )
 
 
 def build_model(cfg: config.Config) -> SimCLR:
-    return SimCLR(cfg.arch, cfg.cifar_stem, cfg.head_layers, cfg.head_hidden or None, cfg.proj_dim)
+    """A freshly initialised SimCLR network as ``cfg`` describes it (an ``hf:`` arch: a text encoder)."""
+    encoder = None
+    if config.is_text(cfg):
+        from fastclr.text.encoder import build_text_encoder
+
+        encoder = build_text_encoder(cfg.arch, cfg.pooling, cfg.hf_random_init)
+    return SimCLR(cfg.arch, cfg.cifar_stem, cfg.head_layers, cfg.head_hidden or None, cfg.proj_dim, encoder)
 
 
 def make_views(
-    images: torch.Tensor, index: torch.Tensor, epoch: int, cfg: config.Config, aug: AugmentConfig
+    images: torch.Tensor, index: torch.Tensor, epoch: int, cfg: config.Config, aug: AugmentConfig | TextViewConfig
 ) -> torch.Tensor:
     """All V views of a batch, view-major: rows v*b .. (v+1)*b - 1 are view v. [V*b, 3, S, S].
 
     ``images`` is uint8 [b, 3, H, W] (in-memory path), or [V, b, 3, S, S]: views already cropped by
-    the CPU workers of the large-image path (stream.py), which only need the pixel ops here.
+    the CPU workers of the large-image path (stream.py), which only need the pixel ops here. Text:
+    token tensors [b, 2, L] -> token ids [V*b, L] (:func:`fastclr.text.views.make_text_views`).
     """
+    if isinstance(aug, TextViewConfig):
+        return make_text_views(images, index, cfg.seed, epoch, cfg.views, aug)
     if images.dim() == 5:
         return finish_views(images, index, seed=cfg.seed, epoch=epoch, cfg=aug)
     return torch.cat([augment(images, index, seed=cfg.seed, epoch=epoch, view=v, cfg=aug) for v in range(cfg.views)])

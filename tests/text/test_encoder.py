@@ -1,0 +1,99 @@
+"""Text encoders: the same inputs as the tokenizer's, dropout views, random init, pooling, safe loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastclr import config
+from fastclr.errors import UserError
+from fastclr.method import loss
+from fastclr.text.data import tokenize
+from fastclr.text.encoder import build_text_encoder, load_backbone, pool
+from fastclr.train import step
+from textkit import SENTENCES, tiny_bert
+
+
+def test_inputs_equal_the_tokenizer_batch(tiny_arch, tokenizer):
+    enc, d = build_text_encoder(tiny_arch)
+    enc.eval()
+    batch = tokenizer(SENTENCES[:5], padding=True, return_tensors="pt")
+    x = tokenize(tokenizer, SENTENCES[:5], 32)[0][:, 0]
+    ids, mask = enc.wrap(x)
+    assert torch.equal(ids, batch["input_ids"]) and torch.equal(mask, batch["attention_mask"])
+    with torch.no_grad():
+        assert torch.equal(enc(x), enc.forward_tokens(batch["input_ids"], batch["attention_mask"]))
+    assert enc(x).shape == (5, d) == (5, 32)
+
+
+def test_dropout_views_differ_and_deterministic_ones_match(tiny_arch, tokenizer):
+    enc, _ = build_text_encoder(tiny_arch)
+    x = tokenize(tokenizer, SENTENCES[:4], 32)[0][:, 0]
+    two = torch.cat([x, x])  # the two SimCSE views: one forward pass, a dropout mask per row
+    with torch.no_grad():
+        enc.train()
+        h = enc(two)
+        assert (h[:4] - h[4:]).abs().amax(1).min() > 1e-4
+        enc.eval()
+        h = enc(two)
+        assert torch.equal(h[:4], h[4:])
+
+
+def test_mean_and_cls_pooling():
+    hidden = torch.arange(24.0).view(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert torch.equal(pool(hidden, mask, "cls"), hidden[:, 0])
+    assert torch.allclose(pool(hidden, mask, "mean"), torch.stack([hidden[0, :2].mean(0), hidden[1].mean(0)]))
+
+
+def test_random_init_keeps_the_architecture_and_draws_from_the_seed(tiny_arch):
+    loaded = load_backbone(tiny_arch, random_init=False).state_dict()
+    torch.manual_seed(5)
+    fresh = load_backbone(tiny_arch, random_init=True).state_dict()
+    torch.manual_seed(5)
+    again = load_backbone(tiny_arch, random_init=True).state_dict()
+    assert loaded.keys() == fresh.keys()
+    assert all(torch.equal(fresh[k], again[k]) for k in fresh)
+    assert not torch.equal(fresh["embeddings.word_embeddings.weight"], loaded["embeddings.word_embeddings.weight"])
+    assert "pooler.dense.weight" not in loaded  # unused by h
+
+
+def test_loading_refuses_missing_files(tmp_path):
+    with pytest.raises(UserError, match="config.json"):
+        load_backbone(f"hf:{tmp_path}", random_init=False)
+    bare = tiny_bert(tmp_path / "bare", weights=False)
+    with pytest.raises(UserError, match="hf_random_init=true"):
+        load_backbone(f"hf:{bare}", random_init=False)
+    assert load_backbone(f"hf:{bare}", random_init=True) is not None
+
+
+def test_text_loss_path_equals_the_image_one_on_the_same_projections(tiny_arch, tokenizer, tmp_path):
+    cfg = config.Config(data=f"text:{tmp_path}/x.txt", arch=tiny_arch, temperature=0.05, proj_dim=8)
+    config.validate(cfg)
+    model = step.build_model(cfg).eval()  # no dropout: the reference sees the same z
+    tokens = tokenize(tokenizer, SENTENCES[:6], 32)[0]
+    x = step.make_views(tokens, torch.arange(6), 0, cfg, step.augment_config(cfg))
+    got = step.forward_backward(model, x, cfg, 0, torch.device("cpu"), "fp32")
+    with torch.no_grad():
+        z = model(x)[1]
+    image_cfg = config.Config(temperature=0.05)
+    assert float(got) == pytest.approx(float(step.contrastive_loss(z, image_cfg, 0)), rel=1e-6)
+    assert float(got) == pytest.approx(float(loss.nt_xent(z[:6], z[6:], temperature=0.05)), rel=1e-5)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_gradient_cache_replays_the_dropout_masks(tiny_arch, tokenizer, tmp_path):
+    """One chunk of the whole batch must equal the one-pass step: the replay sees the first pass's masks."""
+    cfg = config.Config(data=f"text:{tmp_path}/x.txt", arch=tiny_arch, temperature=0.05, proj_dim=8, head_layers=1)
+    model = step.build_model(cfg).train()
+    tokens = tokenize(tokenizer, SENTENCES[:6], 32)[0]
+    x = step.make_views(tokens, torch.arange(6), 0, cfg, step.augment_config(cfg))
+    grads = []
+    for chunk in (0, x.shape[0]):
+        model.zero_grad()
+        torch.manual_seed(11)
+        value = step.forward_backward(model, x, config.Config(**{**vars(cfg), "chunk_size": chunk}), 0, "cpu", "fp32")
+        grads.append((float(value), [p.grad.clone() for p in model.parameters()]))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
