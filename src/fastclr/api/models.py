@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastclr.config import is_text
 from fastclr.data.preprocess import Preprocess
 from fastclr.errors import UserError
 from fastclr.method.encoder import build_encoder
@@ -113,6 +114,8 @@ def load_encoder(path: str | Path, device: torch.device | str = "cpu") -> Encode
     else:
         restored = restore.load_model(path)
         cfg = restored.cfg
+        if is_text(cfg):
+            raise UserError(f"{path}: a text encoder; use fastclr.load_model(path) (encode takes token ids)")
         encoder = Encoder.of(restored.model, cfg.image_size, cfg.precision, str(path))
     return encoder.to(device).eval()
 
