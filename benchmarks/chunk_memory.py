@@ -28,7 +28,8 @@ def one_run(batch: int, chunk: int, image_size: int, threads: int) -> dict:
 
     from fastclr.config import Config
     from fastclr.method.lars import build_optimizer
-    from fastclr.train.step import build_model, train_step
+    from fastclr.train.restore import build_model
+    from fastclr.train.step import train_step
 
     torch.set_num_threads(threads)
     cfg = dataclasses.replace(Config(), precision="fp32", chunk_size=chunk, image_size=image_size)
@@ -69,10 +70,12 @@ def main() -> None:
     with open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
     print(
-        f"# {cpu}, {os.cpu_count()} cores, {args.threads} thread(s); torch {torch.__version__}; python {platform.python_version()}; commit {commit}"
+        f"# {cpu}, {os.cpu_count()} cores, {args.threads} thread(s); torch {torch.__version__}; python "
+        f"{platform.python_version()}; commit {commit}"
     )
     print(
-        f"# resnet_mini, {args.image_size}x{args.image_size}, batch {args.batch} x 2 views, fp32, LARS; {args.runs} runs each, mean +- std"
+        f"# resnet_mini, {args.image_size}x{args.image_size}, batch {args.batch} x 2 views, fp32, LARS; {args.runs} "
+        "runs each, mean +- std"
     )
     print("| chunk size | peak growth of one step (MiB) | step time (s) |")
     print("| --- | --- | --- |")

@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 
 from fastclr.config import Config
-from fastclr.data import folders
+from fastclr.data import datasets, folders
 from fastclr.data.loader import InMemoryLoader
-from fastclr.data.prepare import load_prepared, prepare
-from fastclr.data.stream import FileSet, StreamLoader
+from fastclr.data.prepare import prepare
+from fastclr.data.sets import FileSet
+from fastclr.data.stream import StreamLoader
 from fastclr.method.augment import AugmentConfig
 from fastclr.train.step import make_views
 
@@ -77,7 +78,8 @@ def main() -> None:
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, GPU {gpu}; torch {torch.__version__}; commit {commit()}"
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, GPU {gpu}; torch "
+        f"{torch.__version__}; commit {commit()}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(args.cache or tmp) / "cache"
@@ -85,9 +87,10 @@ def main() -> None:
         res = prepare(args.folder, args.size, cache, workers=args.workers)
         prep_s = time.perf_counter() - t0
         print(
-            f"prepare: {res['count']} images in {prep_s:.1f} s ({res['count'] / prep_s:.0f} images/s, {args.workers} workers), skipped {res['skipped']}"
+            f"prepare: {res['count']} images in {prep_s:.1f} s ({res['count'] / prep_s:.0f} images/s, {args.workers} "
+            f"workers), skipped {res['skipped']}"
         )
-        data = load_prepared(cache)
+        data = datasets.load(f"prepared:{cache}", 0)
         listing = folders.list_folder(Path(args.folder))
         files = FileSet(listing.files, torch.zeros(len(listing.files), 2, dtype=torch.int64))
         cached = InMemoryLoader(data.pretrain.images, args.batch, 0, device)
@@ -99,7 +102,8 @@ def main() -> None:
                 if run:
                     rates[name].append(n / secs)
         print(
-            f"epoch of {len(cached) * args.batch} images, batch {args.batch}, 2 views at {args.size} px, device {device}, {args.runs} runs after 1 warm-up:"
+            f"epoch of {len(cached) * args.batch} images, batch {args.batch}, 2 views at {args.size} px, device "
+            f"{device}, {args.runs} runs after 1 warm-up:"
         )
         for name, r in rates.items():
             sd = statistics.stdev(r) if len(r) > 1 else 0.0

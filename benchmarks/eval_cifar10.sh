@@ -29,7 +29,7 @@ mkdir -p "$OUT"
 : > "$OUT/results.jsonl"
 data_flag=()
 [[ -n "$DATA" ]] && data_flag=(--data "$DATA")
-distill_data=${DATA:-$("${PYTHON:-python}" -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=True)['config']['data'])" "$CKPT")}
+distill_data=${DATA:-$("${PYTHON:-python}" -c "import sys, torch; print(torch.load(sys.argv[1], map_location='cpu', weights_only=True)['config']['data'])" "$CKPT")}
 
 run() {  # run NAME ARGS...: print and record the command's last stdout line
     local name=$1; shift

@@ -9,12 +9,13 @@ the cost of these ops):
       per-image transforms (RandomResizedCrop, flip, ColorJitter p=0.8, grayscale p=0.2, ToTensor,
       Normalize) in a DataLoader with workers, two views per image;
   (b) the full pretraining step: fastclr (device-resident uint8 data, batched augmentation,
-      bf16 autocast where supported, channels_last, LARS with foreach ops, no host sync in the
-      step) versus the reference pipeline feeding a float32 step of the same model, loss and
-      optimizer.
+      ``make_views`` + ``train_step`` of the training loop, no host synchronisation in the step)
+      versus the reference pipeline feeding the same step: same model, loss, optimizer, precision
+      (bf16 autocast where supported) and memory format (channels_last), so the ratio isolates the
+      data pipeline.
 Each figure is the median over repeats after a warm-up. MFU = counted FLOPs of the step / time /
-the peak measured here by a large matrix product in the step's precision (CPU) or the datasheet
-dense bf16 rate (CUDA). Prints machine, torch version and commit.
+the peak measured in the same run by large matrix products in the step's precision (on a GPU too:
+a datasheet peak is a ceiling no kernel reaches). Prints machine, torch version and commit.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from fastclr import config as C
 from fastclr.method.augment import MEAN, STD, augment
 from fastclr.method.lars import build_optimizer, scaled_lr
 from fastclr.train.precision import autocast, pick_device, resolve
-from fastclr.train.step import augment_config, build_model, contrastive_loss
+from fastclr.train.restore import build_model
+from fastclr.train.step import augment_config, contrastive_loss, make_views, train_step
 
 
 def sync(device):
@@ -84,7 +86,7 @@ class PILPairs(Dataset):
         return self.t(im), self.t(im)
 
 
-def reference_loader(images, cfg, workers, batch):
+def reference_loader(images, cfg, workers, batch, pin: bool = False):
     return DataLoader(
         PILPairs(images, cfg),
         batch_size=batch,
@@ -92,6 +94,7 @@ def reference_loader(images, cfg, workers, batch):
         num_workers=workers,
         drop_last=True,
         persistent_workers=workers > 0,
+        pin_memory=pin,
     )
 
 
@@ -122,12 +125,17 @@ def step_flops(model, x, cfg, device, precision):
     return counter.get_total_flops()
 
 
-def matmul_peak(device, precision, n=4096):
-    """The ceiling: the best of several large matrix products in the step's precision."""
+def matmul_peak(device, precision, n: int | None = None) -> tuple[float, str]:
+    """The ceiling, measured: the best of several large square matrix products in the step's precision.
+
+    n = 8192 on a GPU (smaller products leave its tensor cores idle part of the time), 4096 on a CPU.
+    """
+    n = n or (8192 if device.type == "cuda" else 4096)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / min(timed(lambda: a @ b, device, 2, 8))
+    reps = 20 if device.type == "cuda" else 8
+    return 2 * n**3 / min(timed(lambda: a @ b, device, 3, reps)), f"measured {precision} matmul {n}x{n}"
 
 
 def main():
@@ -160,10 +168,10 @@ def main():
             augment(dev_images[:B], index, seed=0, epoch=0, view=v, cfg=aug)
 
     ours_aug_s = statistics.median(timed(ours_aug, device, 2, args.repeats))
-    ref = reference_loader(images, cfg, args.workers, B)
+    ref = reference_loader(images, cfg, args.workers, B, pin=device.type == "cuda")
     ref_aug_bps = statistics.median([batches_per_second(ref, 3) for _ in range(max(2, args.repeats // 2))])
 
-    # (b) full step
+    # (b) full step: the training loop's own make_views + train_step
     torch.manual_seed(0)
     fast = build_model(cfg).to(device).to(memory_format=torch.channels_last)
     fast_opt = build_optimizer(fast, cfg.optimizer, scaled_lr(cfg.lr, B, cfg.lr_rule), cfg.weight_decay)
@@ -174,14 +182,8 @@ def main():
         lo = (state["b"] * B) % (args.images - B)
         state["b"] += 1
         idx = perm[lo : lo + B]
-        x = torch.cat([augment(dev_images[idx], idx, seed=0, epoch=0, view=v, cfg=aug) for v in range(V)])
-        x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, precision):
-            _, z = net(x)
-        loss = contrastive_loss(z, cfg, 0)
-        fast_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        fast_opt.step()
+        x = make_views(dev_images[idx], idx, 0, cfg, aug).contiguous(memory_format=torch.channels_last)
+        train_step(net, fast_opt, x, cfg, state["b"], device, precision)
 
     ours_step_s = statistics.median(timed(ours_step, device, 2, args.repeats))
     compiled_step_s = None
@@ -189,8 +191,9 @@ def main():
         compiled = torch.compile(fast)
         compiled_step_s = statistics.median(timed(lambda: ours_step(compiled), device, 3, args.repeats))
 
+    # the reference pipeline feeding the same step: same precision and memory format
     torch.manual_seed(0)
-    slow = build_model(cfg).to(device)
+    slow = build_model(cfg).to(device).to(memory_format=torch.channels_last)
     slow_opt = build_optimizer(slow, cfg.optimizer, scaled_lr(cfg.lr, B, cfg.lr_rule), cfg.weight_decay)
     ref_it = iter(ref)
 
@@ -201,12 +204,8 @@ def main():
         except StopIteration:
             ref_it = iter(ref)
             a, b = next(ref_it)
-        x = torch.cat([a, b]).to(device)
-        _, z = slow(x)
-        loss = contrastive_loss(z, cfg, 0)
-        slow_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        slow_opt.step()
+        x = torch.cat([a, b]).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        train_step(slow, slow_opt, x, cfg, 0, device, precision)
 
     ref_step_s = statistics.median(timed(ref_step, device, 2, args.repeats))
 
@@ -214,13 +213,8 @@ def main():
         memory_format=torch.channels_last
     )
     flops = step_flops(fast, x, cfg, device, precision)
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name()
-        peak = 989e12 if "H100" in name or "H200" in name else matmul_peak(device, precision)
-        peak_src = "datasheet dense bf16" if "H100" in name or "H200" in name else "measured matmul"
-    else:
-        name = platform.processor() or platform.machine()
-        peak, peak_src = matmul_peak(device, precision), f"measured {precision} matmul"
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
+    peak, peak_src = matmul_peak(device, precision)
 
     try:
         commit = subprocess.run(
@@ -250,24 +244,29 @@ def main():
     res["aug_ratio"] = res["aug_ours_views_per_s"] / res["aug_reference_views_per_s"]
     res["step_ratio"] = res["step_ours_images_per_s"] / res["step_reference_images_per_s"]
     print(
-        f"machine     {res['device']}, torch {res['torch']}, commit {commit}, {args.config}, batch {B} x {V} views, {precision}",
+        f"machine     {res['device']}, torch {res['torch']}, commit {commit}, {args.config}, batch {B} x {V} views, "
+        f"{precision}",
         file=sys.stderr,
     )
     print(
-        f"augment     fastclr {res['aug_ours_views_per_s']:10.0f} views/s   reference {res['aug_reference_views_per_s']:10.0f} views/s   ratio {res['aug_ratio']:.1f}x",
+        f"augment     fastclr {res['aug_ours_views_per_s']:10.0f} views/s   reference "
+        f"{res['aug_reference_views_per_s']:10.0f} views/s   ratio {res['aug_ratio']:.1f}x",
         file=sys.stderr,
     )
     print(
-        f"train step  fastclr {res['step_ours_images_per_s']:10.0f} img/s     reference {res['step_reference_images_per_s']:10.0f} img/s     ratio {res['step_ratio']:.1f}x",
+        f"train step  fastclr {res['step_ours_images_per_s']:10.0f} img/s     reference "
+        f"{res['step_reference_images_per_s']:10.0f} img/s     ratio {res['step_ratio']:.1f}x",
         file=sys.stderr,
     )
     print(
-        f"            fastclr {res['step_ours_images_per_s'] * V:10.0f} views/s, {flops / B / V / 1e9:.2f} GFLOP/view, MFU {100 * res['mfu']:.1f}% of {peak / 1e12:.2f} TFLOP/s ({peak_src})",
+        f"            fastclr {res['step_ours_images_per_s'] * V:10.0f} views/s, {flops / B / V / 1e9:.2f} "
+        f"GFLOP/view, MFU {100 * res['mfu']:.1f}% of {peak / 1e12:.2f} TFLOP/s ({peak_src})",
         file=sys.stderr,
     )
     if compiled_step_s is not None:
         print(
-            f"            fastclr + torch.compile {res['step_compiled_images_per_s']:10.0f} img/s ({res['step_compiled_images_per_s'] / res['step_ours_images_per_s']:.2f}x eager)",
+            f"            fastclr + torch.compile {res['step_compiled_images_per_s']:10.0f} img/s "
+            f"({res['step_compiled_images_per_s'] / res['step_ours_images_per_s']:.2f}x eager)",
             file=sys.stderr,
         )
     if args.json:

@@ -11,6 +11,16 @@ CIFAR_ARCHIVE = SHARED_DATA / "cifar10-jpeg.tar.xz"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` skip on machines without a CUDA GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def cifar_subset(tmp_path_factory):
     """A small class-balanced subset of the CIFAR-10 JPEGs from ../shared/data: train/ and test/ folders

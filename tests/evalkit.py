@@ -75,7 +75,7 @@ def make_checkpoint(
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    """Run ``fastclr ARGS`` in this process (``python -m fastclr`` exits with what main returns), capturing its output."""
+    """Run ``fastclr ARGS`` in this process (``python -m fastclr`` exits with main's return), capturing its output."""
     import contextlib
     import io
 
@@ -105,3 +105,43 @@ def one_line_error(r: subprocess.CompletedProcess) -> str:
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     return lines[0]
+
+
+def brute_force_knn_top1(train_f, train_y, test_f, test_y, num_classes: int, k: int, temperature: float) -> float:
+    """Weighted kNN written out by hand: for each test row, cosine similarity to every train row, the k
+    largest vote exp(sim / T) for their label, the label with the most weight wins (the reference)."""
+    a = torch.nn.functional.normalize(train_f.double(), dim=1)
+    b = torch.nn.functional.normalize(test_f.double(), dim=1)
+    correct = 0
+    for i in range(b.shape[0]):
+        sims = sorted(((float(a[j] @ b[i]), j) for j in range(a.shape[0])), reverse=True)[: min(k, a.shape[0])]
+        votes = [0.0] * num_classes
+        for sim, j in sims:
+            votes[int(train_y[j])] += float(np.exp(sim / temperature))
+        correct += int(max(range(num_classes), key=lambda c: votes[c]) == int(test_y[i]))
+    return correct / b.shape[0]
+
+
+def run_knn_reference(out: Path, baseline: bool = False) -> float:
+    """kNN top-1 of a pretraining run's final weights (``baseline``: its random-init encoder), recomputed
+    from ``OUT/checkpoints/last.pt`` with the hand-written vote: what the run's ``eval`` must report."""
+    from fastclr.data import datasets
+    from fastclr.eval.evaluate import FeatureSettings, split_features
+    from fastclr.pipeline import random_init_like
+    from fastclr.train import restore
+    from fastclr.train.precision import resolve
+
+    restored = restore.load_model(Path(out) / "checkpoints" / "last.pt")
+    cfg, device = restored.cfg, torch.device("cpu")
+    model = random_init_like(cfg, device) if baseline else restored.model
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    data = datasets.load(cfg.data, cfg.image_size)
+    settings = FeatureSettings(
+        cfg.image_size, device, cfg.eval_batch_size, resolve(cfg.precision, device), cfg.channels_last
+    )
+    train_f, test_f = split_features(model.eval().encode, data.train, data.test, settings)
+    classes = data.train.num_classes
+    return brute_force_knn_top1(
+        train_f, data.train.labels, test_f, data.test.labels, classes, cfg.knn_k, cfg.knn_temperature
+    )

@@ -11,7 +11,7 @@ import json
 import math
 import sys
 
-from fastclr import __version__, config
+from fastclr import __version__
 from fastclr.config import describe_fields
 from fastclr.errors import UserError
 
@@ -58,7 +58,8 @@ def add_pretrain(sub) -> None:
     )
     p.add_argument(
         "--init",
-        help="start the encoder from a torchvision/timm state dict (.pth, read with weights_only) or a .safetensors file; keys are checked exactly",
+        help="start the encoder from a torchvision/timm state dict (.pth, read with weights_only) or a .safetensors "
+        "file; keys are checked exactly",
     )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, dest="batch_size", help="global batch B (the learning-rate rules use it)")
@@ -92,48 +93,32 @@ def add_pretrain(sub) -> None:
         "--no-resume",
         action="store_true",
         dest="no_resume",
-        help="start over at step 0, deleting OUT/checkpoints (default: continue from OUT/checkpoints/last.pt with the run's "
-        "saved config.yaml as the base, so `fastclr pretrain --out DIR` resumes a stopped run)",
+        help="start over at step 0, deleting OUT/checkpoints (default: continue from OUT/checkpoints/last.pt with "
+        "the run's saved config.yaml as the base, so `fastclr pretrain --out DIR` resumes a stopped run)",
     )
     p.set_defaults(func=run_pretrain)
 
 
+PRETRAIN_FLAGS = (
+    "data",
+    "out",
+    "arch",
+    "epochs",
+    "batch_size",
+    "max_steps",
+    "seed",
+    "device",
+    "chunk_size",
+    "download",
+    "init",
+)
+
+
 def run_pretrain(args) -> dict:
-    from pathlib import Path
+    from fastclr import pipeline
 
-    from fastclr.config import build_config
-    from fastclr.pipeline import pretrain_and_evaluate
-    from fastclr.train import checkpoint
-
-    flags = {
-        k: getattr(args, k)
-        for k in (
-            "data",
-            "out",
-            "arch",
-            "epochs",
-            "batch_size",
-            "max_steps",
-            "seed",
-            "device",
-            "chunk_size",
-            "download",
-            "init",
-        )
-    }
-    base = args.config
-    if (
-        base is None
-        and args.out
-        and not args.no_resume
-        and checkpoint.existing(Path(args.out) / "checkpoints")
-        and (Path(args.out) / "config.yaml").is_file()
-    ):
-        base = str(Path(args.out) / "config.yaml")  # resuming: the run's own settings, flags on top
-    cfg = build_config(base, flags, args.set)
-    if args.out is None and not any(s.startswith("out=") for s in args.set):
-        cfg.out = str(Path("runs") / Path(args.config or "digits").stem)  # one folder per preset
-    return pretrain_and_evaluate(cfg, resume=not args.no_resume)
+    flags = {k: getattr(args, k) for k in PRETRAIN_FLAGS}
+    return pipeline.run(args.config, flags, args.set, resume=not args.no_resume)
 
 
 def add_prepare(sub) -> None:
@@ -164,8 +149,6 @@ def add_prepare(sub) -> None:
 def run_prepare(args) -> dict:
     from fastclr.data.prepare import prepare
 
-    if not 0 <= args.max_bad_fraction <= 1:
-        raise UserError(f"--max-bad-fraction {args.max_bad_fraction}: must be in [0, 1]")
     return prepare(
         args.spec,
         args.size,
@@ -201,7 +184,8 @@ def add_knn(sub) -> None:
     p = sub.add_parser(
         "knn",
         help="weighted kNN accuracy of h (L2-normalised), train split -> test split",
-        description="Weighted kNN on L2-normalised h: votes exp(sim / T) of the k nearest training images (DINO's protocol).",
+        description="Weighted kNN on L2-normalised h: votes exp(sim / T) of the k nearest training images "
+        "(DINO's protocol).",
     )
     _eval_flags(p)
     p.add_argument("--k", default="20,200", help="neighbour counts, comma separated (default 20,200)")
@@ -217,33 +201,22 @@ def add_knn(sub) -> None:
 
 
 def run_knn(args) -> dict:
-    from fastclr.eval.features import extract
-    from fastclr.eval.knn import knn_predict, topk_accuracy
-    from fastclr.train import restore
+    from fastclr.eval.evaluate import run_knn
 
     try:
         ks = sorted({int(k) for k in args.k.split(",") if k.strip()})
     except ValueError:
         raise UserError(f"--k {args.k!r}: expected integers separated by commas, e.g. 20,200") from None
-    if not ks or ks[0] < 1 or args.temperature <= 0 or args.batch_size < 1:
-        raise UserError("--k values must be >= 1, --temperature > 0 and --batch-size >= 1")
-    restored, dev, precision = restore.open_for_command(args.checkpoint, args.device, args.random_init, args.seed)
-    cfg = restored.cfg
-    train, test = restore.labelled_splits(restore.load_data(cfg, args.data), "knn")
-    restored.model.eval()
-    kw = {"size": cfg.image_size, "device": dev, "batch_size": cfg.eval_batch_size, "precision": precision}
-    train_f, test_f = (
-        extract(restored.model.encode, train.images, **kw),
-        extract(restored.model.encode, test.images, **kw),
+    return run_knn(
+        args.checkpoint,
+        args.data,
+        ks=ks,
+        temperature=args.temperature,
+        batch_size=args.batch_size,
+        device=args.device,
+        random_init=args.random_init,
+        seed=args.seed,
     )
-    classes = restore.num_classes(train)
-    acc = {
-        str(k): topk_accuracy(
-            knn_predict(train_f, train.labels, test_f, classes, k, args.temperature, args.batch_size), test.labels
-        )
-        for k in ks
-    }
-    return {"knn": acc, "temperature": args.temperature, "encoder": restored.source}
 
 
 def add_linear(sub) -> None:
@@ -287,8 +260,9 @@ def add_finetune(sub) -> None:
     p = sub.add_parser(
         "finetune",
         help="semi-supervised fine-tuning of the whole encoder on a class-balanced fraction of the labels",
-        description="Fine-tune the encoder (and with --from-head-layer 1 the head's first layer, as SimCLRv2) plus a new "
-        "linear layer on a class-balanced, seeded subset of the labels; Nesterov SGD, crop and flip only, no weight decay. "
+        description="Fine-tune the encoder (and with --from-head-layer 1 the head's first layer, as SimCLRv2) plus a "
+        "new linear layer on a class-balanced, seeded subset of the labels; Nesterov SGD, crop and flip only, "
+        "no weight decay. "
         "Writes OUT/labels.txt (the labelled files) and OUT/finetuned.pt (a teacher for `fastclr distill`).",
     )
     _eval_flags(p)
@@ -407,39 +381,17 @@ def add_embed(sub) -> None:
 
 def run_embed(args) -> dict:
     from fastclr.eval import embed
-    from fastclr.train import dist, restore
 
     _positive(batch_size=args.batch_size)
-    restored, dev, precision = restore.open_for_command(args.checkpoint, args.device)
-    dev = dist.setup(dev)
-    restored.model.to(dev).eval()
-    cfg = restored.cfg
-    splits = restore.load_data(cfg, args.data)
-    images = getattr(splits, args.split)
-    if images is None:
-        raise UserError(f"--split {args.split}: data set {splits.name!r} has no such split; use --split pretrain")
-    fn = (
-        (lambda x: restored.model.project(restored.model.encode(x).float()))
-        if args.projection
-        else restored.model.encode
+    return embed.run(
+        args.checkpoint,
+        args.data,
+        args.out,
+        projection=args.projection,
+        split=args.split,
+        batch_size=args.batch_size,
+        device=args.device,
     )
-    mine = embed.shard(len(images), dist.rank(), dist.world_size())
-    if hasattr(images, "tokens"):  # texts: token ids through the text encoder
-        from fastclr.text.sts import encode_tokens
-
-        rows = encode_tokens(fn, images.tokens[mine], dev, args.batch_size, precision)
-    else:
-        images = restore.in_memory(images, "embed")
-        rows = embed.embed_rows(
-            fn, images.images, mine, cfg.image_size, dev, args.batch_size, precision, progress=dist.is_main()
-        )
-    full = embed.gather_in_order(rows, mine, len(images), dev)
-    result = {"out": args.out, "count": len(images), "dim": int(rows.shape[1])}
-    if dist.is_main():
-        result["files"] = embed.write(args.out, full, list(images.ids))
-    dist.barrier()
-    dist.cleanup()
-    return result
 
 
 def add_export(sub) -> None:
@@ -458,20 +410,9 @@ def add_export(sub) -> None:
 
 
 def run_export(args) -> dict:
-    from fastclr.eval.export import export
-    from fastclr.train import restore
+    from fastclr.eval import export
 
-    restored = restore.load_model(args.checkpoint)
-    cfg, state, fc = restored.cfg, restored.state, None
-    if config.is_text(cfg):
-        from fastclr.text.export import export_text
-
-        return export_text(restored.model.encoder, cfg.arch, cfg.max_length, args.format, args.out)
-    if state.get("kind") == "classifier" and int(state.get("from_head_layer", 0)) == 0:
-        from fastclr.eval.finetune import load_classifier
-
-        fc = load_classifier(args.checkpoint)[0].fc
-    return export(restored.model, cfg.arch, cfg.cifar_stem, cfg.image_size, args.format, args.out, fc=fc)
+    return export.run(args.checkpoint, args.format, args.out)
 
 
 def add_sts(sub) -> None:
@@ -560,14 +501,51 @@ def add_show_augment(sub) -> None:
 
 
 def run_show_augment(args) -> dict:
-    from fastclr.config import build_config, validate
-    from fastclr.eval.report import show_augment
+    from fastclr.eval.report import run_show_augment
 
-    if not 1 <= args.count <= 64:
-        raise UserError(f"--count {args.count}: must be 1 to 64")
-    cfg = build_config(args.config, {"data": args.data}, args.set)
-    validate(cfg)
-    return show_augment(cfg.data, args.out, cfg, args.count, args.epoch)
+    return run_show_augment(args.config, args.data, args.set, args.out, args.count, args.epoch)
+
+
+def add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="hyper-parameter search with optuna: each trial a pretraining run, pruned on the kNN monitor",
+        description="Search the config fields SPACE.yaml names ({low, high[, log][, step]}, a list of choices, or a "
+        "fixed value). Writes DIR/trials/N (one run folder per trial), DIR/trials.csv, DIR/best.yaml, DIR/sweep.html. "
+        "Rerun the same command to resume; run it in several processes on the same DIR to search in parallel. "
+        "Needs optuna: pip install 'fastclr[sweep]'.",
+    )
+    p.add_argument("--config", help="base preset name or YAML file (default: digits)")
+    p.add_argument("--data", help=DATA_HELP)
+    p.add_argument("--space", required=True, help="YAML file: config field -> range, choices or fixed value")
+    p.add_argument("--trials", type=int, required=True, help="trials the study should hold (rerun with more to extend)")
+    p.add_argument("--metric", default="knn_top1", help="objective, maximised: knn_top1 (default) or linear_top1")
+    p.add_argument(
+        "--pruner", default="median", help="median (default), halving (successive halving) or none; reads knn_every"
+    )
+    p.add_argument("--out", default="runs/sweep", help="study folder (default runs/sweep)")
+    p.add_argument(
+        "--storage", help="a database URL (sqlite:///FILE, postgresql://...) or journal file shared by workers"
+    )
+    p.add_argument("--study-name", dest="study_name", help="default: the name of --out")
+    p.add_argument(
+        "--sampler-seed", type=int, dest="sampler_seed", help="seed of the TPE sampler (reproducible search)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a config field for every trial (repeatable)",
+    )
+    p.set_defaults(func=run_sweep)
+
+
+def run_sweep(args) -> dict:
+    from fastclr.sweep import SweepSpec, sweep
+
+    spec = SweepSpec(args.config, args.data, args.space, args.metric, args.pruner, tuple(args.set))
+    return sweep(spec, args.trials, args.out, args.storage, args.study_name, args.sampler_seed)
 
 
 def build_parser() -> Parser:
@@ -582,6 +560,7 @@ def build_parser() -> Parser:
     add_prepare(sub)
     add_report(sub)
     add_show_augment(sub)
+    add_sweep(sub)
     return parser
 
 

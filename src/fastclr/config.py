@@ -12,6 +12,7 @@ import typing
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -38,15 +39,20 @@ class Config:
     text_column: str = "text"  # text data (text:FILE .csv/.tsv/.jsonl): the column holding the texts
     max_length: int = 32  # text: tokens per text, [CLS] and [SEP] included; longer texts are truncated
     # model
-    arch: str = "resnet_mini"  # encoder: resnet_mini (CPU demos), resnet18 ... resnet152, wide_resnet50_2, any torchvision model
-    init: str = ""  # start the encoder from a torchvision/timm state dict or .safetensors file ("": random init); keys checked exactly
+    # encoder: resnet_mini (CPU demos), resnet18 ... resnet152, resnet50x2/x4, torchvision models, timm:NAME
+    arch: str = "resnet_mini"
+    # YAML mapping for the torchvision/timm constructor, e.g. "{img_size: 32, patch_size: 4}"
+    arch_kwargs: str = ""
+    freeze_patch_embed: bool = False  # ViTs: keep the random patch projection fixed (MoCo v3 section 4.2)
+    # start the encoder from a torchvision/timm state dict or .safetensors file ("": random init); keys checked exactly
+    init: str = ""
     cifar_stem: bool = True  # 3x3 stride-1 first conv and no max-pool: right for images of 64 px or less
     head_layers: int = 2  # 2 for SimCLR v1, 3 for v2
     head_hidden: int = 0  # hidden width of the head (0: the encoder's width d, as the paper)
     proj_dim: int = 128  # width of z
     pooling: str = "mean"  # text encoders (arch hf:PATH / hf:minilm): mean of the token states, or cls
     hf_random_init: bool = False  # text encoders: keep the architecture, draw fresh weights (the baseline)
-    # augmentation (SIMCLR.md section 2)
+    # augmentation (Chen et al. 2020, Appendix A)
     min_scale: float = 0.08  # smallest crop area fraction
     color_strength: float = 0.5  # s: 0.5 for CIFAR, 1.0 for ImageNet
     blur: bool = False  # Gaussian blur: ImageNet-size images only
@@ -61,7 +67,7 @@ class Config:
     temperature: float = 0.5  # 0.5 for CIFAR (0.2 small batches), 0.1 for ImageNet at batch 4096
     margin: float = 1.0  # margin of the triplet loss
     max_negatives: int = 0  # cap on negatives per anchor (0: the whole batch), an ablation
-    # optimisation (SIMCLR.md section 5)
+    # optimisation (paper section 2.2, Appendix B.1)
     optimizer: str = "lars"  # lars | sgd | adamw
     lr: float = 0.3  # base learning rate before lr_rule
     lr_rule: str = "linear"  # linear: lr * B/256; sqrt: lr * sqrt(B); none
@@ -79,23 +85,27 @@ class Config:
     channels_last: bool = True
     compile: bool = False  # torch.compile the model (off by default until measured to pay on the device at hand)
     log_every: int = 10  # steps between metrics.jsonl lines (the only host syncs of the step)
-    checkpoint_every: int = (
-        500  # steps between checkpoints (also at each epoch's end, at the end and on SIGTERM/SIGINT)
-    )
+    # steps between checkpoints (also at each epoch's end, at the end and on SIGTERM/SIGINT)
+    checkpoint_every: int = 500
     keep_checkpoints: int = 3  # newest checkpoints kept in OUT/checkpoints (last.pt is the newest)
-    sync_bn: bool = True  # global BN over all processes when k > 1 (SIMCLR.md section 5); off: per-process BN
+    sync_bn: bool = True  # global BN over all processes when k > 1 (paper section 2.2); off: per-process BN
     chunk_size: int = 0  # gradient cache: forward this many views at a time (0: the whole batch); BN is then per chunk
-    # evaluation at the end of pretraining (SIMCLR.md section 7)
+    # evaluation at the end of pretraining (paper section 4, Appendix B.5; kNN: Wu et al. 2018)
     eval: bool = True
     knn_k: int = 200
     knn_temperature: float = 0.1
     eval_batch_size: int = 512
     knn_every: int = 0  # kNN monitor every N epochs during pretraining, into metrics.jsonl (0: off; needs labels)
-    online_probe: bool = (
-        False  # linear classifier on detached h trained alongside (the reference's "linear eval while pretraining")
-    )
+    # linear classifier on detached h trained alongside (the reference's "linear eval while pretraining")
+    online_probe: bool = False
     # output
     out: str = "runs/fastclr"
+    trackers: str = (
+        "auto"  # any of tensorboard,wandb,mlflow (comma list or [a,b]); auto: TensorBoard if installed; none
+    )
+    tracker_project: str = "fastclr"  # W&B project and MLflow experiment
+    tracker_group: str = ""  # W&B group and MLflow tag "group" (a sweep groups its trials under the study's name)
+    tracker_dir: str = ""  # folder of W&B's offline runs and the MLflow file store ("": OUT); MLFLOW_TRACKING_URI wins
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -113,11 +123,15 @@ def _field_type(name: str) -> type:
     return hints[name]
 
 
-def parse_value(name: str, raw: object) -> object:
+def parse_value(name: str, raw: Any) -> Any:
     """Convert a raw value (YAML or a --set string) to the field's type, or raise UserError."""
     if name not in FIELDS:
         raise UserError(f"unknown config key {name!r}; valid keys: {', '.join(FIELDS)}")
     kind = _field_type(name)
+    if kind is str and isinstance(raw, list):  # a YAML list (trackers): stored as a comma list
+        return ",".join(str(v) for v in raw)
+    if kind is str and isinstance(raw, dict):  # a YAML mapping (arch_kwargs): stored as its flow-style YAML
+        return yaml.safe_dump(raw, default_flow_style=True, sort_keys=True).strip()
     if isinstance(raw, str) and kind is not str:
         try:
             raw = yaml.safe_load(raw)
@@ -151,7 +165,7 @@ def read_preset(name_or_file: str) -> dict:
             raise UserError(f"--config {name_or_file}: no such file")
         text = path.read_text()
     else:
-        ref = resources.files("fastclr").joinpath(PRESETS_DIR, f"{name_or_file}.yaml")
+        ref = resources.files("fastclr").joinpath(PRESETS_DIR).joinpath(f"{name_or_file}.yaml")
         if not ref.is_file():
             raise UserError(
                 f"--config {name_or_file!r} is neither a preset ({', '.join(preset_names())}) nor a YAML file"
@@ -168,7 +182,7 @@ def read_preset(name_or_file: str) -> dict:
 
 def build_config(preset: str | None, overrides: dict[str, object], sets: list[str]) -> Config:
     """Defaults, then the preset, then explicit flags, then --set key=value (last wins)."""
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for k, v in read_preset(preset or "digits").items():
         values[k] = parse_value(k, v)
     for k, v in overrides.items():
@@ -195,7 +209,7 @@ def save(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-_RANGES: list[tuple[str, typing.Callable[[object], bool], str]] = [
+_RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("image_size", lambda v: v >= 8, ">= 8"),
     ("max_images", lambda v: v >= 0, ">= 0"),
     ("max_bad_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -239,6 +253,21 @@ _RANGES: list[tuple[str, typing.Callable[[object], bool], str]] = [
 ]
 
 
+def arch_kwargs(cfg: Config) -> dict:
+    """``cfg.arch_kwargs`` as a dict ({} when empty); UserError unless it is a YAML mapping."""
+    if not cfg.arch_kwargs.strip():
+        return {}
+    try:
+        value = yaml.safe_load(cfg.arch_kwargs)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise UserError(
+            f"arch_kwargs={cfg.arch_kwargs!r}: expected a YAML mapping, e.g. '{{img_size: 32, patch_size: 4}}'"
+        )
+    return value
+
+
 def is_text(cfg: Config) -> bool:
     """A text run: a Hugging Face encoder (``arch hf:...``) on text data (``text:FILE``, ``stsb:DIR``)."""
     return cfg.arch.startswith("hf:")
@@ -252,6 +281,7 @@ def validate(cfg: Config) -> None:
             raise UserError(f"{name}={value!r} is not a finite number: must be {valid}")
         if not ok(value):
             raise UserError(f"{name}={value!r} is out of range: must be {valid}")
+    arch_kwargs(cfg)
     if cfg.min_scale > 1.0:
         raise UserError(f"min_scale={cfg.min_scale} must be <= 1")
     _validate_modality(cfg)

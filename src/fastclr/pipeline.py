@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import torch
 
 from fastclr import config, log
 from fastclr.eval.evaluate import FeatureSettings, against_random_init
+from fastclr.eval.features import all_threads
 from fastclr.eval.monitor import Monitors
 from fastclr.method.model import SimCLR
-from fastclr.train import dist, loop
+from fastclr.train import checkpoint, dist, loop
 from fastclr.train.callbacks import Callback
-from fastclr.train.step import build_model
+from fastclr.train.restore import build_model
+from fastclr.train.tracking import TrackerCallback, Trackers
 
 
 def pretrain_and_evaluate(
@@ -30,10 +33,24 @@ def pretrain_and_evaluate(
 ) -> dict[str, Any]:
     """Pretrain as configured (resuming from ``OUT/checkpoints``), then evaluate; the final JSON line.
 
-    ``callbacks`` run after the monitors (trackers, a search's pruner). An interrupted run
-    returns the loop's result (``interrupted: True``) and is not evaluated.
+    ``callbacks`` run after the monitors and the trackers of ``cfg.trackers`` (which also receive the
+    config and the final evaluation). An interrupted run returns the loop's result
+    (``interrupted: True``) and is not evaluated.
     """
     run = loop.setup(cfg)
+    trackers = Trackers.from_config(cfg) if dist.is_main() else Trackers([], run.out)
+    try:
+        trackers.log_config(config.to_dict(cfg))
+        result = _train_and_evaluate(run, resume, [TrackerCallback(trackers), *callbacks])
+        if isinstance(result.get("eval"), dict):
+            trackers.log_summary(result["eval"], result["steps"])
+    finally:
+        trackers.close()
+    return result
+
+
+def _train_and_evaluate(run: loop.Run, resume: bool, callbacks: Sequence[Callback]) -> dict[str, Any]:
+    cfg = run.cfg
     labels = getattr(run.images, "labels", None)
     monitors = Monitors(cfg, run.model.feature_dim, run.data, labels, run.device, run.precision, log.warn)
     result = loop.train(run, resume, [monitors, *callbacks])
@@ -51,19 +68,50 @@ def pretrain_and_evaluate(
     elif cfg.eval and dist.is_main() and data.train is not None and data.test is not None:
         log.info("evaluating: kNN and linear probe, SimCLR encoder and random-init baseline")
         settings = FeatureSettings(cfg.image_size, run.device, cfg.eval_batch_size, run.precision, cfg.channels_last)
-        result["eval"] = against_random_init(
-            run.model,
-            lambda: random_init_like(cfg, run.device),
-            data.train,
-            data.test,
-            settings,
-            knn_k=cfg.knn_k,
-            knn_temperature=cfg.knn_temperature,
-            seed=cfg.seed,
-        )
+        with all_threads():  # the other ranks have left: under torchrun (OMP_NUM_THREADS=1) take every core
+            result["eval"] = against_random_init(
+                run.model,
+                lambda: random_init_like(cfg, run.device),
+                data.train,
+                data.test,
+                settings,
+                knn_k=cfg.knn_k,
+                knn_temperature=cfg.knn_temperature,
+                seed=cfg.seed,
+            )
     if dist.is_main():
         (run.out / "result.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def resolve_config(preset: str | None, flags: dict[str, Any], sets: list[str], resume: bool = True) -> config.Config:
+    """The run's config: ``preset`` (a name or YAML file), then ``flags``, then ``--set`` values.
+
+    Resuming a run (``--out`` holds checkpoints and config.yaml, no preset named) starts from the run's
+    own config.yaml, so ``fastclr pretrain --out DIR`` continues a stopped run as it was started.
+    Without ``--out``, the run goes to ``runs/PRESET``.
+    """
+    out = flags.get("out")
+    base = preset
+    if base is None and out and resume:
+        saved = Path(out) / "config.yaml"
+        if checkpoint.existing(Path(out) / "checkpoints") and saved.is_file():
+            base = str(saved)  # resuming: the run's own settings, flags on top
+    cfg = config.build_config(base, flags, sets)
+    if out is None and not any(s.startswith("out=") for s in sets):
+        cfg.out = str(Path("runs") / Path(preset or "digits").stem)  # one folder per preset
+    return cfg
+
+
+def run(
+    preset: str | None,
+    flags: dict[str, Any],
+    sets: list[str],
+    resume: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> dict[str, Any]:
+    """``fastclr pretrain``: :func:`resolve_config`, then :func:`pretrain_and_evaluate`."""
+    return pretrain_and_evaluate(resolve_config(preset, flags, sets, resume), resume, callbacks)
 
 
 def random_init_like(cfg: config.Config, device: torch.device) -> SimCLR:

@@ -9,9 +9,14 @@ import torch
 
 from conftest import CIFAR_ARCHIVE
 from fastclr.data import datasets
-from fastclr.data.prepare import load_prepared, prepare
+from fastclr.data.prepare import prepare
 from fastclr.errors import UserError
 from makeimages import write_bad, write_good
+
+
+def load_prepared(folder):
+    """A cache as training reads it: ``--data prepared:DIR``."""
+    return datasets.load(f"prepared:{folder}", 16)
 
 
 def labelled_tree(root):

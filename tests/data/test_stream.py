@@ -4,7 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fastclr.data.stream import FileSet, StreamLoader, crop_views, finish_views
+from fastclr.data.sets import FileSet
+from fastclr.data.stream import StreamLoader, crop_views, finish_views
 from fastclr.method import augment
 from fastclr.method.augment import AugmentConfig
 from makeimages import pixels
@@ -67,15 +68,15 @@ def test_stream_loader_independent_of_worker_count(tmp_path):
     for workers in (0, 2):
         loader = StreamLoader(data, 4, seed=1, device=torch.device("cpu"), views=2, cfg=CFG, workers=workers)
         runs.append([(i.clone(), v.clone()) for e in (0, 1) for i, v in loader.epoch(e)])
-    assert len(runs[0]) == 6
-    for (i0, v0), (i1, v1) in zip(*runs):
+    assert [len(r) for r in runs] == [6] * len(runs)  # 12 files, batch 4, 2 epochs: nothing dropped or truncated
+    for (i0, v0), (i1, v1) in zip(*runs, strict=True):
         assert torch.equal(i0, i1) and torch.equal(v0, v1)
     # two processes of batch 2 each cover the single process's batch of 4, in order
     halves = [
         StreamLoader(data, 4, seed=1, device=torch.device("cpu"), views=2, cfg=CFG, rank=r, world_size=2)
         for r in (0, 1)
     ]
-    for (i, v), a, b in zip(runs[0][:3], halves[0].epoch(0), halves[1].epoch(0)):
+    for (i, v), a, b in zip(runs[0][:3], halves[0].epoch(0), halves[1].epoch(0), strict=True):
         assert torch.equal(i, torch.cat([a[0], b[0]])) and torch.equal(v, torch.cat([a[1], b[1]], 1))
 
 
@@ -89,4 +90,22 @@ def test_resume_mid_epoch_gives_the_same_batches(tmp_path):
     )
     full = list(loader.epoch(3))
     resumed = list(loader.epoch(3, start=2))
-    assert all(torch.equal(a[1], b[1]) for a, b in zip(full[2:], resumed))
+    assert len(full) == 4 and len(resumed) == 2  # 8 files, batch 2: resumed at batch 2 of 4
+    for a, b in zip(full[2:], resumed, strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize(
+    "cores,local_world,asked,expected",
+    [(16, None, 32, 16), (16, "8", 16, 2), (16, "8", 1, 1), (4, "8", 16, 1), (16, "2", 0, 0)],
+)
+def test_workers_capped_by_the_cores_each_process_shares(monkeypatch, cores, local_world, asked, expected):
+    """torchrun's LOCAL_WORLD_SIZE processes of a node split its cores: 8 ranks x 16 workers on 16 cores -> 2 each."""
+    from fastclr.data import loader
+
+    monkeypatch.setattr(loader.os, "cpu_count", lambda: cores)
+    if local_world is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
+    assert loader.worker_cap(asked) == expected

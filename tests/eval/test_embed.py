@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from _spawn import run_ranks
 from evalkit import cli, digit_folder, last_json, make_checkpoint
 from fastclr.data import datasets
 from fastclr.eval import embed
 from fastclr.eval.features import extract
+from fastclr.train import dist
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +57,21 @@ def test_shards_cover_every_row_once():
         assert torch.equal(torch.cat(shards).sort().values, torch.arange(n))
 
 
-def test_gather_places_rows_by_index():
-    """One process: rows computed in shard order land at their dataset index."""
-    rows = torch.arange(12.0).view(6, 2)
-    index = torch.tensor([4, 0, 5, 1, 3, 2])
-    full = embed.gather_in_order(rows, index, 6, torch.device("cpu"))
-    assert torch.equal(full[index], rows)
+def _gather_worker(n: int, path: str) -> None:
+    """Each rank embeds its shard as rows f(i) = [i, -2i]; rank 0 saves the gathered table."""
+    mine = embed.shard(n, dist.rank(), dist.world_size())
+    rows = torch.stack([mine.float(), -2 * mine.float()], 1)
+    full = embed.gather_in_order(rows, mine, n, torch.device("cpu"))
+    if dist.is_main():
+        torch.save(full, path)
+
+
+@pytest.mark.parametrize("n", [7, 8])  # uneven shards pad with index -1; even shards do not
+def test_two_processes_gather_every_row_at_its_index(tmp_path, n):
+    run_ranks(2, _gather_worker, n, str(tmp_path / "full.pt"))
+    full = torch.load(tmp_path / "full.pt", weights_only=True)
+    i = torch.arange(n, dtype=torch.float32)
+    assert torch.equal(full, torch.stack([i, -2 * i], 1))  # computed independently of the shards
 
 
 def test_torchrun_two_processes_same_file(setup, tmp_path):
@@ -88,3 +99,22 @@ def test_torchrun_two_processes_same_file(setup, tmp_path):
     array, ids = embed.read(out)
     assert ids == data.pretrain.ids
     np.testing.assert_allclose(array, _reference(model, data.pretrain.images).numpy(), atol=1e-5)
+
+
+def test_embed_joins_the_process_group_before_touching_the_device(tmp_path, monkeypatch):
+    """Under torchrun each rank must pick its GPU (dist.setup) before the model moves or the precision
+    is resolved (both would open a CUDA context on GPU 0 in every rank)."""
+    from fastclr.method.model import SimCLR
+    from fastclr.train import restore
+
+    ckpt, _ = make_checkpoint(tmp_path / "c.pt", "digits")
+    events: list[str] = []
+    setup, resolve, move = restore.dist.setup, restore.resolve, SimCLR.to
+    monkeypatch.setattr(restore.dist, "setup", lambda d: events.append("setup") or setup(d))
+    monkeypatch.setattr(restore, "resolve", lambda p, d: events.append("precision") or resolve(p, d))
+    monkeypatch.setattr(
+        SimCLR, "to", lambda self, *a, **k: events.append(f"to {a[0] if a else ''}") or move(self, *a, **k)
+    )
+    restored, dev, precision = restore.open_for_command(str(ckpt), "cpu", join=True)
+    assert events == ["to cpu", "setup", "precision", "to cpu"]  # built on the CPU, then the group, then the device
+    assert dev == torch.device("cpu") and precision == "fp32"

@@ -2,9 +2,10 @@
 
 import json
 
+import pytest
 import torch
 
-from evalkit import cli, last_json
+from evalkit import cli, last_json, run_knn_reference
 from fastclr.eval.monitor import OnlineProbe
 from fastclr.method.model import SimCLR
 
@@ -60,6 +61,26 @@ def test_pretrain_logs_monitors_and_saves_the_probe(tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     monitored = [r for r in records if "knn_top1" in r]
     assert [r["epoch"] for r in monitored] == [1.0, 2.0]
-    assert all(0 <= r["knn_top1"] <= 1 and 0 <= r["online_probe_top1"] <= 1 for r in monitored)
+    assert all("online_probe_top1" in r and "online_probe_loss" in r for r in monitored)
+    # the epoch-2 kNN is that of the step-8 weights saved in last.pt, by a hand-written vote
+    assert monitored[-1]["knn_top1"] == pytest.approx(run_knn_reference(out), abs=1e-6)
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert state["monitor"]["online_probe"]["fc"]["weight"].shape == (10, 256)
+
+
+def test_knn_monitor_runs_on_rank_0_only(monkeypatch):
+    """Under torchrun every rank holds the same encoder: only rank 0 (which writes metrics.jsonl) scores it."""
+    import dataclasses
+
+    from fastclr.config import Config
+    from fastclr.data.datasets import DataSplits, ImageSet
+    from fastclr.eval.monitor import Monitors
+
+    g = torch.Generator().manual_seed(0)
+    split = ImageSet(torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8, generator=g), torch.arange(12) % 3, [])
+    cfg = dataclasses.replace(Config(), image_size=8, knn_every=1, knn_k=3, precision="fp32")
+    monitors = Monitors(cfg, 256, DataSplits("t", split, split, split), None, torch.device("cpu"), "fp32")
+    model = SimCLR("resnet_mini", cifar_stem=True, head_layers=2, proj_dim=16)
+    for rank, scored in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)  # what dist.rank() reads when no process group is started
+        assert ("knn_top1" in monitors.epoch_end(model, 1)) is scored

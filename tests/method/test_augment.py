@@ -91,20 +91,15 @@ def test_crop_resize_equals_torchvision_resized_crop(size):
 
 
 def test_colour_ops_equal_torchvision():
+    """Each public colour op, with a per-row factor, against torchvision's function on that row."""
     g = torch.Generator().manual_seed(1)
     x = torch.rand(4, 3, 8, 8, generator=g)
     f = torch.tensor([0.6, 0.9, 1.2, 1.4])
+    brightness, contrast, saturation = A.adjust_brightness(x, f), A.adjust_contrast(x, f), A.adjust_saturation(x, f)
     for i in range(4):
-        assert torch.allclose(
-            A._blend(x[i : i + 1], A.grayscale(x[i : i + 1]).mean((1, 2, 3), keepdim=True), f[i : i + 1])[0],
-            TF.adjust_contrast(x[i], float(f[i])),
-            atol=1e-5,
-        )
-        assert torch.allclose(
-            A._blend(x[i : i + 1], A.grayscale(x[i : i + 1]), f[i : i + 1])[0],
-            TF.adjust_saturation(x[i], float(f[i])),
-            atol=1e-5,
-        )
+        assert torch.allclose(brightness[i], TF.adjust_brightness(x[i], float(f[i])), atol=1e-5)
+        assert torch.allclose(contrast[i], TF.adjust_contrast(x[i], float(f[i])), atol=1e-5)
+        assert torch.allclose(saturation[i], TF.adjust_saturation(x[i], float(f[i])), atol=1e-5)
     hue = torch.tensor([-0.2, -0.05, 0.1, 0.2])
     ours = A.adjust_hue(x, hue)
     for i in range(4):
@@ -173,3 +168,52 @@ def test_accelerator_select_path_equals_cpu_gather_path():
     p = params(A.AugmentConfig(size=16), n=64, h=16, w=16)
     x = A.crop_resize(A.to_float(imgs), p, 16)
     assert torch.allclose(A.color_distort(x, p, gather=False), A.color_distort(x, p, gather=True), atol=1e-6)
+
+
+def test_without_colour_no_colour_op_runs(monkeypatch):
+    """Crop and flip only (the supervised protocols' views, colour strength 0 and grayscale p 0): no colour op runs."""
+    ran = []
+    apply_to = A._apply_to
+    monkeypatch.setattr(A, "_apply_to", lambda *a: ran.append(a[2]) or apply_to(*a))
+    imgs = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    cfg = A.AugmentConfig(size=16, color_strength=0.0, gray_p=0.0)
+    out = A.augment(imgs, torch.arange(8), seed=0, epoch=0, view=0, cfg=cfg)
+    p = params(cfg, n=8, h=16, w=16)
+    assert ran == [] and torch.allclose(out, A.normalize(A.crop_resize(A.to_float(imgs), p, 16)))
+    A.augment(imgs, torch.arange(8), seed=0, epoch=0, view=0, cfg=A.AugmentConfig(size=16))
+    assert len(ran) == 17  # with colour: 4 positions x 4 ops, then grayscale
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("blur", [False, True])
+def test_gpu_views_equal_cpu_views(blur):
+    """The same keyed views on the GPU as on the CPU: identical draws, pixels equal up to float rounding."""
+    torch.backends.cuda.matmul.allow_tf32 = False  # the crop's batched products in full float32
+    imgs = torch.randint(0, 256, (256, 3, 40, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    index = torch.arange(1000, 1256)
+    cfg = A.AugmentConfig(size=32, blur=blur)
+    for view in range(2):
+        cpu = A.augment(imgs, index, seed=7, epoch=2, view=view, cfg=cfg)
+        gpu = A.augment(imgs.cuda(), index.cuda(), seed=7, epoch=2, view=view, cfg=cfg).cpu()
+        diff = (cpu - gpu).abs().flatten()
+        assert diff.quantile(0.999) < 1e-4 and diff.max() < 0.05, (diff.quantile(0.999), diff.max())
+    hw = torch.full((256,), 40.0)
+    pc = A.sample_params(index, hw, hw + 8, seed=7, epoch=2, view=0, cfg=cfg)
+    pg = A.sample_params(index.cuda(), hw.cuda(), hw.cuda() + 8, seed=7, epoch=2, view=0, cfg=cfg)
+    for key in ("flip", "jitter", "gray", "order", "blur"):
+        assert torch.equal(pc[key], pg[key].cpu()), key
+
+
+@pytest.mark.parametrize("h,w", [(4, 400), (400, 4)])
+def test_crop_falls_back_to_torchvision_centre_crop_when_no_box_fits(h, w):
+    """An image far outside the ratio range: no sampled box fits, so the crop is torchvision's fallback
+    (the whole image, ratio clamped to [3/4, 4/3], centred), for every sample and every view."""
+    cfg = A.AugmentConfig(size=8)
+    n = 16
+    p = A.sample_params(torch.arange(n), torch.full((n,), h), torch.full((n,), w), seed=0, epoch=0, view=0, cfg=cfg)
+    top, left, ch, cw = RandomResizedCrop.get_params(
+        torch.zeros(3, h, w), scale=(cfg.min_scale, cfg.max_scale), ratio=(cfg.min_ratio, cfg.max_ratio)
+    )
+    assert p["top"].tolist() == [top] * n and p["left"].tolist() == [left] * n
+    assert p["crop_h"].tolist() == [ch] * n and p["crop_w"].tolist() == [cw] * n
+    assert (ch, cw) == ((4, 5) if h == 4 else (5, 4))  # the short side kept, the long side at ratio 4/3

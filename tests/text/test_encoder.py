@@ -10,7 +10,7 @@ from fastclr.errors import UserError
 from fastclr.method import loss
 from fastclr.text.data import tokenize
 from fastclr.text.encoder import build_text_encoder, load_backbone, pool
-from fastclr.train import step
+from fastclr.train import restore, step
 from textkit import SENTENCES, tiny_bert
 
 
@@ -70,7 +70,7 @@ def test_loading_refuses_missing_files(tmp_path):
 def test_text_loss_path_equals_the_image_one_on_the_same_projections(tiny_arch, tokenizer, tmp_path):
     cfg = config.Config(data=f"text:{tmp_path}/x.txt", arch=tiny_arch, temperature=0.05, proj_dim=8)
     config.validate(cfg)
-    model = step.build_model(cfg).eval()  # no dropout: the reference sees the same z
+    model = restore.build_model(cfg).eval()  # no dropout: the reference sees the same z
     tokens = tokenize(tokenizer, SENTENCES[:6], 32)[0]
     x = step.make_views(tokens, torch.arange(6), 0, cfg, step.augment_config(cfg))
     got = step.forward_backward(model, x, cfg, 0, torch.device("cpu"), "fp32")
@@ -85,7 +85,7 @@ def test_text_loss_path_equals_the_image_one_on_the_same_projections(tiny_arch, 
 def test_gradient_cache_replays_the_dropout_masks(tiny_arch, tokenizer, tmp_path):
     """One chunk of the whole batch must equal the one-pass step: the replay sees the first pass's masks."""
     cfg = config.Config(data=f"text:{tmp_path}/x.txt", arch=tiny_arch, temperature=0.05, proj_dim=8, head_layers=1)
-    model = step.build_model(cfg).train()
+    model = restore.build_model(cfg).train()
     tokens = tokenize(tokenizer, SENTENCES[:6], 32)[0]
     x = step.make_views(tokens, torch.arange(6), 0, cfg, step.augment_config(cfg))
     grads = []

@@ -33,6 +33,7 @@ def _cfg(tiny_arch: str, data: str, out, **kw) -> config.Config:
         proj_dim=8,
         word_delete=0.1,
         precision="fp32",
+        device="cpu",  # bit-exact resume: the GPU's embedding backward adds with atomics, in any order
         channels_last=False,
         workers=0,
         log_every=1,

@@ -155,3 +155,41 @@ def test_rng_states_roundtrip_through_a_safe_load(tmp_path):
     checkpoint.set_rng_state(checkpoint.load(tmp_path / "r.pt")["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+
+
+def test_resume_reads_every_tensor_on_the_cpu(tmp_path, monkeypatch):
+    """A GPU run's resume once loaded the checkpoint onto the GPU, where numpy cannot read the RNG keys.
+    Meta tensors stand in for the GPU: torch.load maps there whatever is not asked for on the CPU."""
+    from fastclr import config
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()  # a momentum buffer in the optimiser state
+    np.random.seed(5)
+    cfg = config.Config()
+    checkpoint.save_rotating(checkpoint.assemble(model, optimizer, cfg, 3, 4), tmp_path, 3, keep=2)
+    expected = np.random.rand(3)
+
+    real_load = torch.load
+
+    def load_elsewhere(f, map_location=None, **kw):
+        return real_load(f, map_location="cpu" if str(map_location) == "cpu" else "meta", **kw)
+
+    monkeypatch.setattr(torch, "load", load_elsewhere)
+    state = checkpoint.resume_state(tmp_path, cfg)
+    tensors = [t for part in ("model", "optimizer", "rng") for t in _tensors(state[part])]
+    assert tensors and all(t.device.type == "cpu" for t in tensors)
+    assert checkpoint.restore_training(state, model, optimizer, tmp_path) == 3
+    assert np.array_equal(np.random.rand(3), expected)
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []

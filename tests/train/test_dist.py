@@ -1,4 +1,4 @@
-"""1 process with batch B equals k = 2 processes with B/2 each (SIMCLR.md section 6).
+"""1 process with batch B equals k = 2 processes with B/2 each (docs/distributed.md).
 
 Inputs differ across ranks; the loss, every parameter's gradient and every BN buffer must match
 the single-process step on the whole batch up to float32 rounding.
@@ -97,7 +97,10 @@ def test_two_processes_equal_one(name, two_process_results):
     buf_rel, buf_key = max_rel(
         {k: v.float() for k, v in ref["buffers"].items()}, {k: v.float() for k, v in got["buffers"].items()}
     )
-    msg = f"{name}: loss {ref['loss']:.6f} vs {got['loss']:.6f} (rel {loss_rel:.2e}); max relative gradient difference {grad_rel:.2e} ({grad_key}); BN buffers {buf_rel:.2e} ({buf_key})"
+    msg = (
+        f"{name}: loss {ref['loss']:.6f} vs {got['loss']:.6f} (rel {loss_rel:.2e}); "
+        f"max relative gradient difference {grad_rel:.2e} ({grad_key}); BN buffers {buf_rel:.2e} ({buf_key})"
+    )
     print(msg)
     assert ref["grads"].keys() == got["grads"].keys()
     assert loss_rel < 1e-6, msg
@@ -126,6 +129,8 @@ def test_helpers_without_process_group():
 
 RUN_FLAGS = [
     "pretrain",
+    "--device",
+    "cpu",  # 2 processes on a one-GPU machine would share GPU 0; the comparison is of the algorithm
     "--batch-size",
     "32",
     "--max-steps",
@@ -193,7 +198,10 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert len(loss1) == len(loss2) == 5
     loss_rel = max(abs(a - b) / abs(a) for a, b in zip(loss1, loss2))
     w_abs, key = max(((w1[k].double() - w2[k].double()).abs().max().item(), k) for k in w1)
-    msg = f"per-step losses {loss1} vs {loss2}: max rel diff {loss_rel:.2e}; final weights max abs diff {w_abs:.2e} ({key})"
+    msg = (
+        f"per-step losses {loss1} vs {loss2}: max rel diff {loss_rel:.2e}; "
+        f"final weights max abs diff {w_abs:.2e} ({key})"
+    )
     print(msg)
     assert w1.keys() == w2.keys()
     assert loss_rel < LOSS_RTOL, msg
@@ -284,7 +292,8 @@ def _rank_of(pid: int) -> int | None:
 def test_killed_worker_restarts_and_resumes(tmp_path):
     """SIGKILL rank 1 after step 6; the group restarts from the step-4 checkpoint and ends with
     exactly the weights of an uninterrupted 2-process run."""
-    flags = ["pretrain", "--batch-size", "32", "--max-steps", "12", "--set", "max_images=128", "--set", "checkpoint_every=4",
+    flags = ["pretrain", "--device", "cpu",  # one GPU cannot hold 2 ranks; the comparison is of the algorithm
+             "--batch-size", "32", "--max-steps", "12", "--set", "max_images=128", "--set", "checkpoint_every=4",
              "--set", "precision=fp32", "--set", "eval=false", "--set", "log_every=1"]  # fmt: skip
     out, ref = tmp_path / "killed", tmp_path / "ref"
     cmd = [
@@ -334,3 +343,45 @@ def test_killed_worker_restarts_and_resumes(tmp_path):
     assert loss_killed == loss_ref
     diff = max((w_killed[k].double() - w_ref[k].double()).abs().max().item() for k in w_ref)
     assert diff == 0.0, f"resumed weights differ from the uninterrupted run by {diff:.2e}"
+
+
+# ---- CUDA: torch's SyncBatchNorm over NCCL, one process under torchrun ----------------------
+
+_SYNC_BN_SCRIPT = """
+import copy, os, torch, torch.distributed as tdist
+from torch import nn
+from fastclr.method.model import SimCLR
+from fastclr.train import dist
+device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+torch.cuda.set_device(device)
+tdist.init_process_group("nccl", device_id=device)
+one = torch.ones(1, device=device)
+tdist.all_reduce(one)  # NCCL itself works
+assert one.item() == 1.0
+torch.manual_seed(0)
+plain = SimCLR("resnet_mini", cifar_stem=True, head_layers=2, proj_dim=16).to(device)
+synced = dist.sync_batchnorm(copy.deepcopy(plain), device)
+assert sum(isinstance(m, nn.SyncBatchNorm) for m in synced.modules()) > 5
+x = torch.randn(16, 3, 8, 8, device=device)
+out = []
+for m in (plain, synced):
+    _, z = m.train()(x)
+    z.square().sum().backward()
+    out.append((z.detach(), {n: p.grad for n, p in m.named_parameters()}, dict(m.named_buffers())))
+(z1, g1, b1), (z2, g2, b2) = out
+assert torch.allclose(z1, z2, atol=1e-4), (z1 - z2).abs().max()
+assert all(torch.allclose(g1[n], g2[n], atol=1e-3, rtol=1e-3) for n in g1)
+assert all(torch.allclose(b1[n].float(), b2[n].float(), atol=1e-5) for n in b1)
+tdist.destroy_process_group()
+print("sync-bn-ok")
+"""
+
+
+@pytest.mark.cuda
+def test_sync_batchnorm_over_nccl_under_torchrun(tmp_path):
+    """Global BN on CUDA is torch's SyncBatchNorm over NCCL; with one process it equals plain BN."""
+    script = tmp_path / "sync_bn.py"
+    script.write_text(_SYNC_BN_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", str(script)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert r.returncode == 0 and "sync-bn-ok" in r.stdout, r.stderr[-3000:]

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from evalkit import run_knn_reference
 from fastclr import config
 from fastclr.pipeline import pretrain_and_evaluate as pretrain
 from fastclr.train.step import augment_config, make_views
@@ -27,9 +28,10 @@ def test_short_real_run_on_cifar_jpegs(cifar_subset, tmp_path):
     assert len(losses) == result["steps"] and all(math.isfinite(x) for x in losses)
     assert losses[0] == pytest.approx(math.log(2 * 64 - 1), abs=0.5)  # starts near chance: log(2N - 1)
     ev = result["eval"]
-    for key in ("knn_top1", "linear_top1", "random_init_knn_top1", "random_init_linear_top1"):
-        assert 0.0 <= ev[key] <= 1.0
-    assert ev["knn_top1"] > 0.1  # 10 classes, 100 test images: above chance even after 8 steps
+    assert set(ev) == {"knn_top1", "linear_top1", "linear_top5", "random_init_knn_top1", "random_init_linear_top1"}
+    # the JPEG pipeline end to end: the reported kNN is that of the saved weights, by a hand-written vote
+    # (that pretraining beats random init is tests/test_learns.py's claim, on a schedule long enough to show it)
+    assert ev["knn_top1"] == pytest.approx(run_knn_reference(tmp_path / "run"), abs=1e-6)
 
 
 def test_views_are_view_major_and_keyed():

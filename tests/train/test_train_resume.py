@@ -29,6 +29,7 @@ SMALL = {
     "epochs": 5,
     "warmup_epochs": 1.0,
     "precision": "fp32",
+    "device": "cpu",  # bit-exact comparisons: CPU kernels are deterministic, cuDNN's autotuned ones are not
     "channels_last": False,
     "eval": False,
     "log_every": 1,
@@ -183,3 +184,13 @@ def test_sigkill_at_random_moments_never_loses_the_run(tmp_path, reference):
     state = final_state(tmp_path)
     assert state["step"] == STEPS
     assert_same_run(state, final_state(reference))
+
+
+@pytest.mark.cuda
+def test_resume_on_cuda(tmp_path):
+    """A run on the GPU resumes (its RNG state loads on the CPU, its weights on the GPU) and finishes."""
+    run(tmp_path, 5, device="cuda")
+    assert run(tmp_path, 12, device="cuda")["steps"] == 12
+    state = final_state(tmp_path)
+    assert state["step"] == 12 and state["config"]["device"] == "cuda"
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())

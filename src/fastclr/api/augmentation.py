@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from fastclr.config import Config, build_config
+from fastclr.errors import UserError
 from fastclr.method.augment import AugmentConfig, augment
 from fastclr.train.step import augment_config
 
@@ -52,6 +53,8 @@ class Augment:
         """The augmentation a pretraining run uses: from a :class:`fastclr.Config`, a preset name or a YAML file."""
         cfg = config if isinstance(config, Config) else build_config(str(config), {}, [])
         aug = augment_config(cfg)
+        if not isinstance(aug, AugmentConfig):
+            raise UserError(f"arch={cfg.arch}: a text run; its views are fastclr.text.views, not image augmentations")
         return cls(
             aug.size,
             min_scale=aug.min_scale,

@@ -15,10 +15,8 @@ from typing import Any
 from fastclr.config import Config, build_config, from_dict, parse_value, to_dict, validate
 from fastclr.errors import UserError
 from fastclr.eval import linear
-from fastclr.eval.features import extract
-from fastclr.eval.knn import knn_predict, topk_accuracy
-from fastclr.pipeline import pretrain_and_evaluate
-from fastclr.train import checkpoint, restore
+from fastclr.eval.evaluate import run_knn
+from fastclr.pipeline import pretrain_and_evaluate, resolve_config
 from fastclr.train.callbacks import Callback
 
 
@@ -39,24 +37,11 @@ def load_config(name_or_file: str | Path = "digits", **overrides: Any) -> Config
 
 
 def resolve(config: Config | str | Path | None, overrides: dict[str, Any], resume: bool = True) -> Config:
-    """The config ``fastclr pretrain`` would run with ``--config config`` and the overrides as flags.
-
-    Without ``out``, the run goes to ``runs/PRESET``; resuming an ``out`` that holds a run (no
-    config named) starts from the run's own ``config.yaml``.
-    """
+    """The config ``fastclr pretrain`` would run with ``--config config`` and the overrides as flags
+    (:func:`fastclr.pipeline.resolve_config`); a :class:`Config` object takes the overrides on top."""
     if isinstance(config, Config):
-        values = {**to_dict(config), **{k: parse_value(k, v) for k, v in overrides.items()}}
-        return from_dict(values)
-    out = overrides.get("out")
-    base = None if config is None else str(config)
-    if base is None and out and resume:
-        saved = Path(out) / "config.yaml"
-        if checkpoint.existing(Path(out) / "checkpoints") and saved.is_file():
-            base = str(saved)
-    cfg = build_config(base, overrides, [])
-    if out is None:
-        cfg.out = str(Path("runs") / Path(base or "digits").stem)  # one folder per preset, as the CLI
-    return cfg
+        return from_dict({**to_dict(config), **{k: parse_value(k, v) for k, v in overrides.items()}})
+    return resolve_config(None if config is None else str(config), overrides, [], resume)
 
 
 def pretrain(
@@ -105,21 +90,16 @@ def knn_eval(
         ``{"knn": {"20": top1, "200": top1}, "temperature": T, "encoder": source}`` (fractions).
     """
     ks = sorted({k} if isinstance(k, int) else set(k))
-    if not ks or ks[0] < 1 or temperature <= 0 or batch_size < 1:
-        raise UserError("k values must be >= 1, temperature > 0 and batch_size >= 1")
-    restored, dev, precision = restore.open_for_command(str(checkpoint), device, random_init, seed)
-    cfg = restored.cfg
-    train, test = restore.labelled_splits(restore.load_data(cfg, data), "knn")
-    restored.model.eval()
-    train_f, test_f = (
-        extract(restored.model.encode, s.images, cfg.image_size, dev, cfg.eval_batch_size, precision)
-        for s in (train, test)
+    return run_knn(
+        str(checkpoint),
+        data,
+        ks=ks,
+        temperature=temperature,
+        batch_size=batch_size,
+        device=device,
+        random_init=random_init,
+        seed=seed,
     )
-    classes = restore.num_classes(train)
-    assert train.labels is not None and test.labels is not None  # labelled_splits checked them
-    votes = {n: knn_predict(train_f, train.labels, test_f, classes, n, temperature, batch_size) for n in ks}
-    acc = {str(n): topk_accuracy(scores, test.labels) for n, scores in votes.items()}
-    return {"knn": acc, "temperature": temperature, "encoder": restored.source}
 
 
 def linear_eval(

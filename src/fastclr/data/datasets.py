@@ -21,70 +21,18 @@ in memory, at S. A sample's identity is its index in a sorted, stable listing.
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fastclr.data import folders, standard
-from fastclr.data.stream import FileSet
+from fastclr.data import cache, folders, standard
+from fastclr.data.sets import DataSplits, FileSet, ImageSet
 from fastclr.errors import UserError
 from fastclr.method.rng import keyed_generator
 
 IMAGE_SUFFIXES = folders.IMAGE_SUFFIXES
 LIST_SUFFIXES = (".csv", ".txt")
-
-
-@dataclass
-class ImageSet:
-    """Decoded images with optional labels.
-
-    images: uint8 [N, 3, H, W]; labels: int64 [N] or None; ids: N strings (file paths or
-    indices); classes: label names, or None.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor | None
-    ids: list[str]
-    classes: list[str] | None = None
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes: the named ones, else the largest label + 1 (0 without labels)."""
-        if self.classes:
-            return len(self.classes)
-        return int(self.labels.max()) + 1 if self.labels is not None and len(self.labels) else 0
-
-    def subset(self, index: torch.Tensor) -> ImageSet:
-        idx = index.tolist()
-        return ImageSet(
-            self.images[index],
-            None if self.labels is None else self.labels[index],
-            [self.ids[i] for i in idx],
-            self.classes,
-        )
-
-
-@dataclass
-class DataSplits:
-    """What a spec provides: images to pretrain on, and labelled train/test splits when known.
-
-    ``pretrain`` is an in-memory ImageSet, or a FileSet streamed from disk for images larger than
-    the training size. ``skipped`` lists (path, reason) of files that could not be decoded;
-    ``sources`` the files the spec was read from (the prepared cache's change check uses them).
-    """
-
-    name: str
-    pretrain: ImageSet | FileSet
-    train: ImageSet | None  # labelled training split (evaluation: kNN bank, linear probe)
-    test: ImageSet | None  # labelled test split (evaluation accuracy)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    sources: list[Path] = field(default_factory=list)
 
 
 def load_digits() -> DataSplits:
@@ -199,7 +147,8 @@ def parse(spec: str) -> tuple[str, Path | None]:
         return name, Path(rest).expanduser() if rest else standard.default_root()
     if spec == "imagenet":  # the imagenet_resnet50 preset's placeholder: the data set has no public download
         raise UserError(
-            "--data imagenet: ImageNet has no automatic download; point --data at your copy, a folder with train/ and val/ class sub-folders (e.g. --data /data/imagenet)"
+            "--data imagenet: ImageNet has no automatic download; point --data at your copy, a folder with train/ "
+            "and val/ class sub-folders (e.g. --data /data/imagenet)"
         )
     if name == "prepared":
         if not rest:
@@ -212,7 +161,8 @@ def parse(spec: str) -> tuple[str, Path | None]:
         return "list", path
     if path.is_file():
         raise UserError(
-            f"--data {spec}: a single file is not a data set; give a folder of images or a .csv/.txt list of 'path[,label]' lines"
+            f"--data {spec}: a single file is not a data set; give a folder of images or a .csv/.txt list of "
+            "'path[,label]' lines"
         )
     raise UserError(
         f"--data {spec!r}: not a known data set or an existing folder or list; use digits, cifar10[:ROOT], "
@@ -223,6 +173,8 @@ def parse(spec: str) -> tuple[str, Path | None]:
 def sources(spec: str) -> list[Path]:
     """The files a spec is read from (no decoding): what ``prepare`` fingerprints."""
     kind, path = parse(spec)
+    if path is None:  # digits: no files
+        return []
     if kind in standard.STANDARD:
         return standard.files(kind, path)
     if kind in ("folder", "list"):
@@ -250,14 +202,12 @@ def load(
         workers: CPU processes that decode images (0: this process).
     """
     kind, path = parse(spec)
-    if kind == "digits":
+    if kind == "digits" or path is None:
         return load_digits()
     if kind in standard.STANDARD:
         return load_standard(kind, path, download)
     if kind == "prepared":
-        from fastclr.data.prepare import load_prepared
-
-        return load_prepared(path)
+        return cache.load_prepared(path, sources)
     train, test = listings(str(path))
     name = path.stem if kind == "list" else path.name
     return _splits(
@@ -272,20 +222,36 @@ def load(
 
 
 def balanced_indices(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
-    """Sorted indices of a class-balanced subset of ``count`` samples.
+    """Sorted indices of a class-balanced subset of ``min(count, N)`` samples.
 
-    Equal shares per class, the first (count mod C) classes taking one more; each class's pick is a
-    permutation keyed on (seed, class), so the subset depends on nothing but the labels, the count
-    and the seed. Used for ``max_images`` and for the semi-supervised label fractions.
+    Equal shares per class, the first (count mod C) classes taking one more; a class smaller than
+    its share gives all it has and the rest is shared among the others the same way, so the subset
+    always holds ``count`` samples. Each class's pick is a permutation keyed on (seed, class), so the
+    subset depends on nothing but the labels, the count and the seed. Used for ``max_images`` and
+    for the semi-supervised label fractions.
     """
-    classes = labels.unique()
+    classes = labels.unique().tolist()
+    members = {c: torch.nonzero(labels == c).flatten() for c in classes}
+    quotas = class_quotas([len(members[c]) for c in classes], min(count, len(labels)))
     picks = []
-    for i, c in enumerate(classes.tolist()):
-        members = torch.nonzero(labels == c).flatten()
-        quota = count // len(classes) + (1 if i < count % len(classes) else 0)
-        order = torch.randperm(len(members), generator=keyed_generator(seed, c, 0x1ABE1))
-        picks.append(members[order[:quota]])
+    for c, quota in zip(classes, quotas):
+        order = torch.randperm(len(members[c]), generator=keyed_generator(seed, c, 0x1ABE1))
+        picks.append(members[c][order[:quota]])
     return torch.cat(picks).sort().values
+
+
+def class_quotas(sizes: list[int], count: int) -> list[int]:
+    """How many samples each class gives to a balanced subset of ``count`` (at most ``sum(sizes)``)."""
+    quotas = [0] * len(sizes)
+    left = min(count, sum(sizes))
+    while left > 0:
+        open_ = [i for i, n in enumerate(sizes) if quotas[i] < n]
+        share, extra = divmod(left, len(open_))
+        for rank, i in enumerate(open_):
+            give = min(sizes[i] - quotas[i], share + (1 if rank < extra else 0))
+            quotas[i] += give
+            left -= give
+    return quotas
 
 
 def balanced_subset(data, count: int, seed: int):
@@ -297,7 +263,3 @@ def balanced_subset(data, count: int, seed: int):
     else:
         pick = balanced_indices(data.labels, count, seed)
     return data.subset(pick)
-
-
-def warn(msg: str) -> None:
-    print(f"fastclr: warning: {msg}", file=sys.stderr)

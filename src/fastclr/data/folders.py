@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastclr import log
 from fastclr.data.images import BadImage, decode
 from fastclr.errors import UserError
 
@@ -113,7 +113,8 @@ def read_list(path: Path, classes: list[str] | None = None) -> Listing:
     if missing:
         n, name = missing[0]
         raise UserError(
-            f"--data {path}: {len(missing)} listed files do not exist (first: line {n}, {name!r}); paths are relative to {base}"
+            f"--data {path}: {len(missing)} listed files do not exist (first: line {n}, {name!r}); paths are "
+            f"relative to {base}"
         )
     if not all(with_label):
         return Listing(files, None, None)
@@ -123,7 +124,8 @@ def read_list(path: Path, classes: list[str] | None = None) -> Listing:
         unknown = sorted(set(found) - set(classes))
         if unknown:
             raise UserError(
-                f"--data {path}: labels {unknown} are not among the train split's classes {classes}; both lists need the same labels"
+                f"--data {path}: labels {unknown} are not among the train split's classes {classes}; both lists need "
+                "the same labels"
             )
         found = classes
     lookup = {c: i for i, c in enumerate(found)}
@@ -205,14 +207,11 @@ def enforce(
             f.write("# path\treason\n")
             f.writelines(f"{p}\t{r}\n" for p, r in skipped)
     for p, r in skipped[:_WARN_FIRST]:
-        print(f"fastclr: warning: skipped {p}: {r}", file=sys.stderr)
+        log.warn(f"skipped {p}: {r}")
     if len(skipped) > _WARN_FIRST:
-        print(f"fastclr: warning: ... and {len(skipped) - _WARN_FIRST} more", file=sys.stderr)
+        log.warn(f"... and {len(skipped) - _WARN_FIRST} more")
     fraction = len(skipped) / max(total, 1)
-    print(
-        f"fastclr: warning: skipped {len(skipped)} of {total} {what} that {failed} (list: {where})",
-        file=sys.stderr,
-    )
+    log.warn(f"skipped {len(skipped)} of {total} {what} that {failed} (list: {where})")
     if fraction > max_fraction:
         raise UserError(
             f"{len(skipped)} of {total} {what} ({fraction:.1%}) {failed}, more than max_bad_fraction="

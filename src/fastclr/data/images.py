@@ -114,7 +114,7 @@ def fit(im: Image.Image, size: int) -> np.ndarray:
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     if (nw, nh) != (w, h):
-        im = im.resize((nw, nh), Image.BICUBIC)
+        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
     left, top = (nw - size) // 2, (nh - size) // 2
     im = im.crop((left, top, left + size, top + size))
     return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)

@@ -14,19 +14,9 @@ from collections.abc import Iterator
 
 import torch
 
-from fastclr.method.rng import keyed_generator
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The epoch's permutation of sample indices 0..n-1 (int64 [n], on the CPU)."""
-    return torch.randperm(n, generator=keyed_generator(seed, epoch, 0x5EED))
-
-
-def batch_index(perm: torch.Tensor, b: int, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
-    """This process's slice of global batch ``b`` of an epoch's permutation: int64 [batch_size / world_size]."""
-    local = batch_size // world_size
-    lo = b * batch_size + rank * local
-    return perm[lo : lo + local]
+from fastclr.data.order import batch_index, epoch_order
+from fastclr.data.sets import FileSet
+from fastclr.data.stream import StreamLoader
 
 
 class InMemoryLoader:
@@ -67,6 +57,16 @@ class InMemoryLoader:
             yield index, self.images[index]
 
 
+def worker_cap(workers: int) -> int:
+    """Loader workers for this process: at most its share of the node's cores.
+
+    torchrun starts LOCAL_WORLD_SIZE processes per node, and they share its cores: 8 ranks with 16
+    workers each on 16 cores would run 128 decoding processes, which only adds contention.
+    """
+    per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(workers, max(1, (os.cpu_count() or 1) // per_node)))
+
+
 def build_loader(
     source,
     batch_size: int,
@@ -82,10 +82,8 @@ def build_loader(
     """The loader for a pretraining source: InMemoryLoader for an ImageSet (images on the device) or a
     text set (its token tensors, :mod:`fastclr.text.data`), stream.StreamLoader for a FileSet (large
     images decoded and cropped by ``workers`` CPU processes)."""
-    from fastclr.data.stream import FileSet, StreamLoader
-
     if isinstance(source, FileSet):
-        workers = min(workers, os.cpu_count() or 1)  # more processes than cores only add contention
+        workers = worker_cap(workers)
         return StreamLoader(
             source, batch_size, seed, device, views=views, cfg=aug, workers=workers, rank=rank, world_size=world_size
         )

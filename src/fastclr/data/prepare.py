@@ -18,7 +18,6 @@ random-resized crop then works from the cached S x S images, so prepare at the s
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -26,12 +25,10 @@ import numpy as np
 import torch
 
 from fastclr.data import datasets, folders, standard
+from fastclr.data.cache import FORMAT, VERSION, fingerprint
 from fastclr.data.images import fit
-from fastclr.data.stream import FileSet
+from fastclr.data.sets import ImageSet
 from fastclr.errors import UserError
-
-FORMAT = "fastclr-prepared"
-VERSION = 1
 
 
 def absolute_spec(spec: str) -> str:
@@ -39,20 +36,9 @@ def absolute_spec(spec: str) -> str:
     kind, path = datasets.parse(spec)
     if kind == "prepared":
         raise UserError(f"{spec}: already a prepared cache; give the original data spec to prepare")
-    if kind == "digits":
+    if kind == "digits" or path is None:
         return kind
     return f"{kind}:{path.resolve()}" if kind in standard.STANDARD else str(path.resolve())
-
-
-def fingerprint(files: list[Path]) -> list[list]:
-    """[[path, bytes], ...] of the source files (-1 for one that cannot be read)."""
-    out = []
-    for f in files:
-        try:
-            out.append([str(f), f.stat().st_size])
-        except OSError:
-            out.append([str(f), -1])
-    return out
 
 
 def _resized(x: torch.Tensor, size: int):
@@ -110,6 +96,8 @@ def prepare(
     """
     if size < 8:
         raise UserError(f"--size {size}: must be >= 8")
+    if not 0 <= max_bad_fraction <= 1:
+        raise UserError(f"--max-bad-fraction {max_bad_fraction}: must be in [0, 1]")
     t0 = time.perf_counter()
     source = absolute_spec(spec)
     kind, path = datasets.parse(source)
@@ -134,8 +122,9 @@ def prepare(
         pretrain_split, sources = "train", train.files + (test.files if test is not None else [])
     else:
         data = datasets.load(source, size, download=download)
-        sets = {"train": data.train, "test": data.test}
+        sets: dict[str, ImageSet | None] = {"train": data.train, "test": data.test}
         if data.pretrain is not data.train:
+            assert isinstance(data.pretrain, ImageSet)  # standard sets and digits are decoded in memory
             sets["pretrain"] = data.pretrain
         for name, s in sets.items():
             if s is None:
@@ -169,59 +158,3 @@ def prepare(
         "splits": {k: v["count"] for k, v in splits.items()},
         "seconds": round(time.perf_counter() - t0, 2),
     }
-
-
-def check_source(meta: dict, where: Path) -> None:
-    """Raise UserError if the cache's source still exists but its files changed since ``prepare``."""
-    try:
-        now = {p: n for p, n in fingerprint(datasets.sources(meta["spec"]))}
-    except UserError:
-        print(
-            f"fastclr: warning: {where}: its source {meta['spec']} is gone; using the cache as it is", file=sys.stderr
-        )
-        return
-    then = {p: n for p, n in meta["sources"]}
-    added = [p for p in now if p not in then]
-    removed = [p for p in then if p not in now]
-    resized = [p for p in now if p in then and now[p] != then[p]]
-    if added or removed or resized:
-        first = (added + removed + resized)[0]
-        raise UserError(
-            f"{where} was prepared from {meta['spec']}, which has changed since ({len(added)} files added, {len(removed)} removed, "
-            f"{len(resized)} changed; first: {first}); run fastclr prepare again"
-        )
-
-
-def _split(d: Path, name: str, info: dict, size: int) -> datasets.ImageSet:
-    n = info["count"]
-    shape = (n, 3, size, size)
-    images = (
-        np.memmap(d / f"{name}.images.u8", dtype=np.uint8, mode="c", shape=shape) if n else np.zeros(shape, np.uint8)
-    )  # copy-on-write: pages load lazily
-    labels = torch.from_numpy(np.load(d / f"{name}.labels.npy")) if info["labelled"] else None
-    ids = json.loads((d / f"{name}.ids.json").read_text())
-    return datasets.ImageSet(torch.from_numpy(images), labels, ids, info["classes"])
-
-
-def load_prepared(d: Path) -> datasets.DataSplits:
-    """A cache written by :func:`prepare` as DataSplits (images memory-mapped, not read up front)."""
-    try:
-        meta = json.loads((d / "meta.json").read_text())
-    except (OSError, ValueError):
-        raise UserError(
-            f"--data prepared:{d}: no valid meta.json there; run fastclr prepare SPEC --size S --out {d} first"
-        ) from None
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise UserError(f"--data prepared:{d}: not a fastclr cache of version {VERSION}; run fastclr prepare again")
-    check_source(meta, d)
-    size = meta["size"]
-    sets = {name: _split(d, name, info, size) for name, info in meta["splits"].items()}
-    train = sets.get("train")
-    pre: datasets.ImageSet | FileSet = sets[meta["pretrain"]]
-    return datasets.DataSplits(
-        f"prepared:{d.name}",
-        pre,
-        train if train is not None and train.labels is not None else None,
-        sets.get("test"),
-        sources=[],
-    )

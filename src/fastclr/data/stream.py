@@ -13,7 +13,6 @@ PIL images); the in-memory path resamples the same box with the same filter on t
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,35 +20,10 @@ import torch
 from PIL import Image
 
 from fastclr.data.images import BadImage, open_rgb
-from fastclr.data.loader import batch_index, epoch_order
+from fastclr.data.order import batch_index, epoch_order
+from fastclr.data.sets import FileSet
 from fastclr.errors import UserError
 from fastclr.method.augment import AugmentConfig, apply_pixel_ops, normalize, sample_params, to_float
-
-
-@dataclass
-class FileSet:
-    """Images left on disk: files [N], hw int64 [N, 2] (full-resolution height, width), optional labels."""
-
-    files: list[Path]
-    hw: torch.Tensor
-    labels: torch.Tensor | None = None
-    classes: list[str] | None = None
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    @property
-    def ids(self) -> list[str]:
-        return [str(f) for f in self.files]
-
-    def subset(self, index: torch.Tensor) -> FileSet:
-        idx = index.tolist()
-        return FileSet(
-            [self.files[i] for i in idx],
-            self.hw[index],
-            None if self.labels is None else self.labels[index],
-            self.classes,
-        )
 
 
 def crop_views(
@@ -71,9 +45,11 @@ def crop_views(
         p = sample_params(index, h, w, seed=seed, epoch=epoch, view=v, cfg=cfg)
         box = torch.stack((p["left"], p["top"], p["left"] + p["crop_w"], p["top"] + p["crop_h"]), 1).long().tolist()
         for i, im in enumerate(images):
-            view = im.crop(tuple(box[i])).resize((s, s), Image.BILINEAR)  # torchvision's resized_crop on PIL images
+            view = im.crop(tuple(box[i])).resize(
+                (s, s), Image.Resampling.BILINEAR
+            )  # torchvision's resized_crop on PIL images
             if p["flip"][i]:
-                view = view.transpose(Image.FLIP_LEFT_RIGHT)
+                view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             out[v, i] = np.asarray(view)
     return torch.from_numpy(out).permute(0, 1, 4, 2, 3).contiguous()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fastclr import log
 from fastclr.eval import supervised
 from fastclr.eval.finetune import Classifier
 from fastclr.method.augment import AugmentConfig
@@ -119,16 +120,18 @@ def run(
         splits.pretrain if isinstance(splits.pretrain, type(train)) else train
     )  # every decoded image, labelled or not
     labels = None
+    assert train.labels is not None and test.labels is not None  # labelled_splits checked them
     if alpha > 0:
         known = {i: int(y) for i, y in zip(train.ids, train.labels.tolist())}
         chosen = set(tstate.get("label_ids", []))
         labels = torch.tensor([known[i] if i in chosen and i in known else -1 for i in pool.ids], dtype=torch.int64)
     scfg = config.from_dict({**config.to_dict(tcfg), "arch": student_arch or tcfg.arch})
     torch.manual_seed(seed)
-    student = Classifier(restore.build(scfg), teacher.fc.out_features, 0).to(dev)
+    student = Classifier(restore.build_model(scfg), teacher.fc.out_features, 0).to(dev)
     teacher.to(dev)
-    restore.log(
-        f"distill: teacher {tcfg.arch} -> student {scfg.arch}, {len(pool)} images, tau {temperature}, alpha {alpha}, {epochs} epochs, {dev} {precision}"
+    log.info(
+        f"distill: teacher {tcfg.arch} -> student {scfg.arch}, {len(pool)} images, tau {temperature}, alpha {alpha}, "
+        f"{epochs} epochs, {dev} {precision}"
     )
     aug = supervised.crop_flip(tcfg.image_size, tcfg.min_scale, tcfg.flip)
     distill(

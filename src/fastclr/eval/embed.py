@@ -22,7 +22,7 @@ import torch.distributed as tdist
 
 from fastclr.errors import UserError
 from fastclr.eval.features import extract
-from fastclr.train import dist
+from fastclr.train import dist, restore
 
 
 def shard(n: int, rank: int, world: int) -> torch.Tensor:
@@ -46,7 +46,7 @@ def embed_rows(
     out = []
     chunks = index.split(batch_size)
     for chunk in tqdm(chunks, file=sys.stderr, desc="embed", leave=False, disable=None if progress else True):
-        out.append(extract(fn, images[chunk], size, device, batch_size=batch_size, precision=precision))
+        out.append(extract(fn, images[chunk], size, device, batch_size=batch_size, precision=precision).cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
@@ -119,3 +119,39 @@ def read(path: str | Path) -> tuple[np.ndarray, list[str]]:
         return array, [str(i) for i in table.column("id").to_pylist()]
     npy = path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
     return np.load(npy), json.loads(npy.with_suffix(".ids.json").read_text())
+
+
+def run(
+    checkpoint: str,
+    data: str | None,
+    out: str,
+    *,
+    projection: bool = False,
+    split: str = "pretrain",
+    batch_size: int = 512,
+    device: str | None = None,
+) -> dict:
+    """``fastclr embed``: h (or z with ``projection``) of every image of a split, written by rank 0 in dataset order."""
+    restored, dev, precision = restore.open_for_command(checkpoint, device, join=True)
+    model = restored.model.eval()
+    cfg = restored.cfg
+    splits = restore.load_data(cfg, data)
+    images = getattr(splits, split)
+    if images is None:
+        raise UserError(f"--split {split}: data set {splits.name!r} has no such split; use --split pretrain")
+    fn = (lambda x: model.project(model.encode(x).float())) if projection else model.encode
+    mine = shard(len(images), dist.rank(), dist.world_size())
+    if hasattr(images, "tokens"):  # texts: token ids through the text encoder
+        from fastclr.text.sts import encode_tokens
+
+        rows = encode_tokens(fn, images.tokens[mine], dev, batch_size, precision)
+    else:
+        images = restore.in_memory(images, "embed")
+        rows = embed_rows(fn, images.images, mine, cfg.image_size, dev, batch_size, precision, progress=dist.is_main())
+    full = gather_in_order(rows, mine, len(images), dev)
+    result: dict = {"out": out, "count": len(images), "dim": int(rows.shape[1])}
+    if dist.is_main() and full is not None:
+        result["files"] = write(out, full, list(images.ids))
+    dist.barrier()
+    dist.cleanup()
+    return result

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fastclr.data.datasets import ImageSet
+from fastclr.data.sets import ImageSet
+from fastclr.errors import UserError
 from fastclr.eval.features import extract
 from fastclr.eval.knn import knn_predict, topk_accuracy
 from fastclr.eval.probe import linear_probe
+from fastclr.train import restore
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class Scores:
 def split_features(
     encode: Callable[[torch.Tensor], torch.Tensor], train: ImageSet, test: ImageSet, settings: FeatureSettings
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """h of every train image, then of every test image: float32 [N_train, d], [N_test, d] on the CPU."""
+    """h of every train image, then of every test image: float32 [N_train, d], [N_test, d] on ``settings.device``."""
     s = settings
     train_f = extract(encode, train.images, s.size, s.device, s.batch_size, s.precision, s.channels_last)
     test_f = extract(encode, test.images, s.size, s.device, s.batch_size, s.precision, s.channels_last)
@@ -127,4 +129,42 @@ def against_random_init(
         "linear_top5": ours.linear["top5"],
         "random_init_knn_top1": base.knn[knn_k],
         "random_init_linear_top1": base.linear["top1"],
+    }
+
+
+def run_knn(
+    checkpoint: str,
+    data: str | None = None,
+    *,
+    ks: Sequence[int] = (20, 200),
+    temperature: float = 0.1,
+    batch_size: int = 512,
+    device: str | None = None,
+    random_init: bool = False,
+    seed: int = 0,
+) -> dict:
+    """``fastclr knn``: weighted kNN top-1 of a checkpoint's encoder for every k, train split -> test split.
+
+    ``batch_size`` test images are compared with the bank at a time (bounds memory).
+    """
+    if not ks or min(ks) < 1 or temperature <= 0 or batch_size < 1:
+        raise UserError("--k values must be >= 1, --temperature > 0 and --batch-size >= 1")
+    restored, dev, precision = restore.open_for_command(checkpoint, device, random_init, seed)
+    cfg = restored.cfg
+    train, test = restore.labelled_splits(restore.load_data(cfg, data), "knn")
+    settings = FeatureSettings(cfg.image_size, dev, cfg.eval_batch_size, precision)
+    scores = evaluate(
+        restored.model,
+        train,
+        test,
+        settings,
+        knn_k=sorted(set(ks)),
+        knn_temperature=temperature,
+        knn_batch_size=batch_size,
+        linear=False,
+    )
+    return {
+        "knn": {str(k): acc for k, acc in scores.knn.items()},
+        "temperature": temperature,
+        "encoder": restored.source,
     }

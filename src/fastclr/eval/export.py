@@ -16,6 +16,7 @@ Formats:
       m.maxpool = torch.nn.Identity()                          # no max-pool
       m.load_state_dict(torch.load(FILE, weights_only=True), strict=True)
 
+  A timm model's safetensors file loads into ``timm.create_model(NAME, num_classes=0, **arch_kwargs)``.
 * ``onnx``: the encoder as a graph (input ``images`` [N, 3, S, S], output ``h`` [N, d], dynamic
   batch), checked against PyTorch with onnxruntime when it is installed.
 * ``torchscript``: a traced encoder, checked against PyTorch.
@@ -33,6 +34,7 @@ import torch
 import torchvision
 from torch import nn
 
+from fastclr import config
 from fastclr.errors import UserError
 from fastclr.method.augment import MEAN, STD
 from fastclr.method.model import SimCLR
@@ -65,12 +67,23 @@ def _check(diff: float, fmt: str) -> None:
 
 
 def export(
-    model: SimCLR, arch: str, cifar_stem: bool, image_size: int, fmt: str, out: str | Path, fc: nn.Linear | None = None
+    model: SimCLR,
+    arch: str,
+    cifar_stem: bool,
+    image_size: int,
+    fmt: str,
+    out: str | Path,
+    fc: nn.Linear | None = None,
+    arch_kwargs: dict | None = None,
 ) -> dict:
     """Write the encoder of ``model`` to ``out`` in format ``fmt``; returns the result dict.
 
+    Every backbone exports to safetensors, ONNX and TorchScript (timm models, VGG and the wide ResNets
+    included); the torchvision format needs a torchvision constructor with an ``fc`` classifier.
+
     Args:
         fc: a trained classifier on h to export with the torchvision format (else the zero placeholder).
+        arch_kwargs: the constructor's keyword arguments (e.g. a ViT's img_size), recorded in ``FILE.json``.
     Returns:
         {"out", "format", "feature_dim"} plus "max_abs_diff" where the export was checked numerically.
     """
@@ -87,6 +100,7 @@ def export(
         "format": fmt,
         "arch": arch,
         "cifar_stem": cifar_stem,
+        "arch_kwargs": arch_kwargs or {},
         "image_size": image_size,
         "feature_dim": model.feature_dim,
         "input": f"float32 [N, 3, {image_size}, {image_size}], RGB scaled to [0, 1], then (x - mean) / std",
@@ -110,7 +124,8 @@ def export(
             plain = None
         if not isinstance(getattr(plain, "fc", None), nn.Linear):
             raise UserError(
-                f"--format torchvision: {arch} has no torchvision constructor with an fc classifier; use --format safetensors"
+                f"--format torchvision: {arch} has no torchvision constructor with an fc classifier; use --format "
+                "safetensors"
             )
         state = encoder_state(model)
         if fc is None:
@@ -177,3 +192,23 @@ def _export_onnx(enc: nn.Module, x: torch.Tensor, out: Path) -> None:
             dynamic_axes={"images": {0: "batch"}, "h": {0: "batch"}},
             opset_version=17,
         )
+
+
+def run(checkpoint: str, fmt: str, out: str | Path) -> dict:
+    """``fastclr export``: the encoder of a checkpoint; a fine-tuned classifier on h exports with its fc."""
+    from fastclr.eval.finetune import load_classifier
+    from fastclr.train import restore
+
+    restored = restore.load_model(checkpoint)
+    cfg, state, fc = restored.cfg, restored.state, None
+    if config.is_text(cfg):
+        from fastclr.text.encoder import TextEncoder
+        from fastclr.text.export import export_text
+
+        assert isinstance(restored.model.encoder, TextEncoder)  # a text config builds one
+        return export_text(restored.model.encoder, cfg.arch, cfg.max_length, fmt, out)
+    if state.get("kind") == "classifier" and int(state.get("from_head_layer", 0)) == 0:
+        fc = load_classifier(checkpoint)[0].fc
+    return export(
+        restored.model, cfg.arch, cfg.cifar_stem, cfg.image_size, fmt, out, fc=fc, arch_kwargs=config.arch_kwargs(cfg)
+    )

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastclr import config
+from fastclr import config, log
 from fastclr.data.datasets import ImageSet, balanced_indices
 from fastclr.errors import UserError
 from fastclr.eval import supervised
@@ -38,7 +38,8 @@ class Classifier(nn.Module):
         super().__init__()
         if not 0 <= from_head_layer <= len(net.head.layers):
             raise UserError(
-                f"--from-head-layer {from_head_layer}: the head has {len(net.head.layers)} layers; use 0 (h) to {len(net.head.layers)}"
+                f"--from-head-layer {from_head_layer}: the head has {len(net.head.layers)} layers; use 0 (h) to "
+                f"{len(net.head.layers)}"
             )
         self.net = net
         self.from_head_layer = from_head_layer
@@ -100,6 +101,7 @@ def finetune(
     for p in clf.parameters():
         p.requires_grad_(True)
     clf.train()
+    assert train.labels is not None and test.labels is not None, "fine-tuning needs labelled splits"
     labels = train.labels.to(device)
     supervised.fit(
         clf,
@@ -116,7 +118,7 @@ def finetune(
         desc="finetune",
     )
     clf.eval()
-    logits = supervised.predict(clf, test.images, aug.size, device, precision)
+    logits = supervised.predict(clf, test.images, aug.size, torch.device(device), precision)
     return clf, supervised.accuracy(logits, test.labels)
 
 
@@ -176,7 +178,10 @@ def run(
     random_init: bool = False,
     init: str | None = None,
 ) -> dict:
-    """``fastclr finetune``: label subset -> fine-tuned classifier -> test accuracy; writes OUT/labels.txt and OUT/finetuned.pt."""
+    """``fastclr finetune``: label subset -> fine-tuned classifier -> test accuracy.
+
+    Writes OUT/labels.txt and OUT/finetuned.pt.
+    """
     from fastclr.train import restore
 
     if not 0 < fraction <= 1:
@@ -184,21 +189,23 @@ def run(
     restored, dev, precision = restore.open_for_command(checkpoint, device, random_init, seed, init)
     cfg = restored.cfg
     train, test = restore.labelled_splits(restore.load_data(cfg, data), "finetune")
+    assert train.labels is not None  # labelled_splits checked it
     pick = label_subset(train.labels, fraction, seed)
     subset = train.subset(pick)
     epochs = epochs if epochs is not None else (60 if fraction <= 0.01 else 30)  # v1 Appendix B.5
     folder = Path(out) if out else default_out(checkpoint, fraction)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "labels.txt").write_text("".join(f"{i}\n" for i in subset.ids))
-    restore.log(
-        f"finetune: {len(subset)} labelled images ({fraction:g} of {len(train)}), from head layer {from_head_layer}, {epochs} epochs, {dev} {precision}"
+    log.info(
+        f"finetune: {len(subset)} labelled images ({fraction:g} of {len(train)}), from head layer {from_head_layer}, "
+        f"{epochs} epochs, {dev} {precision}"
     )
     aug = supervised.crop_flip(cfg.image_size, cfg.min_scale, cfg.flip)
     clf, acc = finetune(
         restored.model,
         subset,
         test,
-        restore.num_classes(train),
+        train.num_classes,
         aug=aug,
         from_head_layer=from_head_layer,
         epochs=epochs,

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastclr import log
 from fastclr.data.datasets import ImageSet
 from fastclr.eval import supervised
-from fastclr.eval.features import extract
-from fastclr.eval.probe import linear_probe
+from fastclr.eval.evaluate import FeatureSettings, evaluate
 from fastclr.method.augment import AugmentConfig
 from fastclr.method.model import SimCLR
 
@@ -64,6 +64,7 @@ def train_classifier(
     with torch.no_grad():
         fc.weight.copy_(torch.randn(fc.weight.shape, generator=g) * 0.01)
         fc.bias.zero_()
+    assert train.labels is not None, "linear evaluation needs a labelled train split"
     labels = train.labels.to(device)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -116,13 +117,15 @@ def linear_eval(
         batch_size=batch_size,
         lr=lr,
         seed=seed,
-        device=device,
+        device=torch.device(device),
         precision=precision,
     )
-    logits = supervised.predict(lambda x: fc(model.encode(x).float()), test.images, aug.size, device, precision)
+    encode = model.encode
+    logits = supervised.predict(lambda x: fc(encode(x).float()), test.images, aug.size, torch.device(device), precision)
     moved = changed(model, before)
     if moved:
         raise RuntimeError(f"linear evaluation changed the frozen encoder: {moved[:5]}")
+    assert test.labels is not None, "linear evaluation needs a labelled test split"
     return supervised.accuracy(logits, test.labels)
 
 
@@ -130,7 +133,6 @@ def features_eval(
     model: SimCLR,
     train: ImageSet,
     test: ImageSet,
-    num_classes: int,
     *,
     size: int,
     seed: int = 0,
@@ -139,11 +141,10 @@ def features_eval(
     batch_size: int = 512,
 ) -> dict[str, float]:
     """The transfer protocol: L-BFGS logistic regression on cached h, L2 penalty chosen on held-out train data."""
-    model.eval()
-    kw = {"size": size, "device": device, "batch_size": batch_size, "precision": precision}
-    train_f = extract(model.encode, train.images, **kw)
-    test_f = extract(model.encode, test.images, **kw)
-    return linear_probe(train_f, train.labels, test_f, test.labels, num_classes, seed=seed)
+    settings = FeatureSettings(size, torch.device(device), batch_size, precision)
+    scores = evaluate(model, train, test, settings, knn_k=(), seed=seed)
+    assert scores.linear is not None
+    return scores.linear
 
 
 def run(
@@ -164,14 +165,13 @@ def run(
     restored, dev, precision = restore.open_for_command(checkpoint, device, random_init, seed)
     cfg = restored.cfg
     train, test = restore.labelled_splits(restore.load_data(cfg, data), "linear")
-    classes = restore.num_classes(train)
+    classes = train.num_classes
     if features:
-        restore.log(f"linear (features): L-BFGS on cached h, {len(train)} train / {len(test)} test images")
+        log.info(f"linear (features): L-BFGS on cached h, {len(train)} train / {len(test)} test images")
         result = features_eval(
             restored.model,
             train,
             test,
-            classes,
             size=cfg.image_size,
             seed=seed,
             device=dev,
@@ -185,8 +185,9 @@ def run(
             "l2": result["l2"],
             "encoder": restored.source,
         }
-    restore.log(
-        f"linear (sgd): {epochs} epochs, batch {batch_size}, {len(train)} train / {len(test)} test images, {dev} {precision}"
+    log.info(
+        f"linear (sgd): {epochs} epochs, batch {batch_size}, {len(train)} train / {len(test)} test images, {dev} "
+        f"{precision}"
     )
     aug = supervised.crop_flip(cfg.image_size, cfg.min_scale, cfg.flip)
     result = linear_eval(

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastclr.data.datasets import ImageSet
+from fastclr.data.sets import ImageSet, count_classes
 from fastclr.eval.evaluate import FeatureSettings, evaluate
+from fastclr.train import dist
 from fastclr.train.callbacks import Callback, LoopState, OnRepresentations
 
 
@@ -91,15 +92,16 @@ class Monitors(Callback):
             and isinstance(data.train, ImageSet)
             and isinstance(data.test, ImageSet)
         )
-        self.train, self.test = (data.train, data.test) if labelled else (None, None)
+        self.train: ImageSet | None = data.train if labelled else None
+        self.test: ImageSet | None = data.test if labelled else None
         if cfg.knn_every and not labelled and warn:
             warn("knn_every is set but the data set has no labelled train and test splits: no kNN monitor")
         if cfg.online_probe and self.labels is None and warn:
             warn("online_probe is set but the pretraining images have no labels: no online probe")
         self.probe = None
         if cfg.online_probe and self.labels is not None:
-            classes = len(self.train.classes or []) if self.train is not None else 0
-            self.probe = OnlineProbe(feature_dim, classes or int(self.labels.max()) + 1, device)
+            classes = count_classes(self.train.classes if self.train is not None else None, self.labels)
+            self.probe = OnlineProbe(feature_dim, classes, device)
 
     def on_batch(self, index: torch.Tensor) -> OnRepresentations | None:
         """The step's ``on_h`` (labels of the batch, repeated for every view), or None."""
@@ -120,7 +122,9 @@ class Monitors(Callback):
         record: dict[str, float] = {}
         if self.probe is not None:
             record.update(self.probe.read())
-        if self.cfg.knn_every and self.train is not None and self.test is not None and epoch % self.cfg.knn_every == 0:
+        due = self.cfg.knn_every and epoch % self.cfg.knn_every == 0
+        # rank 0 alone: it writes metrics.jsonl, and the other ranks' copies of the same encoder add nothing
+        if due and dist.is_main() and self.train is not None and self.test is not None:
             settings = FeatureSettings(self.cfg.image_size, self.device, self.cfg.eval_batch_size, self.precision)
             scores = evaluate(
                 model,

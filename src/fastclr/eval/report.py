@@ -16,13 +16,14 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fastclr import config
 from fastclr.data import datasets
 from fastclr.errors import UserError
-from fastclr.eval.features import extract
-from fastclr.method.augment import MEAN, STD, augment
+from fastclr.eval.evaluate import FeatureSettings, split_features
+from fastclr.method.augment import MEAN, STD, AugmentConfig, augment
 from fastclr.train import tracking
 from fastclr.train.step import augment_config
 
@@ -52,7 +53,7 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _show(x: torch.Tensor) -> torch.Tensor:
+def _show(x: torch.Tensor) -> np.ndarray:
     """Normalised float [3, H, W] (or uint8) -> float [H, W, 3] in [0, 1] for imshow."""
     if x.dtype == torch.uint8:
         x = x.float() / 255.0
@@ -69,7 +70,7 @@ def _show(x: torch.Tensor) -> torch.Tensor:
 def curve_figures(records: list[dict]) -> list[tuple[str, str | None, str]]:
     """(title, base64 PNG or None, note) for loss, learning rate, throughput and accuracy."""
     plt = _pyplot()
-    out = []
+    out: list[tuple[str, str | None, str]] = []
     for key, title, ylabel in (
         ("loss", "Contrastive loss", "loss"),
         ("lr", "Learning rate", "lr"),
@@ -119,6 +120,8 @@ def view_pairs_figure(images: torch.Tensor, cfg: config.Config, count: int = 8, 
     count = min(count, images.shape[0])
     index = torch.linspace(0, images.shape[0] - 1, count).round().long()
     aug = augment_config(cfg)
+    if not isinstance(aug, AugmentConfig):
+        raise UserError(f"data {cfg.data!r}: view pairs are drawn for images only")
     views = [augment(images[index], index, seed=cfg.seed, epoch=epoch, view=v, cfg=aug) for v in range(2)]
     fig, axes = plt.subplots(3, count, figsize=(1.3 * count, 4.2), squeeze=False)
     for j in range(count):
@@ -151,20 +154,20 @@ def embedding_figure(h: torch.Tensor, labels: torch.Tensor | None, classes: list
         x = x - x.mean(0)
         _, _, v = torch.linalg.svd(x, full_matrices=False)
         xy = x @ v[:2].T
-    xy = xy.numpy()
+    points = xy.numpy()
     fig, ax = plt.subplots(figsize=(6, 5))
     if labels is None:
-        ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.7)
+        ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.7)
     else:
         cmap = plt.get_cmap("tab10" if int(labels.max()) < 10 else "tab20")
         for c in labels.unique().tolist():
             m = (labels == c).numpy()
             name = classes[c] if classes and c < len(classes) else str(c)
-            ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.7, color=cmap(c % cmap.N), label=name)
+            ax.scatter(points[m, 0], points[m, 1], s=6, alpha=0.7, color=cmap(c % cmap.N), label=name)
         ax.legend(fontsize=7, markerscale=2, loc="best", ncol=2)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(f"{method.upper()} of {len(xy)} test representations h", fontsize=10)
+    ax.set_title(f"{method.upper()} of {len(points)} test representations h", fontsize=10)
     return fig
 
 
@@ -251,7 +254,7 @@ def build(
             data = datasets.load(cfg.data, cfg.image_size)
         except UserError as e:
             notes.append(f"data {cfg.data!r} could not be loaded ({e}): no view pairs, map or retrievals")
-    if data is not None and isinstance(data.pretrain, datasets.ImageSet):
+    if cfg is not None and data is not None and isinstance(data.pretrain, datasets.ImageSet):
         sections.append(_section("Augmented view pairs", _png(view_pairs_figure(data.pretrain.images, cfg))))
     elif data is not None:
         sections.append(
@@ -261,17 +264,18 @@ def build(
         )
     if (
         model is not None
+        and cfg is not None
         and data is not None
         and isinstance(data.test, datasets.ImageSet)
         and isinstance(data.train, datasets.ImageSet)
     ):
-        kw = {"size": cfg.image_size, "device": torch.device(device), "batch_size": cfg.eval_batch_size}
         test = data.test
         if len(test) > MAP_POINTS:
             test = test.subset(
                 torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:MAP_POINTS].sort().values
             )
-        test_h = extract(model.encode, test.images, **kw)
+        settings = FeatureSettings(cfg.image_size, torch.device(device), cfg.eval_batch_size)
+        train_h, test_h = (f.cpu() for f in split_features(model.encode, data.train, test, settings))
         sections.append(
             _section(
                 f"Test representations ({method.upper()})",
@@ -279,7 +283,6 @@ def build(
             )
         )
         q = _queries(test.labels, len(test), queries)
-        train_h = extract(model.encode, data.train.images, **kw)
         fig = retrieval_figure(
             test.images[q],
             test_h[q],
@@ -290,7 +293,7 @@ def build(
             data.train.classes,
         )
         sections.append(_section("Nearest-neighbour retrievals", _png(fig)))
-    elif model is not None and data is not None:
+    elif model is not None and cfg is not None and data is not None:
         notes.append(f"data {cfg.data!r} has no labelled train and test splits in memory: no map or retrievals")
 
     result_path = run / "result.json"
@@ -316,7 +319,20 @@ def build(
     target = Path(out) if out else run / "report.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(page)
+    if cfg is not None:
+        _to_trackers(cfg, run, target)
     return {"out": str(target), "sections": len(sections), "step": step}
+
+
+def _to_trackers(cfg: config.Config, run: Path, page: Path) -> None:
+    """The page (its figures embedded) as a file of the run's W&B / MLflow run (ids in RUN/trackers.json)."""
+    import dataclasses
+
+    names = [n for n in tracking.parse_names(cfg.trackers) if n != "tensorboard"]
+    if names and (run / tracking.IDS_FILE).is_file():
+        trackers = tracking.Trackers.from_config(dataclasses.replace(cfg, out=str(run), trackers=",".join(names)))
+        trackers.log_file(page)
+        trackers.close()
 
 
 def show_augment(spec: str, out: str | Path, cfg: config.Config, count: int = 8, epoch: int = 0) -> dict:
@@ -328,7 +344,8 @@ def show_augment(spec: str, out: str | Path, cfg: config.Config, count: int = 8,
     data = datasets.load(spec, cfg.image_size)
     if not isinstance(data.pretrain, datasets.ImageSet):
         raise UserError(
-            f"--data {spec}: its images are streamed from disk; prepare them at the training size first (fastclr prepare)"
+            f"--data {spec}: its images are streamed from disk; prepare them at the training size first (fastclr "
+            "prepare)"
         )
     fig = view_pairs_figure(data.pretrain.images, cfg, count, epoch)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -354,3 +371,15 @@ img {{ max-width: 100%; }}
 {sections}
 </body></html>
 """
+
+
+def run_show_augment(
+    preset: str | None, data: str, sets: list[str], out: str | Path, count: int = 8, epoch: int = 0
+) -> dict:
+    """``fastclr show-augment``: the preset (plus ``--set`` values) whose augmentation to draw, then
+    :func:`show_augment`."""
+    if not 1 <= count <= 64:
+        raise UserError(f"--count {count}: must be 1 to 64")
+    cfg = config.build_config(preset, {"data": data}, sets)
+    config.validate(cfg)
+    return show_augment(cfg.data, out, cfg, count, epoch)

@@ -23,7 +23,21 @@ from fastclr.method.rng import keyed_uniform
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+_HUE_N = (5.0, 3.0, 1.0)  # the closed-form HSV -> RGB offsets of R, G, B (adjust_hue)
 _CROP_TRIES = 10  # torchvision RandomResizedCrop.get_params attempts
+
+# Constant tensors, made once per (device, dtype): ``torch.tensor(python_list, device=cuda)`` is a
+# blocking host-to-device copy, and one inside the step would stall the queue of GPU work.
+_CONSTANTS: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _constant(name: str, values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``values`` as a [1, len, 1, 1] tensor on ``device``, copied there the first time only."""
+    key = (name, torch.device(device), dtype)
+    t = _CONSTANTS.get(key)
+    if t is None:
+        t = _CONSTANTS[key] = torch.tensor(values, dtype=dtype).view(1, -1, 1, 1).to(device)
+    return t
 
 
 @dataclass(frozen=True)
@@ -197,7 +211,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     d = delta.clamp_min(1e-12)
     h6 = torch.where(maxc == r, (g - b) / d, torch.where(maxc == g, 2.0 + (b - r) / d, 4.0 + (r - g) / d))
     h6 = h6 + 6.0 * shift.view(-1, 1, 1)  # grey pixels (delta = 0) stay grey whatever their hue
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    n = _constant("hue", _HUE_N, x.device, x.dtype)  # [1, 3, 1, 1]
     k = torch.remainder(n + h6.unsqueeze(1), 6.0)  # [N, 3, H, W]
     return maxc.unsqueeze(1) - delta.unsqueeze(1) * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
 
@@ -218,12 +232,20 @@ _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue
 _JITTER_KEYS = ("brightness", "contrast", "saturation", "hue")
 
 
+def gathers(device: torch.device) -> bool:
+    """Whether the colour ops compute only the samples that drew them (True on the CPU).
+
+    Gathering needs ``nonzero``, a host synchronisation: free on the CPU, a stall on an accelerator,
+    where every sample is computed and the result selected instead.
+    """
+    return device.type == "cpu"
+
+
 def _apply_to(x: torch.Tensor, rows: torch.Tensor, op, factor: torch.Tensor, gather: bool) -> torch.Tensor:
     """x with ``op`` applied to the samples where ``rows`` (bool [N]) is set.
 
-    ``gather`` (the CPU choice) computes only those samples, at the cost of a host sync that is
-    free there; otherwise (accelerators) every sample is computed and the result selected, so the
-    step never waits on the host. Both give the same values.
+    ``gather`` computes only those samples (see :func:`gathers`); otherwise every sample is computed
+    and the result selected, so the step never waits on the host. Both give the same values.
     """
     if gather:
         idx = rows.nonzero().flatten()
@@ -233,19 +255,23 @@ def _apply_to(x: torch.Tensor, rows: torch.Tensor, op, factor: torch.Tensor, gat
     return torch.where(rows.view(-1, 1, 1, 1), op(x, factor), x)
 
 
-def color_distort(x: torch.Tensor, p: dict[str, torch.Tensor], gather: bool | None = None) -> torch.Tensor:
+def color_distort(
+    x: torch.Tensor, p: dict[str, torch.Tensor], gather: bool | None = None, *, jitter: bool = True, gray: bool = True
+) -> torch.Tensor:
     """Colour jitter in a per-sample random order (where p["jitter"]), then random grayscale.
 
     At each of the four positions every jittered sample runs the one op its permutation puts there.
-    ``gather`` (default: on the CPU only) computes each op on just the samples that drew it.
+    ``gather`` (default: :func:`gathers`) computes each op on just the samples that drew it.
+    ``jitter`` / ``gray`` False skip an op that no sample can draw (colour strength or p of 0): the
+    supervised protocols' crop-and-flip views run no colour op at all.
     """
-    gather = x.device.type == "cpu" if gather is None else gather
+    gather = gathers(x.device) if gather is None else gather
     x = x.clone()
-    for pos in range(4):
+    for pos in range(4 if jitter else 0):
         op_here = p["order"][:, pos]
         for k, (op, key) in enumerate(zip(_JITTER_OPS, _JITTER_KEYS)):
             x = _apply_to(x, p["jitter"] & (op_here == k), op, p[key], gather)
-    return _apply_to(x, p["gray"], _to_gray, p["gray"], gather)
+    return _apply_to(x, p["gray"], _to_gray, p["gray"], gather) if gray else x
 
 
 def _to_gray(x: torch.Tensor, _unused: torch.Tensor) -> torch.Tensor:
@@ -271,9 +297,7 @@ def gaussian_blur(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """Subtract the channel mean and divide by the std (float [N, 3, H, W] in [0, 1])."""
-    mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return (x - _constant("mean", MEAN, x.device, x.dtype)) / _constant("std", STD, x.device, x.dtype)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -291,19 +315,21 @@ def augment(
     view: int,
     cfg: AugmentConfig,
 ) -> torch.Tensor:
-    """One random view of each image: uint8 [N, C, H, W] -> normalised float32 [N, 3, S, S]."""
+    """One random view of each image: uint8 [N, C, H, W] -> normalised float32 [N, 3, S, S].
+
+    No host synchronisation: the image sizes are filled in on the device, not copied from a list.
+    """
     n, _, h, w = images.shape
-    hw = torch.tensor([h, w], device=images.device, dtype=torch.float32)
-    p = sample_params(
-        index.to(images.device), hw[0].expand(n), hw[1].expand(n), seed=seed, epoch=epoch, view=view, cfg=cfg
-    )
+    heights = torch.full((n,), float(h), device=images.device)  # [N]
+    widths = torch.full((n,), float(w), device=images.device)
+    p = sample_params(index.to(images.device), heights, widths, seed=seed, epoch=epoch, view=view, cfg=cfg)
     x = crop_resize(to_float(images), p, cfg.size)
     return normalize(apply_pixel_ops(x, p, cfg))
 
 
 def apply_pixel_ops(x: torch.Tensor, p: dict[str, torch.Tensor], cfg: AugmentConfig) -> torch.Tensor:
     """Everything after the crop: colour distortion, grayscale, blur. float [N, 3, S, S] in [0, 1]."""
-    x = color_distort(x, p)
+    x = color_distort(x, p, jitter=cfg.color_strength > 0 and cfg.color_p > 0, gray=cfg.gray_p > 0)
     if cfg.blur:
         x = gaussian_blur(x, p)
     return x

@@ -1,4 +1,4 @@
-"""Projection head g: h -> z (SIMCLR.md section 3).
+"""Projection head g: h -> z (paper section 2.1 and section 4.2).
 
 As in the reference code (google-research/simclr tf2/model.py, ProjectionHead): every layer is
 Linear without bias followed by BN; hidden layers have a BN shift and a ReLU; the last layer's BN
@@ -56,4 +56,4 @@ class ProjectionHead(nn.Module):
 
     def width(self, upto: int) -> int:
         """Output width after the first ``upto`` layers."""
-        return self.layers[upto - 1][0].out_features
+        return self.layers[upto - 1][0].out_features  # type: ignore[index]

@@ -1,4 +1,4 @@
-"""LARS: layer-wise adaptive rate scaling (You et al. 2017), as SimCLR uses it (SIMCLR.md section 5).
+"""LARS: layer-wise adaptive rate scaling (You et al. 2017), as SimCLR uses it (paper section 2.2, Appendix B.1).
 
 Follows the reference code (google-research/simclr tf2/lars_optimizer.py) exactly:
     g <- g + wd * w                                   (decayed parameters only)

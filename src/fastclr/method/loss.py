@@ -56,14 +56,15 @@ def contrastive_terms(
     """
     sim = anchors @ candidates.T  # [A, C]
     a, c = sim.shape
-    self_mask = torch.zeros(a, c, dtype=torch.bool, device=sim.device)
-    self_mask[torch.arange(a, device=sim.device), anchor_pos] = True
+    self_mask = torch.arange(c, device=sim.device)[None, :] == anchor_pos[:, None]  # [A, C]
     same = anchor_sample[:, None] == candidate_sample[None, :]  # [A, C]
     pos = same & ~self_mask
     neg = ~same
-    if max_negatives is not None and max_negatives < int(neg.sum(1).max()):
+    # The cap is decided from shapes, never from counting negatives (a host sync): with fewer than
+    # max_negatives negatives, the top-k below keeps all of them plus non-negatives that ``neg &`` drops.
+    if max_negatives is not None and max_negatives < c:
         score = scores if scores is not None else torch.rand(a, c, generator=generator, device="cpu").to(sim.device)
-        score = score.masked_fill(~neg, -1.0)
+        score = score.masked_fill(~neg, -1.0)  # negatives score in [0, 1): every one outranks a non-negative
         keep = score.topk(max_negatives, dim=1).indices  # [A, M]
         capped = torch.zeros_like(neg)
         capped.scatter_(1, keep, True)

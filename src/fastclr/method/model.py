@@ -18,6 +18,7 @@ class SimCLR(nn.Module):
         head_layers: 2 (v1) or 3 (v2).
         head_hidden: hidden width of the head; None uses d, the width of h (as the paper).
         proj_dim: width of z.
+        arch_kwargs: keyword arguments of the encoder's torchvision / timm constructor.
         encoder: a built encoder and its width d (text encoders, :mod:`fastclr.text.encoder`), used
             instead of building ``arch``.
     """
@@ -29,10 +30,12 @@ class SimCLR(nn.Module):
         head_layers: int = 2,
         head_hidden: int | None = None,
         proj_dim: int = 128,
+        arch_kwargs: dict | None = None,
         encoder: tuple[nn.Module, int] | None = None,
     ):
         super().__init__()
-        self.encoder, self.feature_dim = encoder if encoder is not None else build_encoder(arch, cifar_stem)
+        built = encoder if encoder is not None else build_encoder(arch, cifar_stem, arch_kwargs)
+        self.encoder, self.feature_dim = built
         self.head = ProjectionHead(self.feature_dim, head_hidden or self.feature_dim, proj_dim, head_layers)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Counter-based random numbers keyed on (seed, epoch, sample index, view, draw).
 
 Every random decision of the augmentation is a pure function of these keys, so a sample's
-views do not depend on batch composition, worker count or process count (SIMCLR.md section 6:
-"one global random stream per sample, not per process"). The hash works on int64 tensors on
+views do not depend on batch composition, worker count or process count (docs/distributed.md,
+"One random stream per sample"). The hash works on int64 tensors on
 any device with no host synchronisation and no generator state to save or restore.
 """
 
@@ -48,7 +48,7 @@ def keyed_generator(seed: int, *keys: int) -> torch.Generator:
     """A CPU torch.Generator seeded from (seed, *keys), for host-side draws such as shuffling."""
     value = seed & _MASK
     for k in keys:
-        value = int(_mix(torch.tensor([value ^ _mix(torch.tensor([k + _GOLDEN])).item()]))[0])
+        value = int(_mix(torch.tensor([value ^ int(_mix(torch.tensor([k + _GOLDEN])).item())]))[0])
     g = torch.Generator()
     g.manual_seed(value)
     return g

@@ -1,4 +1,4 @@
-"""Learning-rate schedule: linear warm-up, then cosine decay to zero, per step (SIMCLR.md section 5)."""
+"""Learning-rate schedule: linear warm-up, then cosine decay to zero, per step (paper Appendix B.1)."""
 
 from __future__ import annotations
 

@@ -123,7 +123,7 @@ def text_model(checkpoint: str | None, arch: str | None, random_init: bool, seed
     architecture re-drawn from ``seed``), or an ``hf:`` encoder straight from its folder (``arch``)."""
     from fastclr import config
     from fastclr.errors import UserError
-    from fastclr.train import restore, step
+    from fastclr.train import restore
 
     if checkpoint is None and arch is None:
         raise UserError(
@@ -141,7 +141,7 @@ def text_model(checkpoint: str | None, arch: str | None, random_init: bool, seed
         return restored.model, restored.cfg, restored.source
     cfg = config.Config(data=data or "stsb:stsbenchmark", arch=str(arch), hf_random_init=random_init)
     torch.manual_seed(seed)
-    return step.build_model(cfg), cfg, ("random-init" if random_init else str(arch))
+    return restore.build_model(cfg), cfg, ("random-init" if random_init else str(arch))
 
 
 def sts_command(

@@ -179,7 +179,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
                 else "it holds pickled objects that are not tensors or plain values"
             )
             raise UnsafeCheckpoint(
-                f"checkpoint {path}: refused, {what}; fastclr loads only tensors and plain values (nothing in it was run)"
+                f"checkpoint {path}: refused, {what}; fastclr loads only tensors and plain values (nothing in it was "
+                "run)"
             ) from None
         raise CorruptCheckpoint(f"checkpoint {path}: corrupt (not a readable checkpoint file)") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
@@ -288,7 +289,8 @@ def load_latest(
     if bad:
         names = ", ".join(str(p) for p, _ in bad)
         raise CorruptCheckpoint(
-            f"{folder}: no loadable checkpoint, every file is truncated or corrupt ({names}); start over with --no-resume"
+            f"{folder}: no loadable checkpoint, every file is truncated or corrupt ({names}); start over with "
+            "--no-resume"
         )
     return None
 
@@ -320,7 +322,7 @@ def rng_state() -> dict:
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "numpy": {
             "name": name,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
             "pos": int(pos),
             "has_gauss": int(has_gauss),
             "cached": float(cached),
@@ -330,12 +332,13 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` captured."""
+    """Restore what :func:`rng_state` captured, from tensors on any device (they are read on the CPU)."""
     torch.set_rng_state(state["torch"].cpu())
     if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    keys = n["keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached"]))
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss"]))
 
@@ -343,7 +346,7 @@ def set_rng_state(state: dict) -> None:
 # --- a pretraining run's checkpoint: assembly and resume ------------------------------------------
 
 # Config fields a checkpoint's weights must match, and fields whose change does not alter the run.
-SHAPE_KEYS = ("arch", "cifar_stem", "head_layers", "head_hidden", "proj_dim", "optimizer")
+SHAPE_KEYS = ("arch", "arch_kwargs", "cifar_stem", "head_layers", "head_hidden", "proj_dim", "optimizer")
 FREE_KEYS = {
     "out",
     "max_steps",
@@ -362,6 +365,10 @@ FREE_KEYS = {
     "knn_every",
     "online_probe",
     "compile",
+    "trackers",
+    "tracker_project",
+    "tracker_group",
+    "tracker_dir",
 }
 
 
@@ -405,13 +412,15 @@ def clear(folder: Path, main: bool = True) -> None:
                 path.unlink(missing_ok=True)
 
 
-def resume_state(folder: Path, cfg: config.Config, device: torch.device, main: bool = True) -> dict | None:
-    """The newest checkpoint of ``folder`` to continue from (None: start at step 0).
+def resume_state(folder: Path, cfg: config.Config, main: bool = True) -> dict | None:
+    """The newest checkpoint of ``folder`` to continue from (None: start at step 0), every tensor on the CPU.
 
+    The generators' states must be read there; the weights and the optimiser state reach the run's
+    device when :func:`restore_training` loads them into the model and optimiser that live there.
     UserError when it was written with other weight shapes (``SHAPE_KEYS``); a warning when other
     settings that change the run differ (everything but ``FREE_KEYS``).
     """
-    found = load_latest(folder, map_location=device, warn=log.warn, set_aside=main)
+    found = load_latest(folder, map_location="cpu", warn=log.warn, set_aside=main)
     if found is None:
         return None
     state, path = found

@@ -3,7 +3,7 @@
 Every helper works when torch.distributed is not started (one process: rank 0 of 1), so the
 training code calls them unconditionally. Processes are configured only through torchrun's
 environment variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT): NCCL on CUDA,
-gloo on CPU. SIMCLR.md section 6 lists what must hold; tests/test_dist.py checks it.
+gloo on CPU. docs/distributed.md lists what must hold; tests/train/test_dist.py checks it.
 """
 
 from __future__ import annotations
@@ -86,8 +86,9 @@ def check_same(values: dict, what: str = "config", hint: str = "give every node 
         return
     every: list[dict | None] = [None] * world_size()
     tdist.all_gather_object(every, values)
+    first = every[0] or {}
     for r, other in enumerate(every):
-        diff = sorted(k for k in set(values) | set(other or {}) if (other or {}).get(k) != every[0].get(k))
+        diff = sorted(k for k in set(values) | set(other or {}) if (other or {}).get(k) != first.get(k))
         if diff:
             raise UserError(f"rank {r} has a different {what} than rank 0 ({', '.join(diff)}); {hint}")
 
@@ -178,6 +179,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.weight is not None:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         if self.track_running_stats:
+            assert self.num_batches_tracked is not None and self.running_mean is not None
+            assert self.running_var is not None
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
@@ -200,7 +203,7 @@ def _to_global_bn(module: nn.Module) -> nn.Module:
 
 
 def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Global BN (SIMCLR.md section 5): every BatchNorm of ``model`` normalises over all ranks.
+    """Global BN (paper section 2.2): every BatchNorm of ``model`` normalises over all ranks.
 
     CUDA uses torch's SyncBatchNorm; CPU uses :class:`GlobalBatchNorm`. State dict keys stay the same.
     """
@@ -222,4 +225,4 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     flag = (
         "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else "broadcast_buffers"
     )
-    return ddp(model, device_ids=ids, **{flag: False})
+    return ddp(model, device_ids=ids, **{flag: False})  # type: ignore[arg-type]

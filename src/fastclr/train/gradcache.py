@@ -68,6 +68,7 @@ def forward_backward(
     z = z.detach().float().requires_grad_()
     value = loss_fn(z)
     value.backward()
+    assert z.grad is not None  # the loss depends on every row of z
     grads = z.grad.split(chunk_size)
     no_sync = getattr(model, "no_sync", contextlib.nullcontext)
     for i, (c, g) in enumerate(zip(chunks, grads)):

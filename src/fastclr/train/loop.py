@@ -18,6 +18,7 @@ anything is written, so ``last.pt`` always holds finite weights. bf16 needs no g
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -42,8 +43,9 @@ from fastclr.text.views import TextViewConfig
 from fastclr.train import checkpoint, dist, preflight
 from fastclr.train.callbacks import Callback, LoopState, batch_hook, merged_state
 from fastclr.train.precision import pick_device, resolve
+from fastclr.train.restore import build_model
 from fastclr.train.signals import StopSignal
-from fastclr.train.step import augment_config, build_model, make_views, train_step
+from fastclr.train.step import augment_config, make_views, train_step
 from fastclr.train.tracking import MetricsLog
 
 # --- setup --------------------------------------------------------------------------------------
@@ -192,7 +194,7 @@ def resume_or_start(run: Run, resume: bool, callbacks: Sequence[Callback]) -> tu
         checkpoint.remove_temporaries(folder)
     if not resume:
         checkpoint.clear(folder, main)
-    state = checkpoint.resume_state(folder, run.cfg, run.device, main) if resume else None
+    state = checkpoint.resume_state(folder, run.cfg, main) if resume else None
     if state is not None:
         for cb in callbacks:
             cb.load_state_dict(state.get("monitor", {}))
@@ -237,6 +239,18 @@ class Tally:
     t_start: float = field(default_factory=time.perf_counter)
     t_log: float = field(default_factory=time.perf_counter)
     images_log: int = 0
+    t_aside: float = 0.0  # seconds of checkpoints and epoch-end callbacks (monitors): not training
+
+    @contextlib.contextmanager
+    def aside(self, device: torch.device):
+        """Time the block as work other than training; the device's queued steps finish first."""
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # once per epoch or checkpoint: the saves read the weights anyway
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.t_aside += time.perf_counter() - t
 
 
 def loop(run: Run, step: int, saved: Path, callbacks: Sequence[Callback]) -> tuple[Tally, StopSignal]:
@@ -271,13 +285,16 @@ def loop(run: Run, step: int, saved: Path, callbacks: Sequence[Callback]) -> tup
                 state = LoopState(
                     run.model, tally.step, tally.step / s.steps_per_epoch, s.steps_per_epoch, write_record
                 )
-                end_of_step(state, callbacks, stop)
+                epoch_end = tally.step % s.steps_per_epoch == 0
+                with tally.aside(run.device) if epoch_end else contextlib.nullcontext():
+                    end_of_step(state, callbacks, stop)
                 tally.stopping = stop.agreed(run.world, run.device, sync_point=log_now)
                 if tally.stopping or checkpoint_due(tally.step, cfg.checkpoint_every, s):
-                    if int(tally.bad_step) >= 0 or not all_finite(run.model):  # never overwrite good weights
-                        bad = max(int(tally.bad_step), tally.step)
-                        raise UserError(nonfinite_message(bad, cfg, run.precision, tally.saved))
-                    tally.saved = (tally.step, save(run, tally.step, callbacks))
+                    with tally.aside(run.device):
+                        if int(tally.bad_step) >= 0 or not all_finite(run.model):  # never overwrite good weights
+                            bad = max(int(tally.bad_step), tally.step)
+                            raise UserError(nonfinite_message(bad, cfg, run.precision, tally.saved))
+                        tally.saved = (tally.step, save(run, tally.step, callbacks))
                 if tally.step >= s.run_steps or tally.stopping:
                     break
     progress.close()
@@ -304,7 +321,7 @@ def one_step(
 
 
 def log_step(run: Run, tally: Tally, value: torch.Tensor, lr: float, write: Any, progress: Progress) -> None:
-    """Read the loss (the only host sync of the loop), stop on a non-finite one, write the metrics line."""
+    """Read the loss (a host sync, every ``log_every`` steps), stop on a non-finite one, write the metrics line."""
     tally.last_loss = float(value)
     if int(tally.bad_step) >= 0:
         raise UserError(nonfinite_message(int(tally.bad_step), run.cfg, run.precision, tally.saved))
@@ -361,7 +378,9 @@ def finish(run: Run, tally: Tally, stop: StopSignal) -> dict[str, Any]:
         "epochs": tally.step / run.schedule.steps_per_epoch,
         "steps": tally.step,
         "final_loss": last_loss,
-        "images_per_s": tally.images_done / elapsed if tally.images_done else 0.0,
+        "images_per_s": tally.images_done / elapsed if tally.images_done else 0.0,  # end to end
+        # the steps alone: without checkpoints and epoch-end monitors (benchmarks/gpu_check.sh reports both)
+        "train_images_per_s": tally.images_done / max(elapsed - tally.t_aside, 1e-9) if tally.images_done else 0.0,
         "skipped": len(run.data.skipped),  # files that could not be decoded: OUT/skipped.txt
     }
 

@@ -39,11 +39,13 @@ def per_process_batch(cfg: Config, world_size: int) -> None:
     """The global batch splits evenly into at least 2 images per process (BN and the negatives need 2)."""
     if cfg.batch_size % world_size:
         raise UserError(
-            f"batch_size={cfg.batch_size} does not divide over {world_size} processes: must be a multiple of {world_size}"
+            f"batch_size={cfg.batch_size} does not divide over {world_size} processes: must be a multiple of "
+            f"{world_size}"
         )
     if cfg.batch_size // world_size < 2:
         raise UserError(
-            f"batch_size={cfg.batch_size} gives {cfg.batch_size // world_size} image per process over {world_size} processes: must be >= {2 * world_size}"
+            f"batch_size={cfg.batch_size} gives {cfg.batch_size // world_size} image per process over {world_size} "
+            f"processes: must be >= {2 * world_size}"
         )
 
 
@@ -62,13 +64,15 @@ def against_data(cfg: Config, count: int, side: int | None, name: str) -> None:
         return
     if cfg.image_size > MAX_UPSCALE * side:
         raise UserError(
-            f"image_size={cfg.image_size} is too large for the {side}x{side} images of {name}: must be 8 to {MAX_UPSCALE * side}"
+            f"image_size={cfg.image_size} is too large for the {side}x{side} images of {name}: must be 8 to "
+            f"{MAX_UPSCALE * side}"
         )
     smallest = math.sqrt(cfg.min_scale) * side
     if smallest < MIN_CROP_PIXELS:
         need = (MIN_CROP_PIXELS / side) ** 2
         raise UserError(
-            f"min_scale={cfg.min_scale} crops {smallest:.1f} px from the {side}x{side} images of {name}: must be in [{need:.3g}, 1]"
+            f"min_scale={cfg.min_scale} crops {smallest:.1f} px from the {side}x{side} images of {name}: must be in "
+            f"[{need:.3g}, 1]"
         )
 
 
@@ -85,11 +89,13 @@ def free_disk(out: Path, need: int) -> None:
     free = shutil.disk_usage(out).free
     if free < need:
         raise UserError(
-            f"out={str(out)!r} has {_size(free)} free: a checkpoint needs {_size(need)}; free some space or choose another folder"
+            f"out={str(out)!r} has {_size(free)} free: a checkpoint needs {_size(need)}; free some space or choose "
+            "another folder"
         )
 
 
-def _size(n: int) -> str:
+def _size(count: int) -> str:
+    n = float(count)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

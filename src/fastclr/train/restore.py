@@ -1,4 +1,4 @@
-"""Rebuild a model from a checkpoint (or from scratch) for the evaluation commands.
+"""Where models come from: built from a config, or rebuilt from a checkpoint for the evaluation commands.
 
 Every command after pretraining (``knn``, ``linear``, ``finetune``, ``distill``, ``embed``,
 ``export``) starts here: :func:`load_model` reads a checkpoint with
@@ -12,7 +12,6 @@ reads an encoder reads those too.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +20,9 @@ import torch
 from fastclr import config
 from fastclr.data import datasets
 from fastclr.errors import UserError
+from fastclr.method.encoder import freeze_patch_embedding
 from fastclr.method.model import SimCLR
-from fastclr.train import checkpoint
+from fastclr.train import checkpoint, dist
 from fastclr.train.precision import pick_device, resolve
 
 
@@ -36,11 +36,26 @@ class Restored:
     source: str  # the checkpoint path, or "random-init"
 
 
-def build(cfg: config.Config) -> SimCLR:
-    """A freshly initialised SimCLR network as ``cfg`` describes it (``hf:`` archs: a text encoder)."""
-    from fastclr.train.step import build_model
+def build_model(cfg: config.Config) -> SimCLR:
+    """A freshly initialised SimCLR network as ``cfg`` describes it (an ``hf:`` arch: a text encoder), its
+    ViT patch projection frozen when ``freeze_patch_embed``; the one place a config becomes a model."""
+    encoder = None
+    if config.is_text(cfg):
+        from fastclr.text.encoder import build_text_encoder
 
-    return build_model(cfg)
+        encoder = build_text_encoder(cfg.arch, cfg.pooling, cfg.hf_random_init)
+    model = SimCLR(
+        cfg.arch,
+        cfg.cifar_stem,
+        cfg.head_layers,
+        cfg.head_hidden or None,
+        cfg.proj_dim,
+        config.arch_kwargs(cfg),
+        encoder,
+    )
+    if cfg.freeze_patch_embed:
+        freeze_patch_embedding(model.encoder)
+    return model
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> Restored:
@@ -51,11 +66,12 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Restored
             f"checkpoint {path}: has no 'config' and 'model' entries; pass OUT/checkpoints/last.pt of a fastclr run"
         )
     cfg = config.from_dict(state["config"])
-    model = build(cfg)
+    model = build_model(cfg)
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if missing or unexpected:
         raise UserError(
-            f"checkpoint {path}: weights do not match arch={cfg.arch} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            f"checkpoint {path}: weights do not match arch={cfg.arch} (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]})"
         )
     return Restored(model.to(device), cfg, state, str(path))
 
@@ -65,7 +81,7 @@ def random_init(cfg: config.Config, seed: int, device: torch.device | str = "cpu
     if config.is_text(cfg):  # a Transformer's random draw, not its file's weights
         cfg = dataclasses.replace(cfg, hf_random_init=True)
     torch.manual_seed(seed)
-    return Restored(build(cfg).to(device), cfg, {}, "random-init")
+    return Restored(build_model(cfg).to(device), cfg, {}, "random-init")
 
 
 def resolve_model(path: str | None, random: bool, seed: int, device: torch.device, init: str | None = None) -> Restored:
@@ -87,11 +103,23 @@ def resolve_model(path: str | None, random: bool, seed: int, device: torch.devic
 
 
 def open_for_command(
-    path: str | None, device: str | None, random: bool = False, seed: int = 0, init: str | None = None
+    path: str | None,
+    device: str | None,
+    random: bool = False,
+    seed: int = 0,
+    init: str | None = None,
+    join: bool = False,
 ) -> tuple[Restored, torch.device, str]:
-    """What every evaluation command starts with: the model on its device, and the precision to use."""
-    restored = resolve_model(path, random, seed, "cpu", init)
-    dev, precision = device_and_precision(restored.cfg, device)
+    """What every evaluation command starts with: the model on its device, and the precision to use.
+
+    ``join`` first joins torchrun's process group (``fastclr embed``): each rank then takes GPU
+    LOCAL_RANK before anything touches CUDA, instead of every rank opening a context on GPU 0.
+    """
+    restored = resolve_model(path, random, seed, torch.device("cpu"), init)
+    dev = pick_device(device or restored.cfg.device)
+    if join:
+        dev = dist.setup(dev)
+    precision = resolve(restored.cfg.precision, dev)  # may query the GPU: after the group chose it
     restored.model.to(dev)
     return restored, dev, precision
 
@@ -100,7 +128,8 @@ def in_memory(images: object, what: str) -> datasets.ImageSet:
     """The split as decoded images; UserError for a split that is streamed from disk."""
     if not isinstance(images, datasets.ImageSet):
         raise UserError(
-            f"{what}: these images are streamed from disk; use a data set decoded at the training size (its train split)"
+            f"{what}: these images are streamed from disk; use a data set decoded at the training size (its train "
+            "split)"
         )
     return images
 
@@ -126,18 +155,12 @@ def labelled_splits(data: datasets.DataSplits, command: str) -> tuple[datasets.I
     """The labelled train and test splits, or a UserError saying what the data set lacks."""
     if data.train is None or data.train.labels is None:
         raise UserError(
-            f"{command}: data set {data.name!r} has no labels; use a folder with one sub-folder per class (train/<class>/..., test/<class>/...)"
+            f"{command}: data set {data.name!r} has no labels; use a folder with one sub-folder per class "
+            "(train/<class>/..., test/<class>/...)"
         )
     if data.test is None or data.test.labels is None:
         raise UserError(
-            f"{command}: data set {data.name!r} has no labelled test split; add a test/ (or val/) folder with the same class folders"
+            f"{command}: data set {data.name!r} has no labelled test split; add a test/ (or val/) folder with the "
+            "same class folders"
         )
     return data.train, data.test
-
-
-def num_classes(train: datasets.ImageSet) -> int:
-    return len(train.classes or []) or int(train.labels.max()) + 1
-
-
-def log(msg: str) -> None:
-    print(f"fastclr: {msg}", file=sys.stderr, flush=True)

@@ -1,7 +1,8 @@
 """One SimCLR optimisation step: views, forward, loss, backward, update.
 
-The step never synchronises with the host: it returns the loss as a device tensor and the loop
-reads it only every ``log_every`` steps.
+The step never synchronises with the host: constants reach the device once, counts come from
+shapes, and it returns the loss as a device tensor that the loop reads only every ``log_every``
+steps. tests/train/test_sync_free.py runs it under a dispatch mode that fails on any host sync.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from fastclr import config
 from fastclr.data.stream import finish_views
 from fastclr.method import loss
 from fastclr.method.augment import AugmentConfig, augment
-from fastclr.method.model import SimCLR
 from fastclr.method.rng import keyed_uniform
 from fastclr.text.views import TextViewConfig, make_text_views
 from fastclr.train import dist, gradcache
@@ -29,16 +29,6 @@ def augment_config(cfg: config.Config) -> AugmentConfig | TextViewConfig:
     return AugmentConfig(
         size=cfg.image_size, min_scale=cfg.min_scale, flip=cfg.flip, color_strength=cfg.color_strength, blur=cfg.blur
     )
-
-
-def build_model(cfg: config.Config) -> SimCLR:
-    """A freshly initialised SimCLR network as ``cfg`` describes it (an ``hf:`` arch: a text encoder)."""
-    encoder = None
-    if config.is_text(cfg):
-        from fastclr.text.encoder import build_text_encoder
-
-        encoder = build_text_encoder(cfg.arch, cfg.pooling, cfg.hf_random_init)
-    return SimCLR(cfg.arch, cfg.cifar_stem, cfg.head_layers, cfg.head_hidden or None, cfg.proj_dim, encoder)
 
 
 def make_views(
@@ -58,7 +48,8 @@ def make_views(
 
 
 def contrastive_loss(z: torch.Tensor, cfg: config.Config, step: int) -> torch.Tensor:
-    """The configured loss of this rank's anchors against the global batch (SIMCLR.md section 6).
+    """The configured loss of this rank's anchors against the global batch (paper section 2.1, eq. 1;
+    docs/distributed.md).
 
     Args:
         z: [V*b, D] this rank's projections, view-major (row v*b + i is view v of local sample i).

@@ -48,7 +48,8 @@ def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UserError(
-            f"--init {path}: refused, it holds pickled objects other than tensors (code would run if it were unpickled; nothing in it was run)"
+            f"--init {path}: refused, it holds pickled objects other than tensors (code would run if it were "
+            "unpickled; nothing in it was run)"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise UserError(f"--init {path}: unreadable ({(str(e).strip().splitlines() or [''])[0][:160]})") from None
@@ -99,9 +100,13 @@ def init_encoder(encoder: nn.Module, path: str | Path) -> dict[str, list[str]]:
         if k in state and state[k].shape != v.shape:
             hint = ""
             if k == "conv1.weight":
-                hint = " (the first conv differs: a 7x7 ImageNet stem vs the 3x3 CIFAR stem; set cifar_stem to match the file)"
+                hint = (
+                    " (the first conv differs: a 7x7 ImageNet stem vs the 3x3 CIFAR stem; "
+                    "set cifar_stem to match the file)"
+                )
             raise UserError(
-                f"--init {path}: {k} has shape {tuple(state[k].shape)} in the file but {tuple(v.shape)} in the encoder{hint}"
+                f"--init {path}: {k} has shape {tuple(state[k].shape)} in the file but {tuple(v.shape)} in the "
+                f"encoder{hint}"
             )
     with torch.no_grad():
         for k, v in own.items():

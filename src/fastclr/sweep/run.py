@@ -1,0 +1,223 @@
+"""``fastclr sweep``: hyper-parameter search over SimCLR's config with optuna.
+
+Each trial is an ordinary pretraining run in ``DIR/trials/N`` (config.yaml, metrics.jsonl,
+checkpoints, result.json) whose objective is its end-of-run evaluation (``knn_top1`` or
+``linear_top1``, maximised). With a pruner (median, or successive halving), every kNN monitor value
+(``knn_every`` epochs; set to 1 when the config has it off) is reported to optuna through a loop
+callback, and a trial below the pruner's bar stops at once with a checkpoint.
+
+Rerunning the same command resumes the study (:mod:`fastclr.sweep.study`): finished trials stay,
+a trial whose process was killed is taken over and its pretraining resumed, new trials fill the
+study up to ``--trials``. Several processes (SLURM array tasks, nodes) running the same command on
+the same ``--out`` (a shared file system) and storage share the work.
+
+The objective reads the data set's test split, as the end-of-run evaluation does: tune on a
+validation split (a folder with ``train/`` and ``val/`` carved from the training images) when the
+tuned number is to be reported.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastclr import config
+from fastclr.errors import UserError
+from fastclr.sweep import outputs, space, study
+from fastclr.train.callbacks import Callback
+
+METRICS = ("knn_top1", "linear_top1")
+PRUNERS = ("median", "halving", "none")
+
+
+@dataclass
+class SweepSpec:
+    """What defines a study: the base config, the data, the space, the objective (``--trials`` may grow)."""
+
+    base: str | None
+    data: str | None
+    space_file: str
+    metric: str = "knn_top1"
+    pruner: str = "median"
+    sets: tuple[str, ...] = ()
+
+    def definition(self, dims: list[space.Dimension]) -> dict[str, Any]:
+        return {
+            "base": self.base,
+            "data": self.data,
+            "space": space.describe(dims),
+            "metric": self.metric,
+            "pruner": self.pruner,
+            "sets": list(self.sets),
+        }
+
+
+class Pruning(Callback):
+    """Reports each kNN monitor value to the trial; asks the loop to stop when optuna prunes it."""
+
+    def __init__(self, trial: Any):
+        self.trial, self.pruned = trial, False
+        self.seen = set(trial.storage.get_trial(trial._trial_id).intermediate_values)  # a resumed trial's
+
+    def on_log(self, record: dict[str, Any]) -> None:
+        value = record.get("knn_top1")
+        if not isinstance(value, (int, float)):
+            return
+        epoch = round(float(record.get("epoch", 0)))
+        if epoch not in self.seen:
+            self.trial.report(float(value), epoch)
+            self.seen.add(epoch)
+        if self.trial.should_prune():
+            self.pruned = True
+
+    def should_stop(self) -> bool:
+        return self.pruned
+
+
+def _pruner(name: str) -> Any:
+    optuna = study.import_optuna()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+    return optuna.pruners.NopPruner()
+
+
+def trial_config(spec: SweepSpec, dims: list[space.Dimension], trial: Any, out: Path, name: str) -> config.Config:
+    """The trial's resolved config: base, then --set, then the trial's parameters; out = DIR/trials/N."""
+    cfg = config.build_config(spec.base, {"data": spec.data}, list(spec.sets))
+    for key, value in space.suggest(trial, dims).items():
+        setattr(cfg, key, config.parse_value(key, value))
+    cfg.out = str(out / "trials" / str(trial.number))
+    if spec.pruner != "none" and cfg.knn_every == 0:
+        cfg.knn_every = 1  # pruning needs the kNN monitor's values during training
+    cfg.tracker_group = cfg.tracker_group or name  # each trial its own tracked run, grouped by study
+    cfg.tracker_dir = cfg.tracker_dir or str(out)
+    config.validate(cfg)
+    return cfg
+
+
+def run_trial(spec: SweepSpec, dims: list[space.Dimension], trial: Any, out: Path, name: str) -> int:
+    """Run one trial to its end and tell optuna; returns an exit code (non-zero: stop the sweep)."""
+    from fastclr.pipeline import pretrain_and_evaluate
+
+    optuna = study.import_optuna()
+    pruning = Pruning(trial)
+    try:
+        cfg = trial_config(spec, dims, trial, out, name)
+        trial.set_user_attr("folder", cfg.out)
+        with study.Heartbeat(trial):
+            result = pretrain_and_evaluate(cfg, resume=True, callbacks=[pruning])
+    except UserError as e:  # a trial's bad setting (nan loss, a batch too large): failed, the sweep goes on
+        trial.set_user_attr("error", str(e))
+        study.log(f"trial {trial.number} failed: {e}")
+        trial.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return 0
+    if pruning.pruned:
+        trial.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    elif result.get("interrupted"):  # SIGTERM / SIGINT: the trial stays RUNNING, the next run takes it over
+        return int(result.get("exit_code", 1))
+    else:
+        value = (result.get("eval") or {}).get(spec.metric)
+        if value is None:
+            trial.set_user_attr("error", f"no {spec.metric} in the result (eval=false, or no labelled test split)")
+            trial.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            trial.study.tell(trial, float(value))
+    return 0
+
+
+def sweep(
+    spec: SweepSpec,
+    trials: int,
+    out: str | Path,
+    storage_url: str | None = None,
+    study_name: str | None = None,
+    sampler_seed: int | None = None,
+) -> dict[str, Any]:
+    """Run (or resume, or join) the study until it holds ``trials`` finished trials; returns the summary."""
+    if spec.metric not in METRICS:
+        raise UserError(f"--metric {spec.metric!r}: use one of {', '.join(METRICS)}")
+    if spec.pruner not in PRUNERS:
+        raise UserError(f"--pruner {spec.pruner!r}: use one of {', '.join(PRUNERS)}")
+    if trials < 1:
+        raise UserError(f"--trials {trials}: must be >= 1")
+    dims = space.read(spec.space_file)
+    out = Path(out)
+    trial_config(spec, dims, _Preview(), out, "check")  # a bad base config or --set fails before any trial
+    optuna = study.import_optuna()
+    name = study_name or out.resolve().name
+    the_study = optuna.create_study(
+        study_name=name,
+        storage=study.storage(out, storage_url),
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=sampler_seed),
+        pruner=_pruner(spec.pruner),
+    )
+    _check_definition(the_study, spec.definition(dims))
+    code = 0
+    while code == 0:
+        trial = study.next_trial(the_study, out, trials)
+        if trial is None:
+            break
+        study.log(f"trial {trial.number} of {trials}: {out / 'trials' / str(trial.number)}")
+        code = run_trial(spec, dims, trial, out, name)
+        write_outputs(the_study, spec.metric, out)
+    summary = write_outputs(the_study, spec.metric, out)
+    if code:
+        summary["exit_code"] = code
+        summary["interrupted"] = True
+    return summary
+
+
+class _Preview:
+    """A stand-in trial for checking the base config: every range at its low end, every first choice."""
+
+    number = 0
+
+    def suggest_categorical(self, name: str, choices: list) -> Any:
+        return choices[0]
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        return low
+
+    def suggest_float(self, name: str, low: float, high: float, step: float | None = None, log: bool = False) -> float:
+        return low
+
+
+def _check_definition(the_study: Any, definition: dict[str, Any]) -> None:
+    stored = the_study.user_attrs.get("definition")
+    if stored is None:
+        the_study.set_user_attr("definition", json.loads(json.dumps(definition)))
+    elif stored != json.loads(json.dumps(definition)):
+        raise UserError(
+            f"study {the_study.study_name!r} was started with other settings ({stored}); rerun it with the same "
+            "--config, --data, --space, --metric, --pruner and --set, or use another --out / --storage"
+        )
+
+
+def write_outputs(the_study: Any, metric: str, out: Path) -> dict[str, Any]:
+    """trials.csv, best.yaml (once a trial completed), sweep.html; returns the result line."""
+    optuna = study.import_optuna()
+    states = optuna.trial.TrialState
+    trials = the_study.get_trials(deepcopy=False)
+    count = {s: sum(t.state == s for t in trials) for s in (states.COMPLETE, states.PRUNED, states.FAIL)}
+    summary: dict[str, Any] = {
+        "out": str(out),
+        "trials": len(trials),
+        "complete": count[states.COMPLETE],
+        "pruned": count[states.PRUNED],
+        "failed": count[states.FAIL],
+        "metric": metric,
+        "best": None,
+    }
+    outputs.write_csv(trials, out / "trials.csv")
+    if count[states.COMPLETE]:
+        best = the_study.best_trial
+        summary["best"] = {"number": best.number, "value": best.value, "params": best.params}
+        outputs.write_best(best, metric, out / "best.yaml")
+    outputs.write_html(the_study, summary, out / "sweep.html")
+    return summary

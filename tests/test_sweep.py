@@ -1,0 +1,162 @@
+"""``fastclr sweep``: a 3-trial search on digits writes every output, resumes after a kill without
+losing or duplicating a trial, and refuses a space with an unknown field."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fastclr import config
+from fastclr.cli import main
+from fastclr.errors import UserError
+from fastclr.sweep import space
+
+pytest.importorskip("optuna")
+
+TINY = [
+    "max_images=256",
+    "image_size=8",
+    "epochs=2",
+    "batch_size=64",
+    "warmup_epochs=0",
+    "workers=0",
+    "knn_k=10",
+    "log_every=1",
+    "checkpoint_every=1",
+    "trackers=none",
+    "device=cpu",
+]
+SPACE = "temperature: {low: 0.1, high: 0.5, log: true}\nlr: [0.05, 0.1]\nmin_scale: 0.3\n"
+
+
+def _args(tmp_path: Path, out: Path, trials: int = 3) -> list[str]:
+    (tmp_path / "space.yaml").write_text(SPACE)
+    args = ["sweep", "--space", str(tmp_path / "space.yaml"), "--trials", str(trials), "--out", str(out)]
+    args += ["--sampler-seed", "0"]
+    for item in TINY:
+        args += ["--set", item]
+    return args
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "trials.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_space_reads_ranges_choices_and_fixed_values(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(SPACE + "warmup_epochs: {low: 0, high: 4, step: 2}\nflip: false\n")
+    dims = {d.name: d for d in space.read(path)}
+    assert dims["temperature"].log and dims["temperature"].low == 0.1
+    assert dims["lr"].choices == (0.05, 0.1) and dims["min_scale"].fixed == 0.3
+    assert dims["flip"].fixed is False and dims["flip"].low is None
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("temprature: [0.1, 0.2]\n", "unknown field.*valid fields: data, image_size"),
+        ("arch: {low: 1, high: 2}\n", "give a list of choices"),
+        ("lr: {low: 0.5, high: 0.1}\n", "need low < high"),
+        ("lr: {low: 0.1}\n", "a range is"),
+    ],
+)
+def test_bad_space_is_a_user_error(tmp_path, text, match):
+    (tmp_path / "s.yaml").write_text(text)
+    with pytest.raises(UserError, match=match):
+        space.read(tmp_path / "s.yaml")
+
+
+def test_unknown_field_exits_2_listing_the_valid_ones(tmp_path, capsys):
+    (tmp_path / "s.yaml").write_text("temprature: [0.1, 0.2]\n")
+    code = main(["sweep", "--space", str(tmp_path / "s.yaml"), "--trials", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "temprature" in err[0] and "temperature" in err[0]
+    assert not (tmp_path / "o" / "trials").exists()
+
+
+@pytest.mark.slow
+def test_sweep_completes_and_writes_every_output(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(_args(tmp_path, out)) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result) >= {"out", "trials", "complete", "pruned", "failed", "best"}
+    assert result["trials"] == 3 and result["complete"] + result["pruned"] == 3 and result["failed"] == 0
+    rows = _rows(out)
+    assert [r["number"] for r in rows] == ["0", "1", "2"]
+    for r in rows:
+        folder = out / "trials" / r["number"]
+        assert (folder / "config.yaml").is_file() and (folder / "metrics.jsonl").is_file()
+        assert (folder / "checkpoints" / "last.pt").is_file()
+        if r["state"] == "COMPLETE":
+            value = json.loads((folder / "result.json").read_text())["eval"]["knn_top1"]
+            assert float(r["value"]) == pytest.approx(value)
+        trial_cfg = config.read_preset(str(folder / "config.yaml"))
+        assert trial_cfg["temperature"] == pytest.approx(float(r["temperature"])) and trial_cfg["min_scale"] == 0.3
+    best = result["best"]
+    assert best["value"] == max(float(r["value"]) for r in rows if r["state"] == "COMPLETE")
+    cfg = config.build_config(str(out / "best.yaml"), {}, [])  # loadable with --config DIR/best.yaml
+    assert cfg.temperature == pytest.approx(best["params"]["temperature"]) and cfg.lr == best["params"]["lr"]
+    assert "<img" in (out / "sweep.html").read_text()
+    assert main(_args(tmp_path, out)) == 0  # rerun: nothing left to do, nothing added
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["trials"] == 3
+
+
+def _checkpoint_steps(folder: Path) -> list[int]:
+    return sorted(int(p.stem.split("-")[-1]) for p in (folder / "checkpoints").glob("step-*.pt"))
+
+
+@pytest.mark.slow
+def test_sweep_resumes_after_a_kill_without_losing_or_duplicating_a_trial(tmp_path):
+    out = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), *sys.path])}
+    cmd = [sys.executable, "-m", "fastclr", *_args(tmp_path, out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    victim = out / "trials" / "1"
+    deadline = time.time() + 1200
+    while time.time() < deadline and proc.poll() is None:
+        if (victim / "checkpoints").is_dir() and [s for s in _checkpoint_steps(victim) if s >= 2]:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep ended before trial 1 was checkpointed mid-way"
+    os.killpg(proc.pid, signal.SIGKILL)  # no handler runs: trial 1 stays RUNNING in the study
+    proc.wait()
+    killed_at = max(_checkpoint_steps(victim))
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    assert again.returncode == 0, again.stderr[-2000:]
+    result = json.loads(again.stdout.strip().splitlines()[-1])
+    assert result["trials"] == 3 and result["failed"] == 0 and result["complete"] + result["pruned"] == 3
+    assert [r["number"] for r in _rows(out)] == ["0", "1", "2"]
+    assert f"resuming from {victim / 'checkpoints'}" in again.stderr  # taken over, not restarted
+    steps = [json.loads(x)["step"] for x in (victim / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert steps == sorted(set(steps)) and steps[0] == 1 and killed_at in steps  # one continuous log
+
+
+def test_a_trial_of_a_dead_process_is_taken_over_not_added(tmp_path):
+    """A RUNNING trial whose owner pid is gone is handed out again (same number, same params);
+    the study never grows past --trials."""
+    import optuna
+
+    from fastclr.sweep import study
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    s = optuna.create_study(storage=study.storage(tmp_path, None), study_name="s", direction="maximize")
+    first = study.next_trial(s, tmp_path, total=2)
+    lr = first.suggest_float("lr", 0.01, 1.0, log=True)
+    first.set_user_attr("owner", {"host": study.me()["host"], "pid": dead.pid})  # its process was killed
+    again = study.next_trial(s, tmp_path, total=2)
+    assert again.number == first.number and again.suggest_float("lr", 0.01, 1.0, log=True) == lr
+    assert again.user_attrs["owner"] == study.me()
+    s.tell(again, 0.5)
+    second = study.next_trial(s, tmp_path, total=2)
+    assert second.number == 1
+    assert study.next_trial(s, tmp_path, total=2) is None  # trial 1 is alive (ours): nothing to take over
+    s.tell(second, 0.7)
+    assert study.next_trial(s, tmp_path, total=2) is None and len(s.trials) == 2
