@@ -212,9 +212,9 @@ CASES = {
     ),
     "foreign ckpt": Case("`last.pt` from another program", _foreign_file, "not a fastclr checkpoint"),
     "other arch": Case(
-        "`last.pt` of a resnet18 run, this run resnet_mini",
+        "`last.pt` of a resnet18 run, this run resnet_micro",
         _other_arch,
-        "arch='resnet_mini' differs from 'resnet18' in checkpoint",
+        "arch='resnet_micro' differs from 'resnet18' in checkpoint",
     ),
     "report missing": Case(
         "`fastclr report /nonexistent/run`", lambda t, m: ["report", "/nonexistent/run"], "/nonexistent/run"

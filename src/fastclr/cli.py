@@ -224,8 +224,10 @@ def add_linear(sub) -> None:
         "linear",
         help="linear evaluation: a linear classifier on the frozen encoder's h (paper protocol), top-1/top-5",
         description="Linear evaluation (SimCLR Appendix B.6): encoder frozen with its BN statistics, a linear layer "
-        "trained with Nesterov SGD on crop-and-flip views, no weight decay. --features: L-BFGS logistic regression on "
-        "cached h with the L2 penalty tuned on held-out train images (the transfer protocol; fast on a CPU).",
+        "trained with Nesterov SGD on the paper's views whatever the pretraining used: random resized crop (area "
+        "0.08-1) + flip for training, resize + centre crop for testing (crop proportion 0.875 for images of 96 px and "
+        "more), no weight decay. --features: L-BFGS logistic regression on cached h, the L2 penalty chosen among 45 "
+        "values from 1e-6 to 1e5 on held-out train images (the transfer protocol, Appendix B.5; fast on a CPU).",
     )
     _eval_flags(p)
     p.add_argument(
@@ -236,6 +238,23 @@ def add_linear(sub) -> None:
     p.add_argument(
         "--lr", type=float, default=0.1, help="base learning rate, scaled by B/256, cosine-decayed (default 0.1)"
     )
+    p.add_argument(
+        "--min-scale",
+        type=float,
+        dest="min_scale",
+        default=0.08,
+        help="smallest training crop area fraction (paper: 0.08; for 8x8 digits use 0.3)",
+    )
+    p.add_argument(
+        "--no-flip", action="store_false", dest="flip", help="no horizontal flip in training (digits, text-like images)"
+    )
+    p.add_argument(
+        "--crop-proportion",
+        type=float,
+        dest="crop",
+        default=None,
+        help="centre-crop proportion of the test view (default: 0.875 from 96 px up, else 1: the whole image)",
+    )
     p.set_defaults(func=run_linear)
 
 
@@ -243,6 +262,10 @@ def run_linear(args) -> dict:
     from fastclr.eval import linear
 
     _positive(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    if not 0 < args.min_scale <= 1:
+        raise UserError(f"--min-scale {args.min_scale}: must be in (0, 1] (paper: 0.08)")
+    if args.crop is not None and not 0 < args.crop <= 1:
+        raise UserError(f"--crop-proportion {args.crop}: must be in (0, 1] (paper: 0.875 for ImageNet-size images)")
     return linear.run(
         args.checkpoint,
         args.data,
@@ -253,6 +276,9 @@ def run_linear(args) -> dict:
         seed=args.seed,
         device=args.device,
         random_init=args.random_init,
+        min_scale=args.min_scale,
+        flip=args.flip,
+        crop=args.crop,
     )
 
 
@@ -542,7 +568,7 @@ def add_sweep(sub) -> None:
 
 
 def run_sweep(args) -> dict:
-    from fastclr.sweep import SweepSpec, sweep
+    from fastclr.sweep.run import SweepSpec, sweep
 
     spec = SweepSpec(args.config, args.data, args.space, args.metric, args.pruner, tuple(args.set))
     return sweep(spec, args.trials, args.out, args.storage, args.study_name, args.sampler_seed)

@@ -103,3 +103,57 @@ def test_cli_refuses_a_foreign_checkpoint(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     line = one_line_error(cli("linear", "--checkpoint", str(tmp_path / "other.pt")))
     assert "not a fastclr checkpoint" in line
+
+
+def test_sgd_protocol_uses_the_papers_views_not_the_pretraining_config(ckpt, folder, monkeypatch):
+    """The checkpoint was pretrained with min_scale 0.3 and no flip; the probe still trains on 0.08-1 + flip."""
+    seen = {}
+    real_fit, real_predict = supervised.fit, supervised.predict
+
+    def fit(*args, aug, **kw):
+        seen["aug"] = aug
+        return real_fit(*args, aug=aug, **kw)
+
+    def predict(*args, crop=1.0, **kw):
+        seen["crop"] = crop
+        return real_predict(*args, crop=crop, **kw)
+
+    monkeypatch.setattr(supervised, "fit", fit)
+    monkeypatch.setattr(supervised, "predict", predict)
+    out = linear.run(str(ckpt), str(folder), epochs=1, batch_size=40)
+    assert (seen["aug"].min_scale, seen["aug"].flip, seen["aug"].color_strength) == (0.08, True, 0.0)
+    assert seen["crop"] == 1.0 and out["crop"] == 1.0  # 8 px images: evaluated whole
+    linear.run(str(ckpt), str(folder), epochs=1, batch_size=40, min_scale=0.5, flip=False, crop=0.75)
+    assert (seen["aug"].min_scale, seen["aug"].flip, seen["crop"]) == (0.5, False, 0.75)
+
+
+def test_eval_view_crop_proportion():
+    """0.875 from 96 px up; the cropped view is the centre of the image resized to size / crop."""
+    assert supervised.crop_proportion(224) == 0.875 and supervised.crop_proportion(96) == 0.875
+    assert supervised.crop_proportion(32) == 1.0
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, 64, 64), generator=g, dtype=torch.uint8)
+    view = supervised.eval_view(images, 32, crop=0.5)  # resized to 32 / 0.5 = 64 (as is), centre 32 x 32
+    assert view.shape == (2, 3, 32, 32)
+    assert torch.allclose(view, eval_view(images[..., 16:48, 16:48], 32))
+    assert torch.equal(supervised.eval_view(images, 32), eval_view(images, 32))  # crop 1: the whole image
+
+
+def test_cli_protocol_flags(ckpt, folder):
+    out = last_json(
+        cli(
+            "linear",
+            "--checkpoint",
+            str(ckpt),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "40",
+            "--min-scale",
+            "0.3",
+            "--no-flip",
+        )
+    )
+    assert (out["min_scale"], out["flip"], out["crop"]) == (0.3, False, 1.0)
+    line = one_line_error(cli("linear", "--checkpoint", str(ckpt), "--crop-proportion", "1.5"))
+    assert "--crop-proportion" in line

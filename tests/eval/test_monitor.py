@@ -65,7 +65,58 @@ def test_pretrain_logs_monitors_and_saves_the_probe(tmp_path):
     # the epoch-2 kNN is that of the step-8 weights saved in last.pt, by a hand-written vote
     assert monitored[-1]["knn_top1"] == pytest.approx(run_knn_reference(out), abs=1e-6)
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    assert state["monitor"]["online_probe"]["fc"]["weight"].shape == (10, 256)
+    width = SimCLR(state["config"]["arch"], True).feature_dim  # the preset's encoder width
+    assert state["monitor"]["online_probe"]["fc"]["weight"].shape == (10, width)
+
+
+VIEWS, BATCH, DIM, CLASSES, STEPS = 2, 8, 6, 3, 4
+
+
+def probe_inputs(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's global batch: h [V*B, d] view-major and its labels (the same for every view)."""
+    g = torch.Generator().manual_seed(100 + step)
+    y = torch.randint(0, CLASSES, (BATCH,), generator=g)
+    return torch.randn(VIEWS * BATCH, DIM, generator=g), y.repeat(VIEWS)
+
+
+def run_probe(rank: int, world: int) -> dict:
+    """The probe fed this rank's share of every step (view-major rows of its b = B/k samples)."""
+    torch.manual_seed(0)
+    probe = OnlineProbe(DIM, CLASSES, torch.device("cpu"))
+    b = BATCH // world
+    mine = torch.cat([torch.arange(b) + rank * b + v * BATCH for v in range(VIEWS)])
+    for step in range(STEPS):
+        h, y = probe_inputs(step)
+        probe.update(h[mine], y[mine], VIEWS)
+    return {"read": probe.read(), **{k: v.clone() for k, v in probe.fc.state_dict().items()}}
+
+
+def _probe_worker(path: str) -> None:
+    from fastclr.train import dist
+
+    torch.save(run_probe(dist.rank(), dist.world_size()), f"{path}.{dist.rank()}")
+
+
+def test_online_probe_two_processes_equal_one(tmp_path):
+    """Under torchrun the probe trains on the global batch: loss, accuracy and weights equal one process's."""
+    from _spawn import run_ranks
+
+    run_ranks(2, _probe_worker, str(tmp_path / "probe"))
+    ref = run_probe(0, 1)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"probe.{rank}", weights_only=True)
+        assert got["read"]["online_probe_top1"] == ref["read"]["online_probe_top1"]
+        assert got["read"]["online_probe_loss"] == pytest.approx(ref["read"]["online_probe_loss"], rel=1e-6)
+        for key in ("weight", "bias"):
+            assert torch.allclose(got[key], ref[key], rtol=1e-6, atol=1e-7), key
+    # control: a probe fed one rank's half alone (the per-rank probe) ends elsewhere
+    torch.manual_seed(0)
+    half = OnlineProbe(DIM, CLASSES, torch.device("cpu"))
+    for step in range(STEPS):
+        h, y = probe_inputs(step)
+        rows = torch.cat([torch.arange(BATCH // 2) + v * BATCH for v in range(VIEWS)])
+        half.update(h[rows], y[rows], VIEWS)
+    assert not torch.allclose(half.fc.weight, ref["weight"], atol=1e-4)
 
 
 def test_knn_monitor_runs_on_rank_0_only(monkeypatch):

@@ -63,8 +63,12 @@ def score(
     knn_batch_size: int = 1024,
     linear: bool = True,
     seed: int = 0,
+    device: torch.device | str | None = None,
 ) -> Scores:
-    """kNN (one accuracy per k) and, with ``linear``, the probe; labels and class count from the splits."""
+    """kNN (one accuracy per k) and, with ``linear``, the probe; labels and class count from the splits.
+
+    The probe is fitted in float32 on ``device`` (default: the features' device).
+    """
     assert train.labels is not None and test.labels is not None, "scoring needs labelled splits"
     classes = train.num_classes
     scores = Scores()
@@ -72,7 +76,7 @@ def score(
         votes = knn_predict(train_f, train.labels, test_f, classes, k, knn_temperature, knn_batch_size)
         scores.knn[k] = topk_accuracy(votes, test.labels)
     if linear:
-        scores.linear = linear_probe(train_f, train.labels, test_f, test.labels, classes, seed=seed)
+        scores.linear = linear_probe(train_f, train.labels, test_f, test.labels, classes, seed=seed, device=device)
     return scores
 
 
@@ -105,6 +109,7 @@ def evaluate(
         knn_batch_size=knn_batch_size,
         linear=linear,
         seed=seed,
+        device=settings.device,
     )
 
 
@@ -127,6 +132,7 @@ def against_random_init(
         "knn_top1": ours.knn[knn_k],
         "linear_top1": ours.linear["top1"],
         "linear_top5": ours.linear["top5"],
+        "linear_l2": ours.linear["l2"],  # chosen on held-out train images (probe.L2_GRID)
         "random_init_knn_top1": base.knn[knn_k],
         "random_init_linear_top1": base.linear["top1"],
     }

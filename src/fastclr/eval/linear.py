@@ -5,7 +5,10 @@ Two protocols:
 * ``sgd`` (the paper's linear evaluation): the encoder is frozen, BN statistics included (eval
   mode, no gradient), and a linear layer on h is trained with SGD + Nesterov momentum on random
   crop-and-flip views, no weight decay, cosine-decayed learning rate 0.1 x B/256 (the reference
-  code's linear-eval setting); top-1 and top-5 on the test split.
+  code's linear-eval setting); top-1 and top-5 on the test split. The views are the paper's, not
+  the pretraining config's: random resized crop of area 0.08-1 and flip for training; for testing
+  resize + centre crop, with crop proportion 0.875 for images of 96 px and more
+  (:mod:`fastclr.eval.supervised`). ``min_scale``, ``flip`` and ``crop`` override them.
 * ``features`` (the transfer protocol, v1 section 4 / Appendix B.5): h computed once on the
   evaluation views, an L-BFGS logistic regression whose L2 penalty is chosen on a held-out part
   of the train split (:func:`fastclr.eval.probe.linear_probe`).
@@ -102,8 +105,11 @@ def linear_eval(
     seed: int = 0,
     device: torch.device | str = "cpu",
     precision: str = "fp32",
+    crop: float = 1.0,
 ) -> dict[str, float]:
     """The SGD protocol end to end; returns top1 and top5 (fractions) on ``test``.
+
+    ``crop`` is the evaluation view's centre-crop proportion (:func:`fastclr.eval.supervised.eval_view`).
 
     Raises RuntimeError if any encoder tensor changed: that would invalidate the protocol.
     """
@@ -121,7 +127,9 @@ def linear_eval(
         precision=precision,
     )
     encode = model.encode
-    logits = supervised.predict(lambda x: fc(encode(x).float()), test.images, aug.size, torch.device(device), precision)
+    logits = supervised.predict(
+        lambda x: fc(encode(x).float()), test.images, aug.size, torch.device(device), precision, crop=crop
+    )
     moved = changed(model, before)
     if moved:
         raise RuntimeError(f"linear evaluation changed the frozen encoder: {moved[:5]}")
@@ -142,7 +150,7 @@ def features_eval(
 ) -> dict[str, float]:
     """The transfer protocol: L-BFGS logistic regression on cached h, L2 penalty chosen on held-out train data."""
     settings = FeatureSettings(size, torch.device(device), batch_size, precision)
-    scores = evaluate(model, train, test, settings, knn_k=(), seed=seed)
+    scores = evaluate(model, train, test, settings, knn_k=(), seed=seed)  # the probe fits on settings.device
     assert scores.linear is not None
     return scores.linear
 
@@ -158,8 +166,16 @@ def run(
     seed: int = 0,
     device: str | None = None,
     random_init: bool = False,
+    min_scale: float = supervised.PAPER_MIN_SCALE,
+    flip: bool = True,
+    crop: float | None = None,
 ) -> dict:
-    """``fastclr linear``: the SGD protocol (default) or the L-BFGS transfer protocol (``features``)."""
+    """``fastclr linear``: the SGD protocol (default) or the L-BFGS transfer protocol (``features``).
+
+    The SGD protocol's views do not depend on the pretraining config: crop area ``min_scale``-1
+    and ``flip`` for training (paper: 0.08, on), evaluation centre crop ``crop`` (None: 0.875 for
+    images of 96 px and more, else the whole image).
+    """
     from fastclr.train import restore
 
     restored, dev, precision = restore.open_for_command(checkpoint, device, random_init, seed)
@@ -185,11 +201,12 @@ def run(
             "l2": result["l2"],
             "encoder": restored.source,
         }
+    crop = supervised.crop_proportion(cfg.image_size) if crop is None else crop
     log.info(
-        f"linear (sgd): {epochs} epochs, batch {batch_size}, {len(train)} train / {len(test)} test images, {dev} "
-        f"{precision}"
+        f"linear (sgd): {epochs} epochs, batch {batch_size}, {len(train)} train / {len(test)} test images, "
+        f"crop area {min_scale}-1, flip {'on' if flip else 'off'}, test crop {crop}, {dev} {precision}"
     )
-    aug = supervised.crop_flip(cfg.image_size, cfg.min_scale, cfg.flip)
+    aug = supervised.crop_flip(cfg.image_size, min_scale, flip)
     result = linear_eval(
         restored.model,
         train,
@@ -202,11 +219,15 @@ def run(
         seed=seed,
         device=dev,
         precision=precision,
+        crop=crop,
     )
     return {
         "protocol": "sgd",
         "top1": result["top1"],
         "top5": result["top5"],
         "epochs": epochs,
+        "min_scale": min_scale,
+        "flip": flip,
+        "crop": crop,
         "encoder": restored.source,
     }

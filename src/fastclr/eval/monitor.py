@@ -6,7 +6,9 @@
   tf2 ``model.py``: a supervised head on ``tf.stop_gradient(h)`` trained jointly). A linear layer on
   h.detach() of every view, with the batch's labels, its own SGD optimiser and cross-entropy; it
   cannot change the encoder. Loss and accuracy accumulate on the device (no host sync per step)
-  and are read once per epoch.
+  and are read once per epoch. Under torchrun there is one probe over the global batch: every
+  rank gathers all ranks' h and labels into the single-process order and takes the same step, so
+  its loss, accuracy and state (saved by rank 0, reloaded by every rank) equal one process's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,21 @@ from fastclr.data.sets import ImageSet, count_classes
 from fastclr.eval.evaluate import FeatureSettings, evaluate
 from fastclr.train import dist
 from fastclr.train.callbacks import Callback, LoopState, OnRepresentations
+
+
+def global_batch(x: torch.Tensor, views: int) -> torch.Tensor:
+    """Every rank's rows of ``x`` [V*b, ...] (view-major) in the single-process order [V*k*b, ...].
+
+    The gather is rank-major; the single-process batch is view-major over the global batch
+    (SIMCLR.md section 6), so the rows are put back as [V, k, b] (no gradient; one process: x).
+    """
+    k = dist.world_size()
+    if k == 1:
+        return x
+    b = x.shape[0] // views
+    with torch.no_grad():
+        every = dist.gather(x.detach().contiguous())  # [k*V*b, ...], rank-major
+    return every.view(k, views, b, *x.shape[1:]).transpose(0, 1).reshape(k * views * b, *x.shape[1:])
 
 
 class OnlineProbe:
@@ -39,9 +56,14 @@ class OnlineProbe:
         self.correct = torch.zeros((), device=device)
         self.count = 0
 
-    def update(self, h: torch.Tensor, labels: torch.Tensor) -> None:
-        """One step on h [n, d] (detached here) with labels int64 [n]."""
-        logits = self.fc(h.detach().float())
+    def update(self, h: torch.Tensor, labels: torch.Tensor, views: int = 1) -> None:
+        """One step on the global batch: this rank's h [V*b, d] (detached here), labels int64 [V*b].
+
+        Rows are view-major (``views`` blocks of b); under torchrun every rank's rows are gathered
+        first (:func:`global_batch`), so all ranks take the single-process step.
+        """
+        h, labels = global_batch(h.detach().float(), views), global_batch(labels, views)
+        logits = self.fc(h)
         loss = F.cross_entropy(logits, labels)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -109,7 +131,7 @@ class Monitors(Callback):
         if probe is None or labels is None:
             return None
         y = labels[index.to(self.device)].repeat(self.cfg.views)  # views are view-major: [V*b]
-        return lambda h: probe.update(h, y)
+        return lambda h: probe.update(h, y, self.cfg.views)
 
     def on_epoch_end(self, state: LoopState) -> None:
         """Log the epoch's monitor values to metrics.jsonl (nothing when nothing is due)."""

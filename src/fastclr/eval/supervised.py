@@ -14,15 +14,43 @@ from collections.abc import Callable
 import torch
 
 from fastclr.eval.knn import topk_accuracy
-from fastclr.method.augment import AugmentConfig, augment, eval_view
+from fastclr.method import augment as _augment
+from fastclr.method.augment import AugmentConfig, augment
 from fastclr.method.rng import keyed_generator
 from fastclr.method.schedule import lr_at
 from fastclr.train.precision import autocast
 
+PAPER_MIN_SCALE = 0.08  # random resized crop area 0.08-1 (paper Appendix A, reference code's linear eval)
+CROP_PROPORTION = 0.875  # evaluation centre crop of ImageNet-size images (reference code: 224 of 256)
+CROP_MIN_SIDE = 96  # smaller images (CIFAR) are evaluated whole, as in the reference code
 
-def crop_flip(size: int, min_scale: float, flip: bool) -> AugmentConfig:
-    """Crop and flip only: the augmentation of every supervised protocol (no colour, no blur)."""
+
+def crop_flip(size: int, min_scale: float = PAPER_MIN_SCALE, flip: bool = True) -> AugmentConfig:
+    """Crop and flip only: the augmentation of every supervised protocol (no colour, no blur).
+
+    The defaults are the paper's (area 0.08-1, ratio 3/4-4/3, flip p = 0.5), whatever the pretraining used.
+    """
     return AugmentConfig(size=size, min_scale=min_scale, flip=flip, color_strength=0.0, gray_p=0.0, blur=False)
+
+
+def crop_proportion(size: int) -> float:
+    """The evaluation view's centre-crop proportion: 0.875 for images of 96 px and more, else 1 (whole image)."""
+    return CROP_PROPORTION if size >= CROP_MIN_SIDE else 1.0
+
+
+def eval_view(images: torch.Tensor, size: int, crop: float = 1.0) -> torch.Tensor:
+    """The evaluation view: short side resized to size / crop, centre crop size x size, normalised.
+
+    With crop 0.875 and size 224 this is the reference code's resize to 256, centre crop 224.
+    Args:
+        images: uint8 [N, 3, H, W]. Returns: float32 [N, 3, size, size].
+    """
+    if crop >= 1.0:
+        return _augment.eval_view(images, size)
+    outer = max(size, round(size / crop))
+    x = _augment.eval_view(images, outer)  # [N, 3, outer, outer]; normalisation is per pixel, so crop after
+    lo = (outer - size) // 2
+    return x[..., lo : lo + size, lo : lo + size]
 
 
 def batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
@@ -96,12 +124,13 @@ def predict(
     device: torch.device,
     precision: str = "fp32",
     batch_size: int = 512,
+    crop: float = 1.0,
 ) -> torch.Tensor:
-    """Logits [N, C] (float32, CPU) of the evaluation view (resize + centre crop) of every image."""
+    """Logits [N, C] (float32, CPU) of the evaluation view (:func:`eval_view` with ``crop``) of every image."""
     device = torch.device(device)
     out = []
     for lo in range(0, images.shape[0], batch_size):
-        x = eval_view(images[lo : lo + batch_size].to(device), size)
+        x = eval_view(images[lo : lo + batch_size].to(device), size, crop)
         with autocast(device, precision):
             out.append(forward(x).float().cpu())
     return torch.cat(out)

@@ -8,7 +8,15 @@ accumulation steps. It only needs the projections z, though, which are small:
   3. replay each chunk's forward with activations and back-propagate its slice of that gradient.
 Parameter gradients equal those of the one-pass step for a model whose output for a view does not
 depend on the other views in its forward batch. BatchNorm does depend on them: under chunking,
-BN statistics are those of the chunk (of chunk i on every rank with global BN), not of the batch.
+BN statistics are those of the chunk (of chunk i on every rank with global BN), not of the batch,
+so the step is the one-pass step of a model with BN over ``chunk_size`` views ("ghost" batches).
+
+Chunk membership is a keyed random permutation of the global batch's views (:func:`chunk_order`),
+not the view-major order of the batch. Split view-major, chunk i would hold view 0 of a set of
+samples S and a twin chunk view 1 of the same S: both chunks' BN statistics would describe exactly
+the samples their positives come from, the shortcut that SimCLR's global BN removes (paper
+section 3, "Global BN"). Permuted, a chunk mixes views and samples, and a view's positive usually
+sits in another chunk among other samples.
 Activation memory grows with ``chunk_size``, not with the batch; the cost is a second forward pass.
 """
 
@@ -19,6 +27,34 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from fastclr.method.rng import keyed_uniform
+
+_CHUNK_STREAM = 0x4348  # keyed_uniform "view" slot of the chunk-membership draws
+
+
+def chunk_order(seed: int, step: int, rows: torch.Tensor) -> torch.Tensor:
+    """The order in which this rank's views are split into chunks: a keyed random permutation.
+
+    Args:
+        rows: int64 [V*b] the global row of each local view in the single-process, view-major
+            batch (row v*B + global sample id).
+    Returns:
+        int64 [V*b] a permutation of 0..V*b-1: views sorted by a random key of (seed, step, row).
+    The key depends on the global row only, so one process orders the global batch by a uniform
+    random permutation, and k processes order their views by the same keys (chunk i of every rank,
+    whose BN statistics are shared under global BN, holds a random part of the global batch).
+    """
+    key = keyed_uniform(seed, step, rows, _CHUNK_STREAM, 1)[:, 0]  # [V*b]
+    return torch.argsort(key, stable=True)  # ties of the 24-bit keys keep row order
+
+
+def _permute(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """x[order], keeping channels_last where x has it."""
+    out = x[order]
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
 
 
 def _bn_buffers(model: nn.Module) -> list[torch.Tensor]:
@@ -32,6 +68,7 @@ def forward_backward(
     chunk_size: int,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     on_h: Callable[[torch.Tensor], None] | None = None,
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Gradients of ``loss_fn(model(x)[1])`` accumulated into ``.grad``, ``chunk_size`` rows at a time.
 
@@ -42,14 +79,20 @@ def forward_backward(
         loss_fn: z [V*b, D] -> scalar loss (may gather across ranks; every rank runs the same chunks).
         chunk_size: views per forward pass.
         autocast: context for the forward passes (mixed precision).
-        on_h: receives the representations h [V*b, d] of the first pass (no gradient).
+        on_h: receives the representations h [V*b, d] of the first pass (no gradient), rows as in x.
+        order: int64 [V*b] permutation of x's rows that defines the chunks (:func:`chunk_order`);
+            None splits x as it is. ``loss_fn`` and ``on_h`` always see x's own row order.
     Returns:
         the loss (scalar tensor, detached).
     Stochastic layers (the dropout of text encoders) draw the same masks in both passes: each
     chunk's replay restarts the random generators where its first pass started (the paper's
     RandContext). BN running statistics are updated once per chunk, by the replay only.
     """
-    chunks = x.split(chunk_size)
+    if order is None:
+        order = torch.arange(x.shape[0], device=x.device)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.shape[0], device=order.device)
+    chunks = _permute(x, order).split(chunk_size)
     saved = [buf.clone() for buf in _bn_buffers(model)]
     rng: list[tuple[torch.Tensor, torch.Tensor | None, torch.device]] = []
     hz = []
@@ -58,9 +101,9 @@ def forward_backward(
             rng.append(_rng_get(c.device))
             hz.append(model(c))
     after = _rng_get(x.device)
-    z = torch.cat([zc for _, zc in hz])  # [V*b, D]
+    z = torch.cat([zc for _, zc in hz])[inverse]  # [V*b, D], back in x's row order
     if on_h is not None:
-        on_h(torch.cat([h for h, _ in hz]))
+        on_h(torch.cat([h for h, _ in hz])[inverse])
     del hz
     with torch.no_grad():
         for buf, old in zip(_bn_buffers(model), saved):
@@ -69,7 +112,7 @@ def forward_backward(
     value = loss_fn(z)
     value.backward()
     assert z.grad is not None  # the loss depends on every row of z
-    grads = z.grad.split(chunk_size)
+    grads = z.grad[order].split(chunk_size)  # chunk order again
     no_sync = getattr(model, "no_sync", contextlib.nullcontext)
     for i, (c, g) in enumerate(zip(chunks, grads)):
         sync = contextlib.nullcontext() if i == len(chunks) - 1 else no_sync()

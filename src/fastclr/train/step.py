@@ -80,13 +80,21 @@ def contrastive_loss(z: torch.Tensor, cfg: config.Config, step: int) -> torch.Te
     return loss.margin_triplet_terms(sim, pos, neg, cfg.margin).mean()
 
 
+def global_rows(b: int, views: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """int64 [V*b]: the row of each of this rank's views in the single-process view-major batch."""
+    k, r = dist.world_size(), dist.rank()
+    v = torch.arange(views, device=device)[:, None]
+    return (v * k * b + r * b + torch.arange(b, device=device)[None, :]).reshape(-1)
+
+
 def forward_backward(
     model, x: torch.Tensor, cfg: config.Config, step: int, device, precision: str, on_h=None
 ) -> torch.Tensor:
     """Loss and gradients (in ``.grad``) of one step on this rank's views x [V*b, 3, S, S].
 
     With ``cfg.chunk_size`` > 0 the gradient cache of :mod:`fastclr.train.gradcache` computes the same
-    gradients with activations for ``chunk_size`` views at a time. Under DDP the gradients are
+    gradients with activations for ``chunk_size`` views at a time, the chunks a keyed random
+    permutation of the global batch's views (:func:`fastclr.train.gradcache.chunk_order`). Under DDP the gradients are
     averaged over ranks, which with :func:`fastclr.train.dist.gather` gives the single-process gradient.
     Returns the global mean loss as a detached device tensor (no host sync).
     ``on_h(h)``, if given, receives the detached representations [V*b, d] (the online probe of
@@ -100,6 +108,7 @@ def forward_backward(
             cfg.chunk_size,
             lambda: autocast(device, precision),
             on_h,
+            gradcache.chunk_order(cfg.seed, step, global_rows(x.shape[0] // cfg.views, cfg.views, x.device)),
         )
     else:
         with autocast(device, precision):
