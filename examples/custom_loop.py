@@ -1,6 +1,6 @@
 """SimCLR in your own training loop, from fastclr's parts, on scikit-learn's 8x8 digits (no download).
 
-    python examples/custom_loop.py               # 40 epochs, about a minute on a laptop CPU
+    python examples/custom_loop.py               # 40 epochs, the digits preset's settings
     python examples/custom_loop.py --epochs 5    # a quick look
 
 The parts: ``fastclr.Augment`` (the paper's views, batched and keyed on (seed, epoch, index, view)),
@@ -32,8 +32,8 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 def train(images: torch.Tensor, epochs: int, batch_size: int = 128, seed: int = 0) -> tuple[fastclr.SimCLR, list]:
     """The loop: views, forward, NT-Xent, LARS step with the scheduled learning rate."""
     torch.manual_seed(seed)
-    model = fastclr.SimCLR("resnet_mini", cifar_stem=True)
-    aug = fastclr.Augment(16, flip=False, min_scale=0.3, seed=seed)  # digits must not be mirrored
+    model = fastclr.SimCLR("resnet_micro", cifar_stem=True)
+    aug = fastclr.Augment(8, flip=False, min_scale=0.3, seed=seed)  # digits must not be mirrored
     peak = 0.075 * batch_size**0.5  # the paper's square-root rule for small batches (Appendix B.1)
     optimizer = fastclr.LARS(fastclr.lars_param_groups(model, weight_decay=1e-6), lr=peak)
     steps_per_epoch = len(images) // batch_size
@@ -46,7 +46,7 @@ def train(images: torch.Tensor, epochs: int, batch_size: int = 128, seed: int = 
         index = order[i * batch_size : (i + 1) * batch_size]  # [B] dataset indices: they key the views
         for group in optimizer.param_groups:
             group["lr"] = fastclr.lr_at(step, peak, warmup, total)
-        x = aug.views(images[index], index, epoch=epoch)  # [2B, 3, 16, 16], view-major
+        x = aug.views(images[index], index, epoch=epoch)  # [2B, 3, 8, 8], view-major
         _, z = model(x)  # one forward pass: BN sees both views
         loss = fastclr.nt_xent(*z.chunk(2), temperature=0.2)
         optimizer.zero_grad(set_to_none=True)
@@ -58,7 +58,7 @@ def train(images: torch.Tensor, epochs: int, batch_size: int = 128, seed: int = 
 
 def knn_top1(model: fastclr.SimCLR, images: torch.Tensor, labels: torch.Tensor, k: int = 20) -> float:
     """Cosine kNN (majority of k neighbours) of the last 360 digits against the first 1437, on h."""
-    h, _ = fastclr.embed(model, images, image_size=16)
+    h, _ = fastclr.embed(model, images, image_size=8)
     h = F.normalize(torch.from_numpy(h), dim=1)
     bank, query = h[:1437], h[1437:]
     nearest = (query @ bank.T).topk(k, dim=1).indices  # [360, k]
@@ -68,7 +68,7 @@ def knn_top1(model: fastclr.SimCLR, images: torch.Tensor, labels: torch.Tensor, 
 
 def main(epochs: int = 40, pretrain_images: int = 1437, batch_size: int = 128) -> dict:
     images, labels = digits()
-    baseline = fastclr.SimCLR("resnet_mini", cifar_stem=True).eval()  # random init: the bar to clear
+    baseline = fastclr.SimCLR("resnet_micro", cifar_stem=True).eval()  # random init: the bar to clear
     model, losses = train(images[:pretrain_images], epochs, batch_size)  # the training digits only, no labels
     result = {
         "epochs": epochs,

@@ -252,8 +252,8 @@ def test_augment_equals_the_training_views_for_the_same_keys():
 
 def test_augment_defaults_and_presets():
     assert fastclr.Augment().config == augment_config(fastclr.Config(image_size=32))
-    digits = fastclr.Augment.from_config("digits")
-    assert (digits.config.size, digits.config.flip, digits.config.min_scale) == (16, False, 0.3)
+    digits, preset = fastclr.Augment.from_config("digits"), fastclr.load_config("digits")
+    assert (digits.config.size, digits.config.flip, digits.config.min_scale) == (preset.image_size, False, 0.3)
     x = fastclr.Augment(8)(torch.zeros(3, 1, 8, 8, dtype=torch.uint8))
     assert x.shape == (3, 3, 8, 8) and x.dtype == torch.float32
 
