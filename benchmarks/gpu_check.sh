@@ -92,4 +92,5 @@ rows = [
 for k, v in rows:
     print(f"{k:60s} {v}")
 PY
+python3 benchmarks/gpu_decode.py --images 6400 --steps 40 --json "$OUT/gpu_decode.json"  # shards: ResNet-50 img/s with CPU vs GPU JPEG decode
 exit "$status"

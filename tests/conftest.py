@@ -48,6 +48,13 @@ def cifar_subset(tmp_path_factory):
     return dest
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Listing caches and scratch files of the tests go to a temporary folder, not ~/.cache."""
+    os.environ["FASTCLR_CACHE"] = str(tmp_path_factory.mktemp("fastclr_cache"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def tiny_arch(tmp_path_factory) -> str:
     """``hf:FOLDER`` of a tiny random BertModel with its fast tokenizer (tests/textkit.py)."""

@@ -18,7 +18,9 @@ from fastclr.errors import UserError
 DATA_HELP = (
     "data spec: 'digits' (scikit-learn's 8x8 digits, no download; the default); cifar10[:ROOT], cifar100[:ROOT], "
     "stl10[:ROOT] (torchvision's format; ROOT defaults to $FASTCLR_DATA or ~/.cache/fastclr/data; add --download "
-    "to fetch them); prepared:DIR (a cache from fastclr prepare: no decoding, the fastest); a folder: class "
+    "to fetch them); prepared:DIR (a cache from fastclr prepare: no decoding, the fastest); shards:SPEC (tar "
+    "shards for clusters and object stores: a folder from fastclr prepare --format shards, a brace pattern "
+    "train-{000000..001023}.tar, a glob or pipe:COMMAND URLs; pip install 'fastclr[shards]'); a folder: class "
     "sub-folders are labels, train/ with test/ (or val/) sub-folders give the evaluation split, a flat "
     "folder of images is unlabeled (pretraining only); or a .csv/.txt list of 'path[,label]' lines. Files that "
     "cannot be decoded are skipped and listed in OUT/skipped.txt (more than max_bad_fraction=0.01 stops the run). "
@@ -131,9 +133,21 @@ def add_prepare(sub) -> None:
     )
     p.add_argument("spec", help=DATA_HELP)
     p.add_argument(
-        "--size", type=int, required=True, help="side of the cached images in pixels (the training image_size)"
+        "--size",
+        type=int,
+        default=None,
+        help="side of the cached images in pixels (the training image_size); with --format shards: re-encode "
+        "with the short side at SIZE (default: keep the image bytes as they are)",
     )
     p.add_argument("--out", required=True, help="cache folder to write")
+    p.add_argument(
+        "--format",
+        choices=("cache", "shards"),
+        default="cache",
+        help="cache: decoded uint8 arrays (--data prepared:DIR, one machine); shards: tar shards of encoded "
+        "images (--data shards:DIR, for clusters and object stores)",
+    )
+    p.add_argument("--shard-size", type=int, default=1000, dest="shard_size", help="samples per shard")
     p.add_argument("--download", action="store_true", help="download a missing cifar10/cifar100/stl10 (needs internet)")
     p.add_argument("--workers", type=int, default=4, help="CPU processes that decode (0: this process)")
     p.add_argument(
@@ -149,6 +163,16 @@ def add_prepare(sub) -> None:
 def run_prepare(args) -> dict:
     from fastclr.data.prepare import prepare
 
+    if not 0 <= args.max_bad_fraction <= 1:
+        raise UserError(f"--max-bad-fraction {args.max_bad_fraction}: must be in [0, 1]")
+    if args.format == "shards":
+        from fastclr.data.shard_writer import write_shards
+
+        return write_shards(
+            args.spec, args.out, size=args.size or 0, shard_size=args.shard_size, max_bad_fraction=args.max_bad_fraction
+        )
+    if args.size is None:
+        raise UserError("fastclr prepare: --size S is needed for the decoded cache (the training image_size)")
     return prepare(
         args.spec,
         args.size,

@@ -36,6 +36,10 @@ class Config:
     download: bool = False  # fetch a missing cifar10 / cifar100 / stl10 into its ROOT (needs internet)
     max_bad_fraction: float = 0.01  # stop before training when more of a folder's files than this cannot be decoded
     workers: int = 4  # CPU processes that decode images (folders, lists, the large-image stream); 0: the main process
+    data_memory_gb: float = (
+        0.0  # decoded images a run may hold (data/tiers.py); 0: a quarter of RAM and of the GPU's memory
+    )
+    decode: str = "auto"  # where shard JPEGs are decoded (data/gpu_decode.py): auto (GPU on CUDA), cpu or gpu
     text_column: str = "text"  # text data (text:FILE .csv/.tsv/.jsonl): the column holding the texts
     max_length: int = 32  # text: tokens per text, [CLS] and [SEP] included; longer texts are truncated
     # model
@@ -95,6 +99,7 @@ class Config:
     knn_k: int = 200
     knn_temperature: float = 0.1
     eval_batch_size: int = 512
+    eval_max_images: int = 10000  # train images in the end-of-run kNN bank and probe: seeded, class-balanced (0: all)
     knn_every: int = 0  # kNN monitor every N epochs during pretraining, into metrics.jsonl (0: off; needs labels)
     # linear classifier on detached h trained alongside (the reference's "linear eval while pretraining")
     online_probe: bool = False
@@ -180,20 +185,54 @@ def read_preset(name_or_file: str) -> dict:
     return values
 
 
-def build_config(preset: str | None, overrides: dict[str, object], sets: list[str]) -> Config:
-    """Defaults, then the preset, then explicit flags, then --set key=value (last wins)."""
+def build_config(preset: str | None, overrides: dict[str, object], sets: list[str], from_data: bool = False) -> Config:
+    """Defaults, then the preset, then explicit flags, then --set key=value (last wins).
+
+    Args:
+        from_data: with no preset, base the values on the data (``defaults.py``) when the data is a
+            folder or a list of images; the CLI's behaviour without --config. Otherwise the digits preset.
+    """
     values: dict[str, Any] = {}
-    for k, v in read_preset(preset or "digits").items():
+    chosen: dict[str, object] = {}
+    for item in sets:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        chosen[key.strip()] = parse_value(key.strip(), raw)
+    for key, flag in overrides.items():
+        if flag is not None:
+            chosen.setdefault(key, parse_value(key, flag))
+    base = read_preset(preset or "digits")
+    if preset is None and from_data:
+        base = _data_defaults(str(chosen.get("data", "digits")), str(chosen.get("device", "auto"))) or base
+    for k, v in base.items():
         values[k] = parse_value(k, v)
     for k, v in overrides.items():
         if v is not None:
             values[k] = parse_value(k, v)
     for item in sets:
-        if "=" not in item:
-            raise UserError(f"--set {item!r}: expected key=value")
         k, v = item.split("=", 1)
         values[k.strip()] = parse_value(k.strip(), v)
     return Config(**values)
+
+
+def _data_defaults(spec: str, device: str) -> dict[str, object] | None:
+    """Values chosen from a folder or list spec's images (None for any other spec); says so on stderr."""
+    import sys
+
+    import torch
+
+    from fastclr import defaults
+    from fastclr.data import datasets
+
+    found = datasets.median_side(spec)
+    if found is None:
+        return None
+    side, sampled = found
+    gpu = device != "cpu" and torch.cuda.is_available()
+    values = {"data": spec, **defaults.choose(side, gpu)}
+    print(f"fastclr: {defaults.describe(spec, side, sampled, gpu, values)}", file=sys.stderr, flush=True)
+    return values
 
 
 def to_dict(cfg: Config) -> dict:
@@ -244,6 +283,9 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("knn_k", lambda v: v >= 1, ">= 1"),
     ("knn_temperature", lambda v: v > 0, "> 0"),
     ("eval_batch_size", lambda v: v >= 1, ">= 1"),
+    ("eval_max_images", lambda v: v >= 0, ">= 0 (0: all)"),
+    ("data_memory_gb", lambda v: v >= 0, ">= 0 (0: automatic)"),
+    ("decode", lambda v: v in ("auto", "cpu", "gpu"), "auto, cpu or gpu"),
     ("knn_every", lambda v: v >= 0, ">= 0 (0: off)"),
     ("max_length", lambda v: 3 <= v <= 4096, "3 to 4096 (special tokens included)"),
     ("pooling", lambda v: v in ("mean", "cls"), "mean or cls"),

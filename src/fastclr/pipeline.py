@@ -18,6 +18,8 @@ from typing import Any, cast
 import torch
 
 from fastclr import config, log
+from fastclr.data import evalset, tiers
+from fastclr.data.datasets import DataSplits, ImageSet
 from fastclr.eval.evaluate import FeatureSettings, against_random_init
 from fastclr.eval.features import all_threads
 from fastclr.eval.monitor import Monitors
@@ -52,7 +54,8 @@ def pretrain_and_evaluate(
 def _train_and_evaluate(run: loop.Run, resume: bool, callbacks: Sequence[Callback]) -> dict[str, Any]:
     cfg = run.cfg
     labels = getattr(run.images, "labels", None)
-    monitors = Monitors(cfg, run.model.feature_dim, run.data, labels, run.device, run.precision, log.warn)
+    watched = evaluation_data(run.data, cfg, run.device) if cfg.knn_every and not config.is_text(cfg) else run.data
+    monitors = Monitors(cfg, run.model.feature_dim, watched, labels, run.device, run.precision, log.warn)
     result = loop.train(run, resume, [monitors, *callbacks])
     if result.get("interrupted"):
         return result
@@ -66,22 +69,40 @@ def _train_and_evaluate(run: loop.Run, resume: bool, callbacks: Sequence[Callbac
         start = build_model(cfg).to(run.device)
         result["eval"] = evaluate_text(run.model, start, cast(TextSplits, data), cfg, run.device, run.precision)
     elif cfg.eval and dist.is_main() and data.train is not None and data.test is not None:
-        log.info("evaluating: kNN and linear probe, SimCLR encoder and random-init baseline")
+        scored = watched if cfg.knn_every else evaluation_data(data, cfg, run.device)
+        train, test = scored.train, scored.test
+        assert isinstance(train, ImageSet) and isinstance(test, ImageSet)  # eval_splits decoded both
+        log.info(
+            f"evaluating on {len(train)} train / {len(test)} test images: kNN and linear probe, "
+            "SimCLR encoder and random-init baseline"
+        )
         settings = FeatureSettings(cfg.image_size, run.device, cfg.eval_batch_size, run.precision, cfg.channels_last)
         with all_threads():  # the other ranks have left: under torchrun (OMP_NUM_THREADS=1) take every core
             result["eval"] = against_random_init(
                 run.model,
                 lambda: random_init_like(cfg, run.device),
-                data.train,
-                data.test,
+                train,
+                test,
                 settings,
                 knn_k=cfg.knn_k,
                 knn_temperature=cfg.knn_temperature,
                 seed=cfg.seed,
             )
+        result["eval"]["train_images"] = len(train)  # at most eval_max_images, class-balanced
+        result["eval"]["test_images"] = len(test)
     if dist.is_main():
         (run.out / "result.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def evaluation_data(data: DataSplits, cfg: config.Config, device: torch.device) -> DataSplits:
+    """The labelled splits the evaluation scores: at most ``eval_max_images`` train images (seeded,
+    class-balanced), both as evaluation views at the training size, decoded by the loader workers
+    (``data/evalset.py``) into memory, or a scratch memory-mapped file past the memory budget."""
+    limit = tiers.budget(cfg.data_memory_gb, device)
+    return evalset.eval_splits(
+        data, cfg.image_size, max_images=cfg.eval_max_images, seed=cfg.seed, workers=cfg.workers, limit=limit
+    )
 
 
 def resolve_config(preset: str | None, flags: dict[str, Any], sets: list[str], resume: bool = True) -> config.Config:
@@ -97,7 +118,7 @@ def resolve_config(preset: str | None, flags: dict[str, Any], sets: list[str], r
         saved = Path(out) / "config.yaml"
         if checkpoint.existing(Path(out) / "checkpoints") and saved.is_file():
             base = str(saved)  # resuming: the run's own settings, flags on top
-    cfg = config.build_config(base, flags, sets)
+    cfg = config.build_config(base, flags, sets, from_data=True)
     if out is None and not any(s.startswith("out=") for s in sets):
         cfg.out = str(Path("runs") / Path(preset or "digits").stem)  # one folder per preset
     return cfg

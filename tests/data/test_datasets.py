@@ -46,7 +46,7 @@ def test_too_many_bad_files_stop_before_training(tmp_path):
     write_good(tmp_path / "imgs", 20)
     reasons = write_bad(tmp_path / "imgs")
     with pytest.raises(UserError, match="could not be decoded, more than max_bad_fraction=0.01") as e:
-        datasets.load(str(tmp_path / "imgs"), 8, out_dir=tmp_path / "run")
+        datasets.load(str(tmp_path / "imgs"), 16, out_dir=tmp_path / "run")  # decoded at the start: tier (a)
     assert "\n" not in str(e.value)
     assert len((tmp_path / "run" / "skipped.txt").read_text().splitlines()) == 1 + len(reasons)
 
@@ -103,7 +103,7 @@ def test_large_images_stream_small_images_stay_in_memory(tmp_path):
     for i in range(3):
         Image.fromarray(pixels(i, 40, 30)).save(big / f"{i}.png")
     data = datasets.load(str(big), 16)
-    assert isinstance(data.pretrain, FileSet) and data.pretrain.hw.tolist() == [[40, 30]] * 3
+    assert isinstance(data.pretrain, FileSet) and data.pretrain.side == 30 and len(data.pretrain) == 3
     small = datasets.load(str(big), 32)  # short side 30 <= 32: decoded into memory at 32
     assert isinstance(small.pretrain, datasets.ImageSet) and small.pretrain.images.shape == (3, 3, 32, 32)
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fastclr import log
+from fastclr.data import tiers
 from fastclr.data.sets import DataSplits, FileSet, ImageSet
 from fastclr.errors import UserError
 
@@ -55,20 +56,27 @@ def check_source(meta: dict, where: Path, sources: Callable[[str], list[Path]]) 
         )
 
 
-def _split(d: Path, name: str, info: dict, size: int) -> ImageSet:
+def _split(d: Path, name: str, info: dict, size: int, limit: int) -> ImageSet:
     n = info["count"]
     shape = (n, 3, size, size)
+    path = d / f"{name}.images.u8"
     images = (
-        np.memmap(d / f"{name}.images.u8", dtype=np.uint8, mode="c", shape=shape) if n else np.zeros(shape, np.uint8)
+        np.memmap(path, dtype=np.uint8, mode="c", shape=shape) if n else np.zeros(shape, np.uint8)
     )  # copy-on-write: pages load lazily
     labels = torch.from_numpy(np.load(d / f"{name}.labels.npy")) if info["labelled"] else None
     ids = json.loads((d / f"{name}.ids.json").read_text())
-    return ImageSet(torch.from_numpy(images), labels, ids, info["classes"])
+    mapped = path if n and limit and tiers.decoded_bytes(n, size) > limit else None
+    return ImageSet(torch.from_numpy(images), labels, ids, info["classes"], mapped)
 
 
-def load_prepared(d: Path, sources: Callable[[str], list[Path]]) -> DataSplits:
+def load_prepared(d: Path, sources: Callable[[str], list[Path]], limit: int = 0, workers: int = 0) -> DataSplits:
     """A cache written by :func:`fastclr.data.prepare.prepare` as DataSplits (images memory-mapped,
-    not read up front); ``sources`` lists a spec's files, to refuse a cache whose source changed."""
+    not read up front); ``sources`` lists a spec's files, to refuse a cache whose source changed.
+
+    Args:
+        limit: the memory budget in bytes: a split larger than it is marked for tier (b), read per
+            batch by ``workers`` loader processes (``mapped.py``), never copied whole (0: no limit).
+    """
     try:
         meta = json.loads((d / "meta.json").read_text())
     except (OSError, ValueError):
@@ -79,9 +87,11 @@ def load_prepared(d: Path, sources: Callable[[str], list[Path]]) -> DataSplits:
         raise UserError(f"--data prepared:{d}: not a fastclr cache of version {VERSION}; run fastclr prepare again")
     check_source(meta, d, sources)
     size = meta["size"]
-    sets = {name: _split(d, name, info, size) for name, info in meta["splits"].items()}
+    sets = {name: _split(d, name, info, size, limit) for name, info in meta["splits"].items()}
     train = sets.get("train")
     pre: ImageSet | FileSet = sets[meta["pretrain"]]
+    tier = tiers.MAPPED if isinstance(pre, ImageSet) and pre.mapped is not None else tiers.MEMORY
+    log.info(tiers.describe(tier, len(pre), size, limit or tiers.budget(), workers))
     return DataSplits(
         f"prepared:{d.name}",
         pre,

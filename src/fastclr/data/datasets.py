@@ -11,6 +11,8 @@ A spec names where the images come from:
 - a list file (``.csv``, ``.txt``): ``path[,label]`` lines, paths relative to the list's folder; a
   ``train.*`` list with a ``test.*`` (or ``val.*``) list beside it gives the evaluation split.
 - ``prepared:DIR``: a cache written by ``fastclr prepare`` (``prepare.py``), memory-mapped.
+- ``shards:SPEC``: tar shards (a folder written by ``fastclr prepare --format shards``, a brace
+  pattern, a glob or ``pipe:`` URLs), read sequentially by loader workers (``shards.py``).
 
 Folders and lists are decoded once (``folders.py``, ``images.py``) to uint8 [N, 3, S, S] at the
 training size S (short side resized to S, centre crop). When the pretraining images are larger than
@@ -21,12 +23,15 @@ in memory, at S. A sample's identity is its index in a sorted, stable listing.
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fastclr.data import cache, folders, standard
+from fastclr.data import cache, folders, standard, survey, tiers
+from fastclr.data.badfiles import BadFiles
 from fastclr.data.sets import DataSplits, FileSet, ImageSet
 from fastclr.errors import UserError
 from fastclr.method.rng import keyed_generator
@@ -79,26 +84,20 @@ def load_standard(name: str, root: Path, download: bool = False) -> DataSplits:
     return DataSplits(name, train, train, test, sources=sources)
 
 
-def _decode_listing(
-    listing: folders.Listing, size: int, workers: int
-) -> tuple[ImageSet, np.ndarray, list[tuple[str, str]]]:
-    images, keep, hw, skipped = folders.decode_all(listing.files, size, workers)
+def _decode_listing(listing: folders.Listing, size: int, workers: int) -> tuple[ImageSet, list[tuple[str, str]]]:
+    images, keep, _, skipped = folders.decode_all(listing.files, size, workers)
     files = [f for f, k in zip(listing.files, keep) if k]
-    labels = (
-        None
-        if listing.labels is None
-        else torch.tensor([y for y, k in zip(listing.labels, keep) if k], dtype=torch.int64)
-    )
-    return ImageSet(torch.from_numpy(images), labels, [str(f) for f in files], listing.classes), hw, skipped
+    labels = None if listing.labels is None else torch.from_numpy(np.asarray(listing.labels)[keep])
+    return ImageSet(torch.from_numpy(images), labels, [str(f) for f in files], listing.classes), skipped
 
 
-def _splits(name, train_list, test_list, size, *, out_dir, max_bad_fraction, workers) -> DataSplits:
-    """Decode a train listing (and a test one), apply the bad-file policy, pick memory or streaming."""
-    train, hw, skipped = _decode_listing(train_list, size, workers)
+def _decode_splits(name, train_list, test_list, size, *, out_dir, max_bad_fraction, workers) -> DataSplits:
+    """Tier (a) for a folder: decode the train listing (and a test one) now, apply the bad-file policy."""
+    train, skipped = _decode_listing(train_list, size, workers)
     test = None
     total = len(train_list.files)
     if test_list is not None:
-        test, _, bad = _decode_listing(test_list, size, workers)
+        test, bad = _decode_listing(test_list, size, workers)
         skipped, total = skipped + bad, total + len(test_list.files)
     folders.enforce(skipped, total, max_bad_fraction, out_dir)
     if len(train) == 0:
@@ -106,11 +105,34 @@ def _splits(name, train_list, test_list, size, *, out_dir, max_bad_fraction, wor
     labelled = train.labels is not None
     if test is not None and (test.labels is None or not labelled):
         test = None
-    pre: ImageSet | FileSet = train
-    if float(np.median(hw.min(1))) > size:  # large images: stream them at full resolution
-        pre = FileSet([Path(i) for i in train.ids], torch.from_numpy(hw), train.labels, train.classes)
-    sources = train_list.files + (test_list.files if test_list is not None else [])
-    return DataSplits(name, pre, train if labelled else None, test, skipped, sources)
+    sources = list(train_list.files) + (list(test_list.files) if test_list is not None else [])
+    return DataSplits(name, train, train if labelled else None, test, skipped, sources)
+
+
+def _file_set(listing: folders.Listing, side: float, bad: BadFiles) -> FileSet:
+    labels = None if listing.labels is None else torch.from_numpy(np.asarray(listing.labels, dtype=np.int64))
+    return FileSet(listing.files, labels, listing.classes, int(side), bad)
+
+
+def _splits(name, train_list, test_list, size, *, out_dir, max_bad_fraction, workers, limit) -> DataSplits:
+    """A folder's tier (``tiers.py``): decoded now when it fits the budget, else files read by workers."""
+    side, _ = survey.median_short_side(train_list.files)
+    count = len(train_list.files)
+    tier = tiers.folder_tier(count, size, side, limit)
+    log(tiers.describe(tier, count, size, limit, workers))
+    if tier == tiers.MEMORY:
+        return _decode_splits(
+            name, train_list, test_list, size, out_dir=out_dir, max_bad_fraction=max_bad_fraction, workers=workers
+        )
+    total = count + (len(test_list.files) if test_list is not None else 0)
+    bad = BadFiles(out_dir, max_bad_fraction, total)
+    train = _file_set(train_list, side, bad)
+    labelled = train.labels is not None
+    test = (
+        _file_set(test_list, side, bad) if test_list is not None and labelled and test_list.labels is not None else None
+    )
+    sources = train_list.files if test_list is None else [*train_list.files, *test_list.files]
+    return DataSplits(name, train, train if labelled else None, test, bad, sources)
 
 
 def _test_sibling(path: Path, is_dir: bool) -> Path | None:
@@ -154,6 +176,10 @@ def parse(spec: str) -> tuple[str, Path | None]:
         if not rest:
             raise UserError("--data prepared:DIR needs the folder that `fastclr prepare` wrote")
         return "prepared", Path(rest).expanduser()
+    if name == "shards":
+        if not rest:
+            raise UserError("--data shards:SPEC needs a folder of .tar shards, a brace pattern, a glob or pipe: URLs")
+        return "shards", Path(rest)  # the pattern as given: shards.load_shards reads it
     path = Path(spec).expanduser()
     if path.is_dir():
         return "folder", path
@@ -166,7 +192,7 @@ def parse(spec: str) -> tuple[str, Path | None]:
         )
     raise UserError(
         f"--data {spec!r}: not a known data set or an existing folder or list; use digits, cifar10[:ROOT], "
-        "cifar100[:ROOT], stl10[:ROOT], prepared:DIR, a folder of images or a .csv/.txt list"
+        "cifar100[:ROOT], stl10[:ROOT], prepared:DIR, shards:SPEC, a folder of images or a .csv/.txt list"
     )
 
 
@@ -179,7 +205,7 @@ def sources(spec: str) -> list[Path]:
         return standard.files(kind, path)
     if kind in ("folder", "list"):
         train, test = listings(str(path))
-        return train.files + (test.files if test is not None else [])
+        return list(train.files) + (list(test.files) if test is not None else [])
     return []
 
 
@@ -191,8 +217,9 @@ def load(
     download: bool = False,
     max_bad_fraction: float = 0.01,
     workers: int = 0,
+    memory_limit: int = 0,
 ) -> DataSplits:
-    """Resolve a data spec (see the module docstring) to images.
+    """Resolve a data spec (see the module docstring) to images, in the tier ``tiers.py`` picks.
 
     Args:
         image_size: S, the side folders and lists are decoded to (standard sets keep their own size).
@@ -200,14 +227,24 @@ def load(
         download: fetch a missing standard set (needs internet).
         max_bad_fraction: stop (UserError) when more of a folder's files than this cannot be decoded.
         workers: CPU processes that decode images (0: this process).
+        memory_limit: bytes of decoded images that may be held (0: ``tiers.budget()``).
     """
     kind, path = parse(spec)
+    limit = memory_limit or tiers.budget()
     if kind == "digits" or path is None:
         return load_digits()
     if kind in standard.STANDARD:
         return load_standard(kind, path, download)
     if kind == "prepared":
-        return cache.load_prepared(path, sources)
+        return cache.load_prepared(path, sources, limit, workers)
+    if kind == "shards":
+        from fastclr.data.shards import load_shards
+
+        name, shard_train, shard_test = load_shards(
+            spec.partition(":")[2], out_dir=Path(out_dir) if out_dir else None, max_bad_fraction=max_bad_fraction
+        )
+        labelled = shard_train if shard_test is not None else None
+        return DataSplits(name, shard_train, labelled, shard_test, shard_train.bad or [])
     train, test = listings(str(path))
     name = path.stem if kind == "list" else path.name
     return _splits(
@@ -218,6 +255,7 @@ def load(
         out_dir=Path(out_dir) if out_dir is not None else None,
         max_bad_fraction=max_bad_fraction,
         workers=workers,
+        limit=limit,
     )
 
 
@@ -263,3 +301,26 @@ def balanced_subset(data, count: int, seed: int):
     else:
         pick = balanced_indices(data.labels, count, seed)
     return data.subset(pick)
+
+
+def warn(msg: str) -> None:
+    print(f"fastclr: warning: {msg}", file=sys.stderr)
+
+
+def log(msg: str) -> None:
+    """A data-layer line on stderr (rank 0 only under torchrun)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"fastclr: {msg}", file=sys.stderr, flush=True)
+
+
+def median_side(spec: str) -> tuple[float, int] | None:
+    """(median short side in px, files sampled) of a folder or list spec's train images, headers only
+    (``survey.py``); None for any other spec (digits, standard sets, prepared caches)."""
+    kind, path = parse(spec)
+    if kind not in ("folder", "list"):
+        return None
+    train, _ = listings(str(path))
+    side, sampled = survey.median_short_side(train.files)
+    if sampled == 0:
+        raise UserError(f"--data {spec}: none of the sampled image files could be read; see whether they are images")
+    return side, sampled

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ import numpy as np
 
 from fastclr import log
 from fastclr.data.images import BadImage, decode
+from fastclr.data.listing import cached_scan
 from fastclr.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -36,11 +37,12 @@ _WARN_FIRST = 10  # warnings printed one per file; the rest are summed up
 class Listing:
     """Files of one split in sample order, with labels when the source has them.
 
-    files: N paths; labels: N class indices or None; classes: class names or None.
+    files: N paths (a ``listing.PathList`` for folders); labels: int64 [N] class indices or None;
+    classes: class names or None.
     """
 
-    files: list[Path]
-    labels: list[int] | None
+    files: Sequence[Path]
+    labels: np.ndarray | None  # int64 [N]
     classes: list[str] | None
 
 
@@ -68,20 +70,21 @@ def scan(root: Path) -> list[Path]:
 
 
 def list_folder(root: Path, classes: list[str] | None = None) -> Listing:
-    """A folder's images; labels from the first-level folder names when every image is in one."""
-    files = scan(root)
-    if not files:
+    """A folder's images (the cached listing, ``listing.py``); labels from the first-level folder
+    names when every image is in one. Decodes nothing."""
+    files = cached_scan(root, scan)
+    if not len(files):
         raise UserError(f"{root}: no images found ({', '.join(IMAGE_SUFFIXES)}); point --data at a folder of images")
-    parts = [p.relative_to(root).parts for p in files]
-    if not all(len(q) > 1 for q in parts):
+    top = np.char.partition(files.relative, b"/")  # [N, 3]: first part, separator, rest
+    if not (top[:, 1] == b"/").all():
         return Listing(files, None, None)
-    found = sorted({q[0] for q in parts})
+    found_bytes, labels = np.unique(top[:, 0], return_inverse=True)
+    found = [c.decode() for c in found_bytes]
     if classes is not None and found != classes:
         raise UserError(
             f"{root}: classes {found} differ from the train split's {classes}; both splits need the same class folders"
         )
-    lookup = {c: i for i, c in enumerate(found)}
-    return Listing(files, [lookup[q[0]] for q in parts], found)
+    return Listing(files, labels.astype(np.int64).reshape(-1), found)
 
 
 def read_list(path: Path, classes: list[str] | None = None) -> Listing:
@@ -129,7 +132,7 @@ def read_list(path: Path, classes: list[str] | None = None) -> Listing:
             )
         found = classes
     lookup = {c: i for i, c in enumerate(found)}
-    return Listing(files, [lookup[c] for c in names], found)
+    return Listing(files, np.array([lookup[c] for c in names], dtype=np.int64), found)
 
 
 def _decode_one(job: tuple[str, int]) -> tuple[np.ndarray | None, tuple[int, int], str]:
@@ -142,7 +145,7 @@ def _decode_one(job: tuple[str, int]) -> tuple[np.ndarray | None, tuple[int, int
 
 
 def iter_decode(
-    files: list[Path], size: int, workers: int = 0
+    files: Sequence[Path], size: int, workers: int = 0
 ) -> Iterator[tuple[np.ndarray | None, tuple[int, int], str]]:
     """Decode files in order with ``images.decode``: (uint8 [3, size, size] or None, (h, w), reason).
 
@@ -158,7 +161,7 @@ def iter_decode(
 
 
 def decode_all(
-    files: list[Path], size: int, workers: int = 0
+    files: Sequence[Path], size: int, workers: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Decode every file; bad ones are left out.
 

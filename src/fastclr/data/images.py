@@ -17,6 +17,7 @@ A file that cannot be decoded (zero bytes, not an image, truncated, unreadable, 
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -65,11 +66,11 @@ def _orientation_swaps(im: Image.Image) -> bool:
         return False
 
 
-def open_rgb(path: Path | str, draft: int = 0) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode ``path`` to an upright RGB image.
+def open_rgb(path: Path | str, draft: int = 0, data: bytes | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode ``path`` (or the bytes ``data`` of a shard member named ``path``) to an upright RGB image.
 
     Args:
-        path: the image file.
+        path: the image file (with ``data``: the name reported when it cannot be decoded).
         draft: if > 0, a JPEG may be decoded at a reduced scale whose sides stay >= ``draft``
             (libjpeg's DCT scaling: much faster for large photos that end up small).
     Returns:
@@ -78,11 +79,11 @@ def open_rgb(path: Path | str, draft: int = 0) -> tuple[Image.Image, tuple[int, 
         BadImage: the file is empty, not an image, truncated, unreadable or too large.
     """
     try:
-        if os.path.getsize(path) == 0:
+        if (len(data) if data is not None else os.path.getsize(path)) == 0:
             raise BadImage(path, "empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF and palette warnings: the pixels decide
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data) if data is not None else path) as im:
                 w, h = im.size
                 if _orientation_swaps(im):
                     w, h = h, w
@@ -120,7 +121,7 @@ def fit(im: Image.Image, size: int) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def decode(path: Path | str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+def decode(path: Path | str, size: int, data: bytes | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """``fit(open_rgb(path))``: uint8 [3, size, size] and the source's upright (height, width)."""
-    im, hw = open_rgb(path, draft=size)
+    im, hw = open_rgb(path, draft=size, data=data)
     return fit(im, size), hw

@@ -16,7 +16,6 @@ import torch
 
 from fastclr.data.order import batch_index, epoch_order
 from fastclr.data.sets import FileSet
-from fastclr.data.stream import StreamLoader
 
 
 class InMemoryLoader:
@@ -78,14 +77,54 @@ def build_loader(
     workers: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    resume: str = "",
+    decode: str = "cpu",
 ):
-    """The loader for a pretraining source: InMemoryLoader for an ImageSet (images on the device) or a
-    text set (its token tensors, :mod:`fastclr.text.data`), stream.StreamLoader for a FileSet (large
-    images decoded and cropped by ``workers`` CPU processes)."""
+    """The loader for a pretraining source, by tier (``tiers.py``): InMemoryLoader for a decoded
+    ImageSet (images on the device) or a text set (its token tensors, :mod:`fastclr.text.data`),
+    mapped.MappedLoader for a cache over the memory budget, stream.StreamLoader for a FileSet
+    (decoded and cropped by ``workers`` CPU processes). ``resume`` is the command named when a
+    loader worker dies. A ShardSet (``shards.py``) is read by shard_loader.ShardLoader, its JPEGs
+    decoded where ``decode`` (``gpu_decode.resolve``) says."""
+    from fastclr.data.mapped import MappedLoader
+    from fastclr.data.shards import ShardSet
+    from fastclr.data.stream import StreamLoader
+
+    workers = worker_cap(workers)  # more processes than cores only add contention
+    if isinstance(source, ShardSet):
+        from fastclr.data.gpu_decode import resolve
+        from fastclr.data.shard_loader import ShardLoader
+
+        return ShardLoader(
+            source, batch_size, seed, device, views=views, cfg=aug, workers=workers, rank=rank,
+            world_size=world_size, decode=resolve(decode, device), resume=resume,
+        )  # fmt: skip
     if isinstance(source, FileSet):
-        workers = worker_cap(workers)
         return StreamLoader(
-            source, batch_size, seed, device, views=views, cfg=aug, workers=workers, rank=rank, world_size=world_size
+            source,
+            batch_size,
+            seed,
+            device,
+            views=views,
+            cfg=aug,
+            workers=workers,
+            rank=rank,
+            world_size=world_size,
+            bad=source.bad,
+            resume=resume,
+        )
+    if getattr(source, "mapped", None) is not None:
+        shape = tuple(source.images.shape)
+        return MappedLoader(
+            source.mapped,
+            shape,
+            batch_size,
+            seed,
+            device,
+            workers=workers,
+            rank=rank,
+            world_size=world_size,
+            resume=resume,
         )
     rows = source.tokens if hasattr(source, "tokens") else source.images
     return InMemoryLoader(rows, batch_size, seed, device, rank=rank, world_size=world_size)

@@ -1,8 +1,8 @@
-"""The data order: each epoch a permutation keyed on (seed, epoch), cut into global batches.
+"""The sample order every loader shares: an epoch's keyed permutation and each process's slice of a batch.
 
-The order is the same whatever the number of processes: global batch b of an epoch is positions
-[b*B, (b+1)*B) of the epoch's permutation, and process r of k takes its r-th slice of B/k. Both
-loaders (in memory, :mod:`fastclr.data.loader`; streamed, :mod:`fastclr.data.stream`) use it.
+Each epoch shuffles the whole data set with a generator keyed on (seed, epoch), so the order is the
+same whatever the number of processes or workers; global batch b of an epoch is positions
+[b*B, (b+1)*B) of that permutation, and process r of k takes its r-th slice of B/k.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import torch
 from fastclr.data import datasets, folders, standard
 from fastclr.data.cache import FORMAT, VERSION, fingerprint
 from fastclr.data.images import fit
-from fastclr.data.sets import ImageSet
+from fastclr.data.sets import FileSet, ImageSet
 from fastclr.errors import UserError
 
 
@@ -36,6 +36,8 @@ def absolute_spec(spec: str) -> str:
     kind, path = datasets.parse(spec)
     if kind == "prepared":
         raise UserError(f"{spec}: already a prepared cache; give the original data spec to prepare")
+    if kind == "shards":
+        raise UserError(f"{spec}: already shards; give the original folder or list to prepare")
     if kind == "digits" or path is None:
         return kind
     return f"{kind}:{path.resolve()}" if kind in standard.STANDARD else str(path.resolve())
@@ -119,9 +121,10 @@ def prepare(
         folders.enforce(skipped, total, max_bad_fraction, out)
         if splits["train"]["count"] == 0:
             raise UserError(f"{spec}: none of the {total} images could be decoded; see {out / 'skipped.txt'}")
-        pretrain_split, sources = "train", train.files + (test.files if test is not None else [])
+        pretrain_split, sources = "train", list(train.files) + (list(test.files) if test is not None else [])
     else:
         data = datasets.load(source, size, download=download)
+        assert not isinstance(data.train, FileSet) and not isinstance(data.test, FileSet)  # standard sets: decoded
         sets: dict[str, ImageSet | None] = {"train": data.train, "test": data.test}
         if data.pretrain is not data.train:
             assert isinstance(data.pretrain, ImageSet)  # standard sets and digits are decoded in memory
@@ -136,7 +139,7 @@ def prepare(
                 "labelled": labels is not None,
                 "classes": s.classes if labels is not None else None,
             }
-        pretrain_split, sources = ("pretrain" if "pretrain" in sets else "train"), data.sources
+        pretrain_split, sources = ("pretrain" if "pretrain" in sets else "train"), list(data.sources)
     meta = {
         "format": FORMAT,
         "version": VERSION,

@@ -1,17 +1,22 @@
 """The data types: images decoded in memory, images left on disk, and what a data spec provides.
 
 An :class:`ImageSet` holds uint8 images on the host (or memory-mapped from a prepared cache); a
-:class:`FileSet` lists files too large to hold decoded, read by the streaming loader
-(:mod:`fastclr.data.stream`); :class:`DataSplits` is what :func:`fastclr.data.datasets.load`
-returns for a spec: the images to pretrain on and the labelled train / test splits.
+:class:`FileSet` lists files left on disk (listed, not decoded), read by loader workers
+(:mod:`fastclr.data.stream`; the tiers: :mod:`fastclr.data.tiers`); :class:`DataSplits` is what
+:func:`fastclr.data.datasets.load` returns for a spec: the images to pretrain on and the labelled
+train / test splits.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from fastclr.data.badfiles import BadFiles
+from fastclr.data.listing import PathList
 
 
 def count_classes(classes: list[str] | None, labels: torch.Tensor | None) -> int:
@@ -26,13 +31,15 @@ class ImageSet:
     """Decoded images with optional labels.
 
     images: uint8 [N, 3, H, W]; labels: int64 [N] or None; ids: N strings (file paths or
-    indices); classes: label names, or None.
+    indices); classes: label names, or None; mapped: the cache file ``images`` is mapped from,
+    read per batch by loader workers (tier b, :mod:`fastclr.data.mapped`), or None.
     """
 
     images: torch.Tensor
     labels: torch.Tensor | None
     ids: list[str]
     classes: list[str] | None = None
+    mapped: Path | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -53,30 +60,19 @@ class ImageSet:
 
 
 @dataclass
-class DataSplits:
-    """What a spec provides: images to pretrain on, and labelled train/test splits when known.
+class FileSet:
+    """Images left on disk, listed but not decoded.
 
-    ``pretrain`` is an in-memory ImageSet, or a FileSet streamed from disk for images larger than
-    the training size. ``skipped`` lists (path, reason) of files that could not be decoded;
-    ``sources`` the files the spec was read from (the prepared cache's change check uses them).
+    files: N paths (a ``listing.PathList`` for folders); labels: int64 [N] or None; classes: names
+    or None; side: the median short side in px of a sample of the files (``survey.py``; 0: unknown);
+    bad: where the files that cannot be decoded are reported when met (``badfiles.py``).
     """
 
-    name: str
-    pretrain: ImageSet | FileSet
-    train: ImageSet | None  # labelled training split (evaluation: kNN bank, linear probe)
-    test: ImageSet | None  # labelled test split (evaluation accuracy)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    sources: list[Path] = field(default_factory=list)
-
-
-@dataclass
-class FileSet:
-    """Images left on disk: files [N], hw int64 [N, 2] (full-resolution height, width), optional labels."""
-
-    files: list[Path]
-    hw: torch.Tensor
+    files: Sequence[Path]
     labels: torch.Tensor | None = None
     classes: list[str] | None = None
+    side: int = 0
+    bad: BadFiles | None = None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -85,11 +81,35 @@ class FileSet:
     def ids(self) -> list[str]:
         return [str(f) for f in self.files]
 
+    @property
+    def num_classes(self) -> int:
+        """Number of classes: the named ones, else the largest label + 1 (0 without labels)."""
+        return count_classes(self.classes, self.labels)
+
     def subset(self, index: torch.Tensor) -> FileSet:
-        idx = index.tolist()
-        return FileSet(
-            [self.files[i] for i in idx],
-            self.hw[index],
-            None if self.labels is None else self.labels[index],
-            self.classes,
+        files = (
+            self.files.take(index.numpy())
+            if isinstance(self.files, PathList)
+            else [self.files[i] for i in index.tolist()]
         )
+        labels = None if self.labels is None else self.labels[index]
+        return FileSet(files, labels, self.classes, self.side, self.bad)
+
+
+@dataclass
+class DataSplits:
+    """What a spec provides: images to pretrain on, and labelled train/test splits when known.
+
+    Each split is an ImageSet (decoded: tier a, or a mapped cache: tier b, see ``tiers.py``) or a
+    FileSet (files read by loader workers: tier c; ``evalset.decoded`` gives its evaluation views).
+    ``skipped`` holds (path, reason) of files that could not be decoded: a list when the set was
+    decoded at the start, else the run's ``BadFiles`` tally, filled as the files are met.
+    ``sources`` the files the spec was read from (the prepared cache's change check uses them).
+    """
+
+    name: str
+    pretrain: ImageSet | FileSet
+    train: ImageSet | FileSet | None  # labelled training split (evaluation: kNN bank, linear probe)
+    test: ImageSet | FileSet | None  # labelled test split (evaluation accuracy)
+    skipped: list[tuple[str, str]] | BadFiles = field(default_factory=list)
+    sources: Sequence[Path] = field(default_factory=list)

@@ -12,16 +12,18 @@ PIL images); the in-memory path resamples the same box with the same filter on t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from fastclr.data.badfiles import BadFiles
 from fastclr.data.images import BadImage, open_rgb
 from fastclr.data.order import batch_index, epoch_order
 from fastclr.data.sets import FileSet
+from fastclr.data.workers import EpochSampler, guarded, ignore_interrupt
 from fastclr.errors import UserError
 from fastclr.method.augment import AugmentConfig, apply_pixel_ops, normalize, sample_params, to_float
 
@@ -71,50 +73,67 @@ def finish_views(
     return torch.cat(out)
 
 
-class _Order(torch.utils.data.Sampler):
-    """Yields (epoch, batch) keys for the epoch and start step set before each pass."""
+MAX_REPLACEMENTS = 64  # files tried in a row before a batch gives up
 
-    def __init__(self, steps: int):
-        self.steps, self.epoch, self.start = steps, 0, 0
 
-    def __iter__(self):
-        return iter([(self.epoch, b) for b in range(self.start, self.steps)])
-
-    def __len__(self) -> int:
-        return self.steps - self.start
+def open_or_replace(files: Sequence[Path], i: int, bad: list[tuple[str, str]]) -> tuple[int, Image.Image]:
+    """Sample ``i``'s image; a file that cannot be decoded is recorded in ``bad`` and replaced by the
+    next readable file of the listing (i + 1, i + 2, ... wrapping), whose index then keys the draws."""
+    for step in range(MAX_REPLACEMENTS):
+        j = (i + step) % len(files)
+        try:
+            return j, open_rgb(files[j])[0]
+        except BadImage as e:
+            bad.append((e.path, e.reason))
+    raise UserError(
+        f"{MAX_REPLACEMENTS} files in a row from {files[i]} on could not be decoded; is the folder readable?"
+    )
 
 
 class _Batches(torch.utils.data.Dataset):
-    """Batch (epoch, b) -> (index [b], views uint8 [V, b, 3, S, S]); runs in the CPU workers."""
+    """Batch (epoch, b) -> (index [b], views uint8 [V, b, 3, S, S] -- or, with ``finish``, float32
+    [V*b, 3, S, S] after the pixel ops --, [(path, reason)] of the bad files met); runs in the CPU workers."""
 
     def __init__(
-        self, files: list[Path], batch_size: int, seed: int, views: int, cfg: AugmentConfig, rank: int, world_size: int
+        self,
+        files,
+        batch_size: int,
+        seed: int,
+        views: int,
+        cfg: AugmentConfig,
+        rank: int,
+        world_size: int,
+        finish: bool = False,
     ):
         self.files, self.batch_size, self.seed, self.views, self.cfg = files, batch_size, seed, views, cfg
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.finish = rank, world_size, finish
         self._perm: tuple[int, torch.Tensor] | None = None
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
         epoch, b = key
         if self._perm is None or self._perm[0] != epoch:
             self._perm = (epoch, epoch_order(len(self.files), self.seed, epoch))
-        index = batch_index(self._perm[1], b, self.batch_size, self.rank, self.world_size)
-        images = []
-        for i in index.tolist():
-            try:
-                images.append(open_rgb(self.files[i])[0])
-            except BadImage as e:
-                raise UserError(
-                    f"{e.path} could not be decoded during training ({e.reason}); it changed since the scan"
-                ) from None
-        return index, crop_views(images, index, seed=self.seed, epoch=epoch, views=self.views, cfg=self.cfg)
+        index = batch_index(self._perm[1], b, self.batch_size, self.rank, self.world_size).clone()
+        images: list[Image.Image] = []
+        bad: list[tuple[str, str]] = []
+        for k, i in enumerate(index.tolist()):
+            index[k], image = open_or_replace(self.files, i, bad)
+            images.append(image)
+        views = crop_views(images, index, seed=self.seed, epoch=epoch, views=self.views, cfg=self.cfg)
+        if self.finish:  # the device is this CPU: the pixel ops run here, in parallel, not in the main process
+            views = finish_views(views, index, seed=self.seed, epoch=epoch, cfg=self.cfg)
+        return index, views, bad
 
 
 class StreamLoader:
     """Yields (index [b], views uint8 [V, b, 3, S, S]) on ``device``; b = batch_size / world_size.
 
     Same order and batching as ``loader.InMemoryLoader``; ``workers`` CPU processes decode and crop
-    (0: this process), a few batches ahead of the device.
+    (0: this process), a few batches ahead of the device. When the device is the CPU itself and there
+    are workers, they apply the pixel ops too (same keyed draws, so the same views) and the loader
+    yields finished float32 views [V*b, 3, S, S]: the main process is left to the model. Bad files met
+    are reported to ``bad`` (``badfiles.py``: skipped.txt, the count, the max_bad_fraction stop); a
+    worker's death ends the run with one line naming ``resume``, the command that continues it.
     """
 
     def __init__(
@@ -129,12 +148,16 @@ class StreamLoader:
         workers: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        bad: BadFiles | None = None,
+        resume: str = "",
     ):
         if batch_size % world_size:
             raise ValueError(f"batch size {batch_size} is not divisible by {world_size} processes")
         self.n, self.batch_size, self.device = len(data), batch_size, device
-        self.sampler = _Order(len(self))
-        self.batches = _Batches(data.files, batch_size, seed, views, cfg, rank, world_size)
+        self.bad, self.resume = bad, resume
+        self.sampler = EpochSampler(len(self))
+        finish = device.type == "cpu" and workers > 0
+        self.batches = _Batches(data.files, batch_size, seed, views, cfg, rank, world_size, finish)
         self.loader = torch.utils.data.DataLoader(
             self.batches,
             batch_size=None,
@@ -142,7 +165,8 @@ class StreamLoader:
             num_workers=workers,
             pin_memory=device.type == "cuda",
             persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None,
+            prefetch_factor=2 if workers > 0 else None,
+            worker_init_fn=ignore_interrupt if workers > 0 else None,
         )
 
     def __len__(self) -> int:
@@ -152,5 +176,7 @@ class StreamLoader:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of ``epoch`` from step ``start`` on (for resuming mid-epoch)."""
         self.sampler.epoch, self.sampler.start = epoch, start
-        for index, views in self.loader:
+        for index, views, bad in guarded(self.loader, self.resume):
+            if self.bad is not None:
+                self.bad.met(index.shape[0] + len(bad), bad)
             yield index.to(self.device, non_blocking=True), views.to(self.device, non_blocking=True)

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
+from fastclr.data import evalset, tiers
+from fastclr.data.sets import FileSet
 from fastclr.errors import UserError
 from fastclr.eval.features import extract
 from fastclr.train import dist, restore
@@ -107,6 +109,67 @@ def write(out: str | Path, embeddings: torch.Tensor, ids: list[str]) -> list[str
     return [str(npy), str(ids_path)]
 
 
+def npy_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
+
+
+@torch.no_grad()
+def embed_files(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    data: FileSet,
+    out: str | Path,
+    size: int,
+    device: torch.device,
+    *,
+    batch_size: int = 512,
+    precision: str = "fp32",
+    workers: int = 0,
+    progress: bool = True,
+) -> tuple[int, int, list[str]]:
+    """Embed a file set straight into ``out``: the evaluation view of every file (decoded by loader
+    workers, ``data/evalset.py``), rows written to a memory-mapped ``.npy`` as they come, so no
+    process holds the features whole. Unreadable files are left out (and reported).
+
+    Returns:
+        (rows written, d, files written).
+    """
+    from tqdm import tqdm
+
+    if Path(out).suffix == ".parquet":
+        raise UserError("--out *.parquet: this data set is embedded straight from its files; write .npy")
+    npy = npy_path(out)
+    npy.parent.mkdir(parents=True, exist_ok=True)
+    rows: np.memmap | None = None
+    ids: list[str] = []
+    bar = tqdm(total=len(data), file=sys.stderr, desc="embed", leave=False, disable=None if progress else True)
+    for index, images, bad in evalset.batches(data, size, batch_size, workers):
+        if data.bad is not None:
+            data.bad.met(index.shape[0], bad)
+        names = {p for p, _ in bad}
+        good = [k for k, i in enumerate(index.tolist()) if str(data.files[i]) not in names]
+        h = extract(fn, images[good], size, device, batch_size=batch_size, precision=precision)
+        if rows is None:
+            rows = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(len(data), h.shape[1]))
+        rows[len(ids) : len(ids) + h.shape[0]] = h.numpy()
+        ids.extend(str(data.files[int(index[k])]) for k in good)
+        bar.update(index.shape[0])
+    bar.close()
+    if rows is None:
+        raise UserError("embed: the data set has no images")
+    dim = rows.shape[1]
+    if len(ids) < len(data):  # unreadable files were left out: shorten the file
+        kept = np.array(rows[: len(ids)])
+        del rows
+        np.save(npy, kept)
+    else:
+        rows.flush()
+        del rows
+    ids_path = npy.with_suffix(".ids.json")
+    ids_path.write_text(json.dumps(ids))
+    return len(ids), dim, [str(npy), str(ids_path)]
+
+
 def read(path: str | Path) -> tuple[np.ndarray, list[str]]:
     """Read back what :func:`write` wrote: (embeddings [N, d] float32, ids)."""
     path = Path(path)
@@ -140,6 +203,14 @@ def run(
     if images is None:
         raise UserError(f"--split {split}: data set {splits.name!r} has no such split; use --split pretrain")
     fn = (lambda x: model.project(model.encode(x).float())) if projection else model.encode
+    if isinstance(images, FileSet) and dist.world_size() == 1:  # files: streamed, rows to a memmap
+        count, dim, files = embed_files(
+            fn, images, out, cfg.image_size, dev, batch_size=batch_size, precision=precision, workers=cfg.workers
+        )
+        dist.cleanup()
+        return {"out": out, "count": count, "dim": dim, "files": files}
+    if isinstance(images, FileSet):
+        images = evalset.decoded(images, cfg.image_size, workers=cfg.workers, limit=tiers.budget(cfg.data_memory_gb))
     mine = shard(len(images), dist.rank(), dist.world_size())
     if hasattr(images, "tokens"):  # texts: token ids through the text encoder
         from fastclr.text.sts import encode_tokens

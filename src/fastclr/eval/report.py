@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fastclr import config
-from fastclr.data import datasets
+from fastclr.data import datasets, evalset, tiers
 from fastclr.errors import UserError
 from fastclr.eval.evaluate import FeatureSettings, split_features
 from fastclr.method.augment import MEAN, STD, AugmentConfig, augment
@@ -251,17 +251,19 @@ def build(
     data = None
     if cfg is not None:
         try:
-            data = datasets.load(cfg.data, cfg.image_size)
+            data = evalset.eval_splits(
+                datasets.load(cfg.data, cfg.image_size, workers=cfg.workers),
+                cfg.image_size,
+                max_images=cfg.eval_max_images,
+                seed=cfg.seed,
+                workers=cfg.workers,
+                limit=tiers.budget(cfg.data_memory_gb),
+            )
         except UserError as e:
             notes.append(f"data {cfg.data!r} could not be loaded ({e}): no view pairs, map or retrievals")
-    if cfg is not None and data is not None and isinstance(data.pretrain, datasets.ImageSet):
-        sections.append(_section("Augmented view pairs", _png(view_pairs_figure(data.pretrain.images, cfg))))
-    elif data is not None:
-        sections.append(
-            _section(
-                "Augmented view pairs", None, "the pretraining images are streamed from disk: see fastclr show-augment"
-            )
-        )
+    if data is not None and cfg is not None:
+        shown = evalset.head(data.pretrain, 8, cfg.image_size)
+        sections.append(_section("Augmented view pairs", _png(view_pairs_figure(shown.images, cfg))))
     if (
         model is not None
         and cfg is not None
@@ -341,13 +343,9 @@ def show_augment(spec: str, out: str | Path, cfg: config.Config, count: int = 8,
     if target.suffix.lower() != ".png":
         raise UserError(f"--out {target}: must end in .png")
     _pyplot()
-    data = datasets.load(spec, cfg.image_size)
-    if not isinstance(data.pretrain, datasets.ImageSet):
-        raise UserError(
-            f"--data {spec}: its images are streamed from disk; prepare them at the training size first (fastclr "
-            "prepare)"
-        )
-    fig = view_pairs_figure(data.pretrain.images, cfg, count, epoch)
+    data = datasets.load(spec, cfg.image_size, workers=cfg.workers)
+    shown = evalset.head(data.pretrain, count, cfg.image_size)  # large images: their evaluation views at S
+    fig = view_pairs_figure(shown.images, cfg, count, epoch)
     target.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(target, dpi=100, bbox_inches="tight")
     _pyplot().close(fig)
@@ -380,6 +378,6 @@ def run_show_augment(
     :func:`show_augment`."""
     if not 1 <= count <= 64:
         raise UserError(f"--count {count}: must be 1 to 64")
-    cfg = config.build_config(preset, {"data": data}, sets)
+    cfg = config.build_config(preset, {"data": data}, sets, from_data=True)
     config.validate(cfg)
     return show_augment(cfg.data, out, cfg, count, epoch)

@@ -361,6 +361,8 @@ FREE_KEYS = {
     "workers",
     "download",
     "max_bad_fraction",
+    "data_memory_gb",
+    "eval_max_images",
     "channels_last",
     "knn_every",
     "online_probe",

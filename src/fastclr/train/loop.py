@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from fastclr import config, log
-from fastclr.data import datasets
+from fastclr.data import datasets, tiers
 from fastclr.data.loader import build_loader
 from fastclr.errors import UserError
 from fastclr.method.augment import AugmentConfig
@@ -108,7 +108,7 @@ def setup(cfg: config.Config) -> Run:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN time its kernels once
     torch.manual_seed(cfg.seed)
-    data, images = load_images(cfg, out)
+    data, images = load_images(cfg, out, tiers.budget(cfg.data_memory_gb, device))
     aug = augment_config(cfg)
     loader = build_loader(
         images,
@@ -120,6 +120,8 @@ def setup(cfg: config.Config) -> Run:
         workers=cfg.workers,
         rank=dist.rank(),
         world_size=dist.world_size(),
+        resume=f"fastclr pretrain --out {out}",
+        decode=cfg.decode,
     )
     schedule = Schedule.of(cfg, len(loader))
     model, net = build_network(cfg, device, out)
@@ -133,8 +135,9 @@ def setup(cfg: config.Config) -> Run:
     )
 
 
-def load_images(cfg: config.Config, out: Path) -> tuple[datasets.DataSplits, Any]:
-    """The run's data and its pretraining images (``max_images``: a class-balanced subset), checked."""
+def load_images(cfg: config.Config, out: Path, limit: int) -> tuple[datasets.DataSplits, Any]:
+    """The run's data (images in their tier, ``data/tiers.py``, ``limit`` bytes of decoded images at
+    most) and its pretraining images (``max_images``: a class-balanced subset), checked."""
     out_dir = out if dist.is_main() else None
     if config.is_text(cfg):  # tokenised texts: the same fields, token tensors instead of pixels
         from fastclr.text import data as text_data
@@ -151,6 +154,7 @@ def load_images(cfg: config.Config, out: Path) -> tuple[datasets.DataSplits, Any
             download=cfg.download,
             max_bad_fraction=cfg.max_bad_fraction,
             workers=cfg.workers,
+            memory_limit=limit,
         )
     images = datasets.balanced_subset(data.pretrain, cfg.max_images, cfg.seed)
     stored = getattr(images, "images", None)
@@ -160,7 +164,7 @@ def load_images(cfg: config.Config, out: Path) -> tuple[datasets.DataSplits, Any
     elif isinstance(stored, torch.Tensor):
         side = int(min(stored.shape[-2:]))
     else:
-        side = int(images.hw.min()) if len(images) else None
+        side = images.side or None  # the median short side of a sample of the files
     preflight.against_data(cfg, len(images), side, data.name)
     return data, images
 

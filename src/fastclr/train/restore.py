@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from fastclr import config
-from fastclr.data import datasets
+from fastclr.data import datasets, evalset, tiers
 from fastclr.errors import UserError
 from fastclr.method.encoder import freeze_patch_embedding
 from fastclr.method.model import SimCLR
@@ -125,12 +125,9 @@ def open_for_command(
 
 
 def in_memory(images: object, what: str) -> datasets.ImageSet:
-    """The split as decoded images; UserError for a split that is streamed from disk."""
+    """The split as decoded images (``load_data`` gives them); UserError for anything else."""
     if not isinstance(images, datasets.ImageSet):
-        raise UserError(
-            f"{what}: these images are streamed from disk; use a data set decoded at the training size (its train "
-            "split)"
-        )
+        raise UserError(f"{what}: expected decoded images; load the data with restore.load_data")
     return images
 
 
@@ -141,14 +138,20 @@ def device_and_precision(cfg: config.Config, device: str | None) -> tuple[torch.
 
 
 def load_data(cfg: config.Config, spec: str | None) -> datasets.DataSplits:
-    """The data a command evaluates on: ``--data``, else the data the checkpoint was trained on."""
+    """The data a command evaluates on: ``--data``, else the data the checkpoint was trained on.
+
+    Images of any size: the labelled splits come as evaluation views at the training size (resize +
+    centre crop, decoded in batches by loader workers; a memory-mapped scratch file past the
+    memory budget, ``data/evalset.py``); the pretraining split is left as listed.
+    """
     if config.is_text(cfg):  # tokenised texts (fastclr.text.data.TextSplits, the same fields)
         from fastclr.text import data as text_data
         from fastclr.text.encoder import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.arch)
         return text_data.load(spec or cfg.data, tokenizer, cfg.max_length, column=cfg.text_column)  # type: ignore[return-value]
-    return datasets.load(spec or cfg.data, cfg.image_size)
+    data = datasets.load(spec or cfg.data, cfg.image_size, workers=cfg.workers)
+    return evalset.eval_splits(data, cfg.image_size, workers=cfg.workers, limit=tiers.budget(cfg.data_memory_gb))
 
 
 def labelled_splits(data: datasets.DataSplits, command: str) -> tuple[datasets.ImageSet, datasets.ImageSet]:
@@ -163,4 +166,4 @@ def labelled_splits(data: datasets.DataSplits, command: str) -> tuple[datasets.I
             f"{command}: data set {data.name!r} has no labelled test split; add a test/ (or val/) folder with the "
             "same class folders"
         )
-    return data.train, data.test
+    return in_memory(data.train, command), in_memory(data.test, command)

@@ -37,11 +37,14 @@ def make_views(
     """All V views of a batch, view-major: rows v*b .. (v+1)*b - 1 are view v. [V*b, 3, S, S].
 
     ``images`` is uint8 [b, 3, H, W] (in-memory path), or [V, b, 3, S, S]: views already cropped by
-    the CPU workers of the large-image path (stream.py), which only need the pixel ops here. Text:
+    the CPU workers of the large-image path (stream.py), which only need the pixel ops here, or
+    float [V*b, 3, S, S]: views those workers finished too (when the device is the CPU). Text:
     token tensors [b, 2, L] -> token ids [V*b, L] (:func:`fastclr.text.views.make_text_views`).
     """
     if isinstance(aug, TextViewConfig):
         return make_text_views(images, index, cfg.seed, epoch, cfg.views, aug)
+    if images.is_floating_point():
+        return images
     if images.dim() == 5:
         return finish_views(images, index, seed=cfg.seed, epoch=epoch, cfg=aug)
     return torch.cat([augment(images, index, seed=cfg.seed, epoch=epoch, view=v, cfg=aug) for v in range(cfg.views)])

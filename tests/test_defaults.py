@@ -1,0 +1,48 @@
+"""Settings chosen from the data when no --config is given: small, medium and large image folders."""
+
+import pytest
+from PIL import Image
+
+from fastclr import config, defaults
+
+
+def _folder(root, side, count=6):
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (side + i, side + 2 * i), (i * 20, 0, 0)).save(root / c / f"{i}.jpg")
+    return root
+
+
+@pytest.mark.parametrize(
+    "side,size,stem,blur,strength",
+    [(28, 32, True, False, 0.5), (96, 96, False, True, 1.0), (300, 224, False, True, 1.0)],
+)
+def test_folder_defaults_by_image_size(tmp_path, capsys, side, size, stem, blur, strength):
+    data = str(_folder(tmp_path / "imgs", side))
+    cfg = config.build_config(None, {"data": data, "device": "cpu"}, [], from_data=True)
+    config.validate(cfg)
+    assert (cfg.image_size, cfg.cifar_stem, cfg.blur, cfg.color_strength) == (size, stem, blur, strength)
+    assert cfg.flip is True and cfg.min_scale == 0.08 and cfg.arch == "resnet_mini" and cfg.data == data
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"image_size={size}" in err[0] and "--set" in err[0] and "--config" in err[0]
+
+
+def test_flags_and_set_override_the_chosen_values(tmp_path, capsys):
+    data = str(_folder(tmp_path / "imgs", 300))
+    cfg = config.build_config(None, {"data": data, "epochs": 3}, ["image_size=64", "data=" + data], from_data=True)
+    assert cfg.image_size == 64 and cfg.epochs == 3 and cfg.blur is True
+
+
+def test_gpu_gets_a_standard_resnet():
+    assert defaults.choose(300, gpu=True)["arch"] == "resnet50"
+    assert defaults.choose(96, gpu=True)["arch"] == defaults.choose(32, gpu=True)["arch"] == "resnet18"
+    assert {defaults.band(s) for s in (40, 41, 128, 129)} == {"small", "medium", "large"}
+
+
+def test_digits_stays_the_default_and_presets_win(tmp_path, capsys):
+    assert config.build_config(None, {}, [], from_data=True).data == "digits"
+    assert config.build_config(None, {}, [], from_data=True).image_size == 8  # the digits preset
+    data = str(_folder(tmp_path / "imgs", 300))
+    cfg = config.build_config("cifar10_cpu", {"data": data}, [], from_data=True)
+    assert cfg.image_size == 32 and capsys.readouterr().err == ""
