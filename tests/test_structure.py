@@ -16,10 +16,18 @@ PACKAGE = SRC / "fastclr"
 
 # A module of the left layer may not import any module starting with a name on the right.
 FORBIDDEN = {
-    "fastclr.method": ("fastclr.data", "fastclr.train", "fastclr.eval", "fastclr.pipeline", "fastclr.cli"),
-    "fastclr.data": ("fastclr.train", "fastclr.eval", "fastclr.pipeline", "fastclr.cli"),
-    "fastclr.train": ("fastclr.eval", "fastclr.pipeline", "fastclr.cli"),
-    "fastclr.eval": ("fastclr.pipeline", "fastclr.cli"),
+    "fastclr.method": (
+        "fastclr.data",
+        "fastclr.train",
+        "fastclr.eval",
+        "fastclr.pipeline",
+        "fastclr.api",
+        "fastclr.cli",
+    ),
+    "fastclr.data": ("fastclr.train", "fastclr.eval", "fastclr.pipeline", "fastclr.api", "fastclr.cli"),
+    "fastclr.train": ("fastclr.eval", "fastclr.pipeline", "fastclr.api", "fastclr.cli"),
+    "fastclr.eval": ("fastclr.pipeline", "fastclr.api", "fastclr.cli"),
+    "fastclr.pipeline": ("fastclr.api", "fastclr.cli"),
 }
 
 

@@ -1,11 +1,55 @@
-"""fastclr: SimCLR (v1 and v2), faithful and fast.
+"""fastclr: SimCLR (v1 and v2), faithful and fast, as a library.
 
-The losses are plain functions: ``fastclr.nt_xent(z1, z2, temperature=0.5)``.
+Load a trained encoder and embed images::
+
+    import fastclr
+    encoder = fastclr.load_encoder("runs/digits/checkpoints/last.pt")
+    h, ids = fastclr.embed(encoder, ["a.png", "b.jpg"])      # float32 [2, d], the file paths
+
+Build your own loop from the parts: :class:`Augment` (the batched keyed views), :class:`SimCLR`
+(encoder f and head g), :func:`nt_xent`, :class:`LARS`, :func:`lr_at`; or run the whole recipe
+with :func:`pretrain` (the ``fastclr pretrain`` command). The method: Chen et al. 2020, "A Simple
+Framework for Contrastive Learning of Visual Representations" (docs/ and the README).
 """
 
-from fastclr.method.lars import LARS
-from fastclr.method.loss import margin_triplet, nt_logistic, nt_xent
-from fastclr.method.model import SimCLR
-
 __version__ = "0.1.0"
-__all__ = ["nt_xent", "nt_logistic", "margin_triplet", "LARS", "SimCLR", "__version__"]
+
+from fastclr.api import (  # noqa: E402 - the version is set before any submodule reads it
+    Augment,
+    Config,
+    Encoder,
+    embed,
+    knn_eval,
+    linear_eval,
+    load_config,
+    load_encoder,
+    load_model,
+    pretrain,
+)
+from fastclr.data.preprocess import Preprocess  # noqa: E402
+from fastclr.method.lars import LARS, lars_param_groups  # noqa: E402
+from fastclr.method.loss import margin_triplet, nt_logistic, nt_xent  # noqa: E402
+from fastclr.method.model import SimCLR  # noqa: E402
+from fastclr.method.schedule import lr_at  # noqa: E402
+
+__all__ = [
+    "Augment",
+    "Config",
+    "Encoder",
+    "LARS",
+    "Preprocess",
+    "SimCLR",
+    "embed",
+    "knn_eval",
+    "lars_param_groups",
+    "linear_eval",
+    "load_config",
+    "load_encoder",
+    "load_model",
+    "lr_at",
+    "margin_triplet",
+    "nt_logistic",
+    "nt_xent",
+    "pretrain",
+    "__version__",
+]

@@ -21,6 +21,14 @@ from fastclr.errors import UserError
 
 @dataclass
 class Config:
+    """Every setting of a run, with its default and the reason beside it (SIMCLR.md gives the method's).
+
+    Build one with :func:`fastclr.load_config` (a preset in ``fastclr/configs`` or a YAML file, then
+    keyword overrides) or ``Config(field=value, ...)``; :func:`fastclr.pretrain` takes it. A run writes
+    the resolved values to ``OUT/config.yaml``; derived values (the scaled learning rate, steps per
+    epoch) are computed by the training code and never written back here.
+    """
+
     # data
     data: str = "digits"  # data spec: digits, a folder, ... (see `fastclr pretrain --help`)
     image_size: int = 16  # side of the training views in pixels

@@ -12,6 +12,9 @@ host synchronisation.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -21,11 +24,17 @@ class LARS(torch.optim.Optimizer):
 
     Param groups may set ``lars`` (bool, adapt this group) and ``weight_decay``; use
     :func:`lars_param_groups` to exclude 1-d parameters the way the paper does.
+
+    Args:
+        params: parameters, or param groups (dicts) such as :func:`lars_param_groups` returns.
+        lr: learning rate (the paper: 0.3 x B/256, or 0.075 x sqrt(B) for small batches).
+        momentum: m; weight_decay: wd (1e-6 in v1); trust_coefficient: eta (0.001).
+        lars: adapt the groups that do not say otherwise (False: momentum SGD).
     """
 
     def __init__(
         self,
-        params,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
         lr: float,
         momentum: float = 0.9,
         weight_decay: float = 1e-6,
@@ -40,7 +49,8 @@ class LARS(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One update of every parameter with a gradient; returns ``closure()`` when given."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -49,7 +59,7 @@ class LARS(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            grads = [p.grad for p in params]
+            grads: list[torch.Tensor] | tuple[torch.Tensor, ...] = [p.grad for p in params if p.grad is not None]
             if group["weight_decay"] != 0:
                 grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
             if group["lars"]:
