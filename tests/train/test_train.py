@@ -28,7 +28,10 @@ def test_short_real_run_on_cifar_jpegs(cifar_subset, tmp_path):
     assert len(losses) == result["steps"] and all(math.isfinite(x) for x in losses)
     assert losses[0] == pytest.approx(math.log(2 * 64 - 1), abs=0.5)  # starts near chance: log(2N - 1)
     ev = result["eval"]
-    assert set(ev) == {"knn_top1", "linear_top1", "linear_top5", "random_init_knn_top1", "random_init_linear_top1"}
+    assert set(ev) == {
+        "knn_top1", "linear_top1", "linear_top5", "linear_l2", "random_init_knn_top1", "random_init_linear_top1",
+        "train_images", "test_images",
+    }  # fmt: skip
     # the JPEG pipeline end to end: the reported kNN is that of the saved weights, by a hand-written vote
     # (that pretraining beats random init is tests/test_learns.py's claim, on a schedule long enough to show it)
     assert ev["knn_top1"] == pytest.approx(run_knn_reference(tmp_path / "run"), abs=1e-6)

@@ -166,6 +166,8 @@ def test_pretrain_starts_from_init(tmp_path):
             str(out),
             "--init",
             str(tmp_path / "a.safetensors"),
+            "--arch",
+            "resnet_mini",  # the file's architecture
             "--max-steps",
             "1",
             "--batch-size",

@@ -315,7 +315,9 @@ def log(msg: str) -> None:
 
 def median_side(spec: str) -> tuple[float, int] | None:
     """(median short side in px, files sampled) of a folder or list spec's train images, headers only
-    (``survey.py``); None for any other spec (digits, standard sets, prepared caches)."""
+    (``survey.py``); None for any other spec (digits, standard sets, prepared caches, texts)."""
+    if spec.partition(":")[0] in ("text", "stsb"):  # the text modality's specs (fastclr.text.data)
+        return None
     kind, path = parse(spec)
     if kind not in ("folder", "list"):
         return None
