@@ -84,10 +84,27 @@ def test_classifier_learns_on_frozen_features(folder):
 
 
 def test_cli_sgd_and_features(ckpt, folder):
-    sgd = last_json(cli("linear", "--checkpoint", str(ckpt), "--epochs", "1", "--batch-size", "40"))
-    assert sgd["protocol"] == "sgd" and 0 <= sgd["top1"] <= sgd["top5"] <= 1
+    """Both protocols through the CLI fit the digits far above chance (10 classes: 0.1)."""
+    sgd = last_json(
+        cli(
+            "linear",
+            "--checkpoint",
+            str(ckpt),
+            "--epochs",
+            "15",
+            "--batch-size",
+            "40",
+            "--lr",
+            "1.0",
+            "--min-scale",
+            "0.9",
+        )
+    )
+    assert sgd["protocol"] == "sgd" and sgd["top1"] <= sgd["top5"]
     feats = last_json(cli("linear", "--checkpoint", str(ckpt), "--features", "--data", str(folder)))
-    assert feats["protocol"] == "features" and 0 <= feats["top1"] <= feats["top5"] <= 1 and feats["l2"] > 0
+    assert feats["protocol"] == "features" and feats["top1"] <= feats["top5"] and feats["l2"] > 0
+    assert sgd["top1"] > 0.3
+    assert feats["top1"] > 0.5
 
 
 def test_cli_refuses_unlabelled_data(ckpt, tmp_path):

@@ -41,6 +41,7 @@ from fastclr.method.model import SimCLR
 
 FORMATS = ("safetensors", "torchvision", "onnx", "torchscript")
 TOLERANCE = 1e-4  # max abs difference accepted between an export and PyTorch (float32)
+Probe = tuple[torch.Tensor, torch.Tensor]  # a fixed input batch and the PyTorch encoder's h on it
 
 
 def encoder_state(model: SimCLR) -> dict[str, torch.Tensor]:
@@ -57,13 +58,12 @@ def torchvision_model(arch: str, cifar_stem: bool, num_classes: int = 1000) -> n
     return model
 
 
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max())
-
-
-def _check(diff: float, fmt: str) -> None:
+def _verified(got: torch.Tensor, reference: torch.Tensor, fmt: str) -> float:
+    """The max abs difference of an export's h from PyTorch's; raises above TOLERANCE (nothing is kept then)."""
+    diff = float((got.float() - reference.float()).abs().max())
     if diff > TOLERANCE:
         raise RuntimeError(f"{fmt} export differs from PyTorch by {diff:.3g} (> {TOLERANCE})")
+    return diff
 
 
 def export(
@@ -92,10 +92,9 @@ def export(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
-    enc = model.encoder
     x = torch.randn(4, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        reference = enc(x)
+        reference = model.encoder(x)
     meta = {
         "format": fmt,
         "arch": arch,
@@ -107,69 +106,88 @@ def export(
         "mean": list(MEAN),
         "std": list(STD),
     }
-    result: dict = {"out": str(out), "format": fmt, "feature_dim": model.feature_dim}
-
+    diff: float | None = None
     if fmt == "safetensors":
-        try:
-            from safetensors.torch import save_file
-        except ImportError:
-            raise UserError(
-                "--format safetensors needs the safetensors package: pip install 'fastclr[safetensors]'"
-            ) from None
-        save_file(encoder_state(model), str(out), metadata={k: json.dumps(v) for k, v in meta.items()})
+        _write_safetensors(model, meta, out)
     elif fmt == "torchvision":
-        try:
-            plain = torchvision_model(arch, cifar_stem)
-        except (ValueError, KeyError):
-            plain = None
-        if not isinstance(getattr(plain, "fc", None), nn.Linear):
-            raise UserError(
-                f"--format torchvision: {arch} has no torchvision constructor with an fc classifier; use --format "
-                "safetensors"
-            )
-        state = encoder_state(model)
-        if fc is None:
-            state["fc.weight"] = torch.zeros(1000, model.feature_dim)
-            state["fc.bias"] = torch.zeros(1000)
-            meta["fc"] = "placeholder: zeros, 1000 outputs; set model.fc = torch.nn.Identity() to get h"
-        else:
-            state["fc.weight"] = fc.weight.detach().cpu().contiguous().clone()
-            state["fc.bias"] = fc.bias.detach().cpu().contiguous().clone()
-            meta["fc"] = "the fine-tuned classifier on h"
-        num_classes = state["fc.weight"].shape[0]
-        meta["num_classes"] = num_classes
-        check = torchvision_model(arch, cifar_stem, num_classes)
-        check.load_state_dict(state, strict=True)
-        check.fc = nn.Identity()
-        with torch.no_grad():
-            result["max_abs_diff"] = _max_diff(check.eval()(x), reference)
-        _check(result["max_abs_diff"], fmt)
-        torch.save(state, out)
+        diff = _write_torchvision(model, arch, cifar_stem, fc, (x, reference), meta, out)
     elif fmt == "onnx":
-        _export_onnx(enc, x, out)
-        try:
-            import onnxruntime
-        except ImportError:
-            meta["checked"] = "not checked: onnxruntime is not installed (pip install 'fastclr[onnx]')"
-        else:
-            session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-            got = session.run(None, {"images": x.numpy()})[0]
-            result["max_abs_diff"] = _max_diff(torch.from_numpy(got), reference)
-            _check(result["max_abs_diff"], fmt)
+        diff = _write_onnx(model.encoder, (x, reference), meta, out)
     else:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore", FutureWarning
-            )  # TorchScript is deprecated upstream but still loads everywhere
-            traced = torch.jit.trace(enc, x)
-        with torch.no_grad():
-            result["max_abs_diff"] = _max_diff(traced(x), reference)
-        _check(result["max_abs_diff"], fmt)
-        traced.save(str(out))
+        diff = _write_torchscript(model.encoder, (x, reference), out)
+    result: dict = {"out": str(out), "format": fmt, "feature_dim": model.feature_dim}
+    if diff is not None:
+        result["max_abs_diff"] = diff
     Path(f"{out}.json").write_text(json.dumps(meta, indent=2))
     return result
+
+
+def _write_safetensors(model: SimCLR, meta: dict, out: Path) -> None:
+    """The encoder's tensors with ``meta`` as string metadata; nothing to run, so nothing to check."""
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise UserError(
+            "--format safetensors needs the safetensors package: pip install 'fastclr[safetensors]'"
+        ) from None
+    save_file(encoder_state(model), str(out), metadata={k: json.dumps(v) for k, v in meta.items()})
+
+
+def _write_torchvision(
+    model: SimCLR, arch: str, cifar_stem: bool, fc: nn.Linear | None, probe: Probe, meta: dict, out: Path
+) -> float:
+    """A strict torchvision state dict (``fc`` or the zero placeholder), written once it reloads and matches."""
+    try:
+        plain = torchvision_model(arch, cifar_stem)
+    except (ValueError, KeyError):
+        plain = None
+    if not isinstance(getattr(plain, "fc", None), nn.Linear):
+        raise UserError(
+            f"--format torchvision: {arch} has no torchvision constructor with an fc classifier; use --format "
+            "safetensors"
+        )
+    state = encoder_state(model)
+    if fc is None:
+        state["fc.weight"] = torch.zeros(1000, model.feature_dim)
+        state["fc.bias"] = torch.zeros(1000)
+        meta["fc"] = "placeholder: zeros, 1000 outputs; set model.fc = torch.nn.Identity() to get h"
+    else:
+        state["fc.weight"] = fc.weight.detach().cpu().contiguous().clone()
+        state["fc.bias"] = fc.bias.detach().cpu().contiguous().clone()
+        meta["fc"] = "the fine-tuned classifier on h"
+    meta["num_classes"] = state["fc.weight"].shape[0]
+    check = torchvision_model(arch, cifar_stem, meta["num_classes"])
+    check.load_state_dict(state, strict=True)
+    check.fc = nn.Identity()
+    with torch.no_grad():
+        diff = _verified(check.eval()(probe[0]), probe[1], "torchvision")
+    torch.save(state, out)
+    return diff
+
+
+def _write_onnx(enc: nn.Module, probe: Probe, meta: dict, out: Path) -> float | None:
+    """The ONNX graph, checked with onnxruntime where installed (else None, noted in ``meta``)."""
+    _export_onnx(enc, probe[0], out)
+    try:
+        import onnxruntime
+    except ImportError:
+        meta["checked"] = "not checked: onnxruntime is not installed (pip install 'fastclr[onnx]')"
+        return None
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return _verified(torch.from_numpy(session.run(None, {"images": probe[0].numpy()})[0]), probe[1], "onnx")
+
+
+def _write_torchscript(enc: nn.Module, probe: Probe, out: Path) -> float:
+    """A traced encoder, written once its h matches PyTorch's."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream but still loads everywhere
+        traced = torch.jit.trace(enc, probe[0])
+    with torch.no_grad():
+        diff = _verified(traced(probe[0]), probe[1], "torchscript")
+    traced.save(str(out))
+    return diff
 
 
 def _export_onnx(enc: nn.Module, x: torch.Tensor, out: Path) -> None:

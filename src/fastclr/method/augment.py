@@ -88,12 +88,31 @@ def sample_params(
         blur (bool), sigma.
     """
     u = keyed_uniform(seed, epoch, index, view, _DRAWS)  # [N, DRAWS]
-    h_img = heights.to(u)
-    w_img = widths.to(u)
-    area = h_img * w_img
+    top, left, crop_h, crop_w = _crop_boxes(u[:, _S_CROP:_S_FLIP], heights.to(u), widths.to(u), cfg)
+    no = torch.zeros_like(top, dtype=torch.bool)
+    return {
+        "top": top,
+        "left": left,
+        "crop_h": crop_h,
+        "crop_w": crop_w,
+        "flip": (u[:, _S_FLIP] < 0.5) if cfg.flip else no,
+        **_colour_params(u[:, _S_JITTER:_S_GRAY], cfg),
+        "gray": u[:, _S_GRAY] < cfg.gray_p,
+        "blur": (u[:, _S_BLUR] < cfg.blur_p) if cfg.blur else no,
+        "sigma": cfg.blur_sigma[0] + (cfg.blur_sigma[1] - cfg.blur_sigma[0]) * u[:, _S_BLUR + 1],
+    }
 
-    # Random resized crop: torchvision's rejection sampling, all tries at once, first valid wins.
-    tries = u[:, _S_CROP:_S_FLIP].view(-1, _CROP_TRIES, 4)
+
+def _crop_boxes(
+    u: torch.Tensor, h_img: torch.Tensor, w_img: torch.Tensor, cfg: AugmentConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random resized crop boxes (top, left, crop_h, crop_w) from ``u`` [N, 4 * tries] uniforms.
+
+    torchvision's rejection sampling with all tries at once (the first valid one wins), then its
+    fallback when none fits: a centre crop of the whole image with the aspect ratio clamped.
+    """
+    area = h_img * w_img
+    tries = u.view(-1, _CROP_TRIES, 4)
     target = area[:, None] * (cfg.min_scale + (cfg.max_scale - cfg.min_scale) * tries[..., 0])
     log_lo, log_hi = math.log(cfg.min_ratio), math.log(cfg.max_ratio)
     ratio = torch.exp(log_lo + (log_hi - log_lo) * tries[..., 1])
@@ -107,7 +126,6 @@ def sample_params(
     # top/left uniform over valid integer offsets, as randint(0, H - h + 1)
     top = torch.floor(tries[..., 2].gather(1, pick)[:, 0] * (h_img - crop_h + 1))
     left = torch.floor(tries[..., 3].gather(1, pick)[:, 0] * (w_img - crop_w + 1))
-    # Fallback when no try fits: centre crop of the whole image, ratio clamped (torchvision's rule).
     in_ratio = w_img / h_img
     fb_w = torch.where(
         in_ratio < cfg.min_ratio,
@@ -121,27 +139,25 @@ def sample_params(
     crop_h = torch.where(failed, fb_h, crop_h)
     top = torch.where(failed, torch.floor((h_img - crop_h) / 2), top)
     left = torch.where(failed, torch.floor((w_img - crop_w) / 2), left)
+    return top, left, crop_h, crop_w
 
+
+def _colour_params(j: torch.Tensor, cfg: AugmentConfig) -> dict[str, torch.Tensor]:
+    """Colour jitter draws from ``j`` [N, 9] uniforms: whether it applies, the four factors, their order.
+
+    Strength s scales brightness, contrast and saturation to [max(0, 1 - 0.8 s), 1 + 0.8 s] and hue to
+    [-0.2 s, 0.2 s] (the paper's appendix A, ``color_distortion(s)``).
+    """
     s = cfg.color_strength
     lo = max(0.0, 1 - 0.8 * s)
-    j = u[:, _S_JITTER:_S_GRAY]
-    params = {
-        "top": top,
-        "left": left,
-        "crop_h": crop_h,
-        "crop_w": crop_w,
-        "flip": (u[:, _S_FLIP] < 0.5) if cfg.flip else torch.zeros_like(top, dtype=torch.bool),
-        "jitter": (j[:, 0] < cfg.color_p) if s > 0 else torch.zeros_like(top, dtype=torch.bool),
+    return {
+        "jitter": (j[:, 0] < cfg.color_p) if s > 0 else torch.zeros_like(j[:, 0], dtype=torch.bool),
         "brightness": lo + (1 + 0.8 * s - lo) * j[:, 1],
         "contrast": lo + (1 + 0.8 * s - lo) * j[:, 2],
         "saturation": lo + (1 + 0.8 * s - lo) * j[:, 3],
         "hue": 0.2 * s * (2 * j[:, 4] - 1),
         "order": j[:, 5:9].argsort(dim=1),  # a uniform random permutation of the 4 ops
-        "gray": u[:, _S_GRAY] < cfg.gray_p,
-        "blur": (u[:, _S_BLUR] < cfg.blur_p) if cfg.blur else torch.zeros_like(top, dtype=torch.bool),
-        "sigma": cfg.blur_sigma[0] + (cfg.blur_sigma[1] - cfg.blur_sigma[0]) * u[:, _S_BLUR + 1],
     }
-    return params
 
 
 def _resample_weights(
