@@ -128,10 +128,12 @@ def start_run(data: Path | str, out: Path, evaluate: bool = False) -> dict:
         peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
         time.sleep(0.1)
     _, err = proc.communicate()
+    total = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(err[-2000:])
     return {
         "start_s": round(first or float("nan"), 2),
+        "total_s": round(total, 1),
         "peak_rss_gb": peak_rss / 2**30,
         "peak_pss_gb": peak_pss / 2**30,
     }

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fastclr import config
 from fastclr.cli import main
@@ -160,3 +161,46 @@ def test_a_trial_of_a_dead_process_is_taken_over_not_added(tmp_path):
     assert study.next_trial(s, tmp_path, total=2) is None  # trial 1 is alive (ours): nothing to take over
     s.tell(second, 0.7)
     assert study.next_trial(s, tmp_path, total=2) is None and len(s.trials) == 2
+
+
+def test_trial_0_is_the_base_configs_own_values_when_they_lie_in_the_space(tmp_path):
+    """The study starts from the base config (digits: temperature 0.2, lr 0.075) so that the summary can
+    set the best trial beside it; a base value outside the space means no baseline trial, said once."""
+    import optuna
+
+    from fastclr.sweep import run, study
+
+    (tmp_path / "in.yaml").write_text(
+        "temperature: {low: 0.1, high: 0.5, log: true}\nlr: [0.075, 0.1]\nmin_scale: 0.3\n"
+    )
+    (tmp_path / "out.yaml").write_text("temperature: {low: 0.3, high: 0.5}\n")
+    spec = run.SweepSpec(None, None, str(tmp_path / "in.yaml"))
+    dims = space.read(spec.space_file)
+    base = config.build_config(None, {}, [])
+    first = run.baseline_params(spec, dims)
+    assert first == {"temperature": base.temperature, "lr": base.lr}  # the fixed min_scale is not searched
+    outside = run.SweepSpec(None, None, str(tmp_path / "out.yaml"))
+    assert run.baseline_params(outside, space.read(outside.space_file)) is None
+
+    s = optuna.create_study(storage=study.storage(tmp_path, None), study_name="s", direction="maximize")
+    t0 = study.next_trial(s, tmp_path, total=3, first=first)
+    assert space.suggest(t0, dims) == {"temperature": base.temperature, "lr": base.lr, "min_scale": 0.3}
+    s.tell(t0, 0.5)
+    t1 = study.next_trial(s, tmp_path, total=3, first=first)  # queued once: trial 1 is the sampler's
+    assert t1.number == 1 and not t1.user_attrs.get("baseline")
+    space.suggest(t1, dims)
+    (tmp_path / "trials" / "1").mkdir(parents=True)  # best.yaml is written from the best trial's config
+    (tmp_path / "trials" / "1" / "config.yaml").write_text(yaml.safe_dump(config.to_dict(base)))
+    t1.set_user_attr("folder", str(tmp_path / "trials" / "1"))
+    s.tell(t1, 0.7)
+    summary = run.write_outputs(s, "knn_top1", tmp_path)
+    assert summary["baseline"] == {"number": 0, "value": 0.5, "params": first}
+    assert summary["best"]["number"] == 1 and summary["best"]["value"] == 0.7
+
+
+def test_contains_follows_ranges_steps_and_choices():
+    d = space.Dimension("warmup_epochs", low=0, high=10, step=2)
+    assert space.contains(d, 4) and not space.contains(d, 5) and not space.contains(d, 12)
+    assert space.contains(space.Dimension("lr", choices=(0.1, 0.2)), 0.2)
+    assert not space.contains(space.Dimension("lr", choices=(0.1, 0.2)), 0.3)
+    assert not space.contains(space.Dimension("lr", low=0.1, high=1.0), "0.5")

@@ -577,6 +577,12 @@ def add_sweep(sub) -> None:
     p.add_argument(
         "--storage", help="a database URL (sqlite:///FILE, postgresql://...) or journal file shared by workers"
     )
+    p.add_argument(
+        "--no-baseline",
+        dest="baseline",
+        action="store_false",
+        help="do not spend trial 0 on the base config's own values (by default it does, to compare the best with it)",
+    )
     p.add_argument("--study-name", dest="study_name", help="default: the name of --out")
     p.add_argument(
         "--sampler-seed", type=int, dest="sampler_seed", help="seed of the TPE sampler (reproducible search)"
@@ -594,7 +600,7 @@ def add_sweep(sub) -> None:
 def run_sweep(args) -> dict:
     from fastclr.sweep.run import SweepSpec, sweep
 
-    spec = SweepSpec(args.config, args.data, args.space, args.metric, args.pruner, tuple(args.set))
+    spec = SweepSpec(args.config, args.data, args.space, args.metric, args.pruner, tuple(args.set), args.baseline)
     return sweep(spec, args.trials, args.out, args.storage, args.study_name, args.sampler_seed)
 
 

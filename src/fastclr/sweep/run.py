@@ -42,6 +42,7 @@ class SweepSpec:
     metric: str = "knn_top1"
     pruner: str = "median"
     sets: tuple[str, ...] = ()
+    baseline: bool = True  # trial 0 runs the base config's own values of the searched fields
 
     def definition(self, dims: list[space.Dimension]) -> dict[str, Any]:
         return {
@@ -158,9 +159,10 @@ def sweep(
         pruner=_pruner(spec.pruner),
     )
     _check_definition(the_study, spec.definition(dims))
+    first = baseline_params(spec, dims) if spec.baseline else None
     code = 0
     while code == 0:
-        trial = study.next_trial(the_study, out, trials)
+        trial = study.next_trial(the_study, out, trials, first)
         if trial is None:
             break
         study.log(f"trial {trial.number} of {trials}: {out / 'trials' / str(trial.number)}")
@@ -171,6 +173,18 @@ def sweep(
         summary["exit_code"] = code
         summary["interrupted"] = True
     return summary
+
+
+def baseline_params(spec: SweepSpec, dims: list[space.Dimension]) -> dict[str, Any] | None:
+    """The base config's values of the searched fields (trial 0); None, said once, if one lies outside the space."""
+    base = config.build_config(spec.base, {"data": spec.data}, list(spec.sets))
+    searched = [d for d in dims if d.low is not None or d.choices is not None]
+    values = {d.name: getattr(base, d.name) for d in searched}
+    outside = [f"{d.name}={values[d.name]}" for d in searched if not space.contains(d, values[d.name])]
+    if outside:
+        study.log(f"no baseline trial: the base config's {', '.join(outside)} lies outside the space")
+        return None
+    return values
 
 
 class _Preview:
@@ -218,6 +232,9 @@ def write_outputs(the_study: Any, metric: str, out: Path) -> dict[str, Any]:
     if count[states.COMPLETE]:
         best = the_study.best_trial
         summary["best"] = {"number": best.number, "value": best.value, "params": best.params}
+    base = [t for t in trials if t.user_attrs.get("baseline") and t.state == states.COMPLETE]
+    if base:
+        summary["baseline"] = {"number": base[0].number, "value": base[0].value, "params": base[0].params}
         outputs.write_best(best, metric, out / "best.yaml")
     outputs.write_html(the_study, summary, out / "sweep.html")
     return summary

@@ -61,6 +61,17 @@ def _dimension(name: str, spec: object, where: str) -> Dimension:
     return Dimension(name, low=low, high=high, log=log, step=spec.get("step"))
 
 
+def contains(d: Dimension, value: Any) -> bool:
+    """Whether ``value`` is one the dimension can suggest (a choice, or a point of the range and its step)."""
+    if d.choices is not None:
+        return value in d.choices
+    if d.low is None or d.high is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if not d.low <= value <= d.high:
+        return False
+    return not d.step or math.isclose((value - d.low) / d.step, round((value - d.low) / d.step), abs_tol=1e-9)
+
+
 def read(path: str | Path) -> list[Dimension]:
     """The dimensions of a space file; UserError (exit 2) naming an unknown field and listing the valid ones."""
     path = Path(path)

@@ -99,13 +99,16 @@ def own(trial: Any) -> None:
     trial.set_user_attr("heartbeat", time.time())
 
 
-def next_trial(study: Any, out: Path, total: int) -> Any | None:
+def next_trial(study: Any, out: Path, total: int, first: dict[str, Any] | None = None) -> Any | None:
     """The trial this process runs next: a stale one taken over, else a new one while the study has
-    fewer than ``total`` trials; None when there is nothing left to do."""
+    fewer than ``total`` trials; None when there is nothing left to do. ``first``: the parameters of
+    trial 0 (the base config's), queued once while the study is empty."""
     optuna = import_optuna()
     running = optuna.trial.TrialState.RUNNING
     with claim_lock(out):
         trials = study.get_trials(deepcopy=False)
+        if first and not trials:
+            study.enqueue_trial(first, user_attrs={"baseline": True})
         for frozen in trials:
             if frozen.state == running and is_stale(frozen):
                 trial = optuna.trial.Trial(study, frozen._trial_id)  # the same trial: number, params, folder
