@@ -1,5 +1,7 @@
 """Settings chosen from the data when no --config is given: small, medium and large image folders."""
 
+import re
+
 import pytest
 from PIL import Image
 
@@ -46,3 +48,20 @@ def test_digits_stays_the_default_and_presets_win(tmp_path, capsys):
     data = str(_folder(tmp_path / "imgs", 300))
     cfg = config.build_config("cifar10_cpu", {"data": data}, [], from_data=True)
     assert cfg.image_size == 32 and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("indexed", [True, False])
+def test_shards_get_the_defaults_of_their_images(tmp_path, capsys, indexed):
+    """Shards of 300 px photos train at 224 px like the folder they came from, whether the side comes
+    from the index (``fastclr prepare``) or from the headers of the first samples (a plain glob)."""
+    pytest.importorskip("webdataset")
+    from fastclr.data.shard_writer import write_shards
+
+    write_shards(str(_folder(tmp_path / "imgs", 300)), tmp_path / "sh", shard_size=4)
+    if not indexed:
+        (tmp_path / "sh" / "index.json").unlink()
+    spec = f"shards:{tmp_path / 'sh'}" if indexed else f"shards:{tmp_path / 'sh' / '*.tar'}"
+    cfg = config.build_config(None, {"data": spec, "device": "cpu"}, [], from_data=True)
+    assert (cfg.image_size, cfg.cifar_stem, cfg.blur, cfg.data) == (224, False, True, spec)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(r"large images \(median short side 302(\.5)? px of 12 sampled\)", err[0])

@@ -5,6 +5,7 @@ above them, evaluation above training, the pipeline and the CLI on top)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,15 @@ def test_layers_import_downward_only(layer):
         if target.startswith(FORBIDDEN[layer])
     )
     assert not wrong, wrong
+
+
+def test_documents_cited_in_the_code_ship_with_it():
+    """A docstring may cite the paper or a document of this repository, never one that is not in it."""
+    cited = {
+        (path.relative_to(ROOT), name)
+        for path in (SRC / "fastclr").rglob("*.py")
+        for name in re.findall(r"[\w./-]+\.md\b", path.read_text())
+    }
+    assert cited, "the pattern finds nothing: the check would pass vacuously"
+    missing = sorted(f"{path}: {name}" for path, name in cited if not (ROOT / name).is_file())
+    assert not missing, missing

@@ -21,7 +21,7 @@ from fastclr.errors import UserError
 
 @dataclass
 class Config:
-    """Every setting of a run, with its default and the reason beside it (SIMCLR.md gives the method's).
+    """Every setting of a run, with its default and the reason beside it (the paper's section where it is one).
 
     Build one with :func:`fastclr.load_config` (a preset in ``fastclr/configs`` or a YAML file, then
     keyword overrides) or ``Config(field=value, ...)``; :func:`fastclr.pretrain` takes it. A run writes
@@ -190,7 +190,7 @@ def build_config(preset: str | None, overrides: dict[str, object], sets: list[st
 
     Args:
         from_data: with no preset, base the values on the data (``defaults.py``) when the data is a
-            folder or a list of images; the CLI's behaviour without --config. Otherwise the digits preset.
+            folder, a list or shards of images; the CLI's behaviour without --config. Otherwise the digits preset.
     """
     values: dict[str, Any] = {}
     chosen: dict[str, object] = {}
@@ -217,7 +217,7 @@ def build_config(preset: str | None, overrides: dict[str, object], sets: list[st
 
 
 def _data_defaults(spec: str, device: str) -> dict[str, object] | None:
-    """Values chosen from a folder or list spec's images (None for any other spec); says so on stderr."""
+    """Values chosen from a folder, list or shards spec's images (None for any other spec); says so on stderr."""
     import sys
 
     import torch

@@ -1,8 +1,8 @@
 """Settings chosen from the data when no ``--config`` is given (the config layer's fallback preset).
 
-A folder or list spec is looked at once (``data/survey.py``: the median short side of a sample of
+A folder, list or shards spec is looked at once (``data/survey.py``: the median short side of a sample of
 at most 1,000 files, headers only) and falls into one of three bands, each the setting of the paper
-for images of that size (SIMCLR.md sections 2 and 6):
+for images of that size (the paper's Appendix A for the augmentation, Appendix B.9 for CIFAR-size images):
 
 - small (<= 40 px, CIFAR-like): 32 px, the CIFAR stem (3x3 stride-1 conv, no max-pool), no blur,
   colour strength 0.5.

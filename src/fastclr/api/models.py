@@ -5,8 +5,8 @@ A pretraining checkpoint (``OUT/checkpoints/last.pt``), a fine-tuned or distille
 (``weights_only=True``: a crafted file cannot run code; every key checked). An export of
 ``fastclr export`` (``--format safetensors`` or ``torchvision``) is rebuilt from its side file
 ``FILE.json`` (or the safetensors metadata) and read by :func:`fastclr.train.weights.init_encoder`
-(keys and shapes checked exactly). The encoder's input is the evaluation view (SIMCLR.md
-section 7), which :class:`fastclr.data.preprocess.Preprocess` makes from images.
+(keys and shapes checked exactly). The encoder's input is the evaluation view (resize, centre crop:
+:func:`fastclr.method.augment.eval_view`), which :class:`fastclr.data.preprocess.Preprocess` makes from images.
 """
 
 from __future__ import annotations

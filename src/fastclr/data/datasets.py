@@ -314,15 +314,21 @@ def log(msg: str) -> None:
 
 
 def median_side(spec: str) -> tuple[float, int] | None:
-    """(median short side in px, files sampled) of a folder or list spec's train images, headers only
-    (``survey.py``); None for any other spec (digits, standard sets, prepared caches, texts)."""
+    """(median short side in px, files sampled) of a folder, list or shards spec's train images, headers
+    only (``survey.py``, ``shards.median_side``); None for any other spec (digits, standard sets,
+    prepared caches, texts)."""
     if spec.partition(":")[0] in ("text", "stsb"):  # the text modality's specs (fastclr.text.data)
         return None
     kind, path = parse(spec)
-    if kind not in ("folder", "list"):
+    if kind == "shards":
+        from fastclr.data.shards import median_side as shards_side
+
+        side, sampled = shards_side(str(path))
+    elif kind in ("folder", "list"):
+        train, _ = listings(str(path))
+        side, sampled = survey.median_short_side(train.files)
+    else:
         return None
-    train, _ = listings(str(path))
-    side, sampled = survey.median_short_side(train.files)
     if sampled == 0:
         raise UserError(f"--data {spec}: none of the sampled image files could be read; see whether they are images")
     return side, sampled

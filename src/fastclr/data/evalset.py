@@ -4,7 +4,7 @@ Every command that needs the images of a split at the training size S (``embed``
 ``linear``, ``finetune``, ``distill``, ``report``, ``show-augment`` and the end-of-pretraining
 evaluation) reads a file set through here: workers decode each file with ``images.decode`` (short
 side resized to S, bicubic and antialiased, then the centre S x S crop: the evaluation view of
-SIMCLR.md section 7), a batch at a time, in dataset order. ``decoded`` collects the batches into an
+the linear protocol), a batch at a time, in dataset order. ``decoded`` collects the batches into an
 ImageSet, in memory when it fits the budget and otherwise in an unlinked memory-mapped scratch
 file (``$FASTCLR_CACHE/scratch``), so no process holds more than the batches in flight. A file
 that cannot be decoded is left out and reported (``badfiles.py``).

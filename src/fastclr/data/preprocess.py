@@ -1,7 +1,8 @@
 """An encoder's input, made exactly as evaluation makes it, from PIL images, files or uint8 tensors.
 
 Evaluation (kNN, the linear probe, ``fastclr embed``) sees the deterministic view of
-:func:`fastclr.method.augment.eval_view` (SIMCLR.md section 7): a file is decoded upright to RGB by
+:func:`fastclr.method.augment.eval_view` (the resize and centre crop of the linear evaluation): a
+file is decoded upright to RGB by
 :func:`fastclr.data.images.decode` (short side resized to S with PIL's bicubic filter, centre crop:
 what a folder data set holds), then scaled to [0, 1] and normalised with the ImageNet mean and std.
 A uint8 tensor goes to :func:`~fastclr.method.augment.eval_view` directly, as the standard data

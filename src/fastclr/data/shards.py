@@ -21,7 +21,9 @@ listing's) order, members in tar order; its id is ``SHARD/KEY``.
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
 import json
 import os
 import re
@@ -35,6 +37,8 @@ import torch
 
 from fastclr.data.badfiles import BadFiles
 from fastclr.data.sets import FileSet
+from fastclr.data.survey import SAMPLE as SURVEY
+from fastclr.data.survey import short_side
 from fastclr.errors import UserError
 
 FORMAT = "fastclr-shards"
@@ -179,6 +183,35 @@ def build(shards: list[dict], classes: list[str] | None, bad=None) -> ShardSet:
         [s["url"] for s in shards],
         members,
     )
+
+
+def median_side(spec: str, count: int = SURVEY) -> tuple[float, int]:
+    """(median short side in px, samples looked at) of a shards SPEC's training images.
+
+    A folder written by ``fastclr prepare`` records it in its index (the writer surveyed the source);
+    otherwise the headers of the first ``count`` images of the first training shards are read (bytes
+    only up to each header: nothing is decoded). Returns (0.0, 0) when no image could be read.
+    """
+    folder = Path(spec).expanduser()
+    if (folder / INDEX).is_file():
+        index = read_index(folder)
+        side = int(index.get("side", 0))
+        if side > 0:
+            train = index["splits"].get("train", {}).get("shards", [])
+            return float(side), min(count, sum(int(s.get("count", 0)) for s in train))
+    sides: list[int] = []
+    for url in split_urls(spec)[0]:
+        with contextlib.suppress(Exception):  # a shard that cannot be read is reported when training meets it
+            for sample in samples(url):
+                data = image_bytes(sample)
+                found = short_side(io.BytesIO(data)) if data is not None else None
+                if found:
+                    sides.append(found)
+                if len(sides) >= count:
+                    break
+        if len(sides) >= count:
+            break
+    return (float(np.median(sides)) if sides else 0.0), len(sides)
 
 
 def read_index(folder: Path) -> dict:

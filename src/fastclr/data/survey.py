@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -18,8 +19,8 @@ SAMPLE = 1000
 _SEEN: dict[tuple, tuple[float, int]] = {}  # one survey per listing and process (the config and the data ask)
 
 
-def short_side(path: Path | str) -> int | None:
-    """The shorter side in px from the file's header (a rotation does not change it), or None if unreadable."""
+def short_side(path: Path | str | BinaryIO) -> int | None:
+    """The shorter side in px from the image's header (a rotation does not change it), or None if unreadable."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

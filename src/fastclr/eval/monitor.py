@@ -27,7 +27,7 @@ def global_batch(x: torch.Tensor, views: int) -> torch.Tensor:
     """Every rank's rows of ``x`` [V*b, ...] (view-major) in the single-process order [V*k*b, ...].
 
     The gather is rank-major; the single-process batch is view-major over the global batch
-    (SIMCLR.md section 6), so the rows are put back as [V, k, b] (no gradient; one process: x).
+    (docs/distributed.md), so the rows are put back as [V, k, b] (no gradient; one process: x).
     """
     k = dist.world_size()
     if k == 1:

@@ -99,7 +99,7 @@ def _strip_classifier(model: nn.Module) -> int:
 
 
 def _cifar_stem(model: nn.Module, arch: str) -> None:
-    """Swap a ResNet's 7x7 stride-2 stem and max-pool for a 3x3 stride-1 conv (SIMCLR.md section 3)."""
+    """Swap a ResNet's 7x7 stride-2 stem and max-pool for a 3x3 stride-1 conv (the paper's Appendix B.9)."""
     conv1 = getattr(model, "conv1", None)
     if not isinstance(conv1, nn.Conv2d) or not hasattr(model, "maxpool"):
         raise UserError(f"--arch {arch}: the CIFAR stem applies to ResNets only; set cifar_stem=false")

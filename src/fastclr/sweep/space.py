@@ -9,8 +9,9 @@
     color_strength: 0.5                               # fixed for every trial
 
 Every key must be a field of :class:`fastclr.config.Config`; values are converted and checked as
-``--set`` values are. The fields worth searching for SimCLR are the paper's sensitive ones:
-temperature, learning rate and its rule, batch size, crop scale, colour strength (SIMCLR.md sections 2, 4, 5).
+``--set`` values are. The fields worth searching for SimCLR are the paper's sensitive ones
+(its sections 3 and 5, Appendix B): temperature, learning rate and its rule, batch size, crop
+scale, colour strength.
 """
 
 from __future__ import annotations

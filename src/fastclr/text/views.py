@@ -8,9 +8,10 @@ views of a batch are one forward pass, so every row draws its own masks). Deleti
 reordering, on whole words, are options.
 
 Every random decision is a pure function of (seed, epoch, sample index, view) through
-:func:`fastclr.method.rng.keyed_uniform`, as for the image augmentations (SIMCLR.md section 6), so a
-sample's views do not depend on the batch or the process count. The ops work on the token tensors
-of :mod:`fastclr.text.data` on any device, with no host synchronisation.
+:func:`fastclr.method.rng.keyed_uniform`, as for the image augmentations (docs/distributed.md: one
+random stream per sample), so a sample's views do not depend on the batch or the process count.
+The ops work on the token tensors of :mod:`fastclr.text.data` on any device, with no host
+synchronisation.
 """
 
 from __future__ import annotations
