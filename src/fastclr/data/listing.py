@@ -5,7 +5,8 @@ file), so a listing of 1.28 M files costs tens of MB and loader workers share it
 copy-on-write growth (no reference counts to touch).
 
 The cache: ``scan`` (``folders.scan``) of a large folder takes seconds to minutes on network
-storage, so its result is kept in ``$FASTCLR_CACHE/listings/`` (default ``~/.cache/fastclr``),
+storage, so its result is kept in ``$FASTCLR_CACHE/listings/`` (default ``~/.cache/fastclr``: a
+JSON record and the paths as a ``.npy`` byte array, loaded without a Python object per file),
 keyed on the folder's real path and valid while every directory it walked has the same
 modification time (adding, removing or renaming a file changes its directory's mtime; a stat per
 directory, about 1,000 for ImageNet, checks that). A cache that cannot be written is not an error.
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-VERSION = 1
+VERSION = 2  # 2: the paths in KEY.npy beside the KEY.json record
 
 
 class PathList(Sequence[Path]):
@@ -93,7 +94,9 @@ def cached_scan(root: Path, scan: Callable[[Path], list[Path]]) -> PathList:
             and saved["root"] == str(root)
             and _dir_state(saved["dirs"]) == saved["mtimes"]
         ):
-            return PathList(root, np.array([r.encode() for r in saved["files"]], dtype=bytes))
+            relative = np.load(key.with_suffix(".npy"), allow_pickle=False)
+            if relative.dtype.kind == "S" and len(relative) == saved["count"]:
+                return PathList(root, relative)  # no Python object per file, so nothing left behind to fork
     except (OSError, ValueError, KeyError, TypeError):
         pass
     started = time.time_ns()
@@ -102,16 +105,13 @@ def cached_scan(root: Path, scan: Callable[[Path], list[Path]]) -> PathList:
     mtimes = _dir_state(dirs)
     listed = PathList.of(root, files)
     if mtimes is not None and max(mtimes, default=0) < started:  # nothing changed while it was scanned
-        record = {
-            "version": VERSION,
-            "root": str(root),
-            "dirs": dirs,
-            "mtimes": mtimes,
-            "files": [r.decode() for r in listed.relative],
-        }
+        record = {"version": VERSION, "root": str(root), "dirs": dirs, "mtimes": mtimes, "count": len(listed)}
         try:
             key.parent.mkdir(parents=True, exist_ok=True)
             tmp = key.with_suffix(f".{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, listed.relative, allow_pickle=False)
+            os.replace(tmp, key.with_suffix(".npy"))  # the files first, then the record that validates them
             tmp.write_text(json.dumps(record))
             os.replace(tmp, key)
         except OSError:
