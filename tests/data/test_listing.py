@@ -44,8 +44,8 @@ def test_listing_cache_is_used_until_the_folder_changes(tmp_path, monkeypatch):
     write_good(tmp_path / "imgs" / "x", 5)
     time.sleep(0.01)
     scans = []
-    real = folders.scan
-    monkeypatch.setattr(folders, "scan", lambda root: scans.append(root) or real(root))
+    real = folders.scan_relative
+    monkeypatch.setattr(folders, "scan_relative", lambda root: scans.append(root) or real(root))
     first = folders.list_folder(tmp_path / "imgs")
     again = folders.list_folder(tmp_path / "imgs")
     assert len(scans) == 1 and list(first.files) == list(again.files)  # the second listing came from the cache

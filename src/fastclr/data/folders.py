@@ -52,8 +52,14 @@ def _hidden(name: str) -> bool:
 
 def scan(root: Path) -> list[Path]:
     """Every image file below ``root`` (recursive, links followed once, hidden names skipped), sorted."""
-    found: list[Path] = []
+    return [root / r for r in scan_relative(root)]
+
+
+def scan_relative(root: Path) -> list[str]:
+    """:func:`scan` as POSIX paths relative to ``root``: one small string per file, no Path objects."""
+    found: list[str] = []
     seen: set[tuple[int, int]] = set()
+    base = len(os.path.join(str(root), ""))
     for top, dirs, files in os.walk(root, followlinks=True):
         try:
             st = os.stat(top)
@@ -65,14 +71,16 @@ def scan(root: Path) -> list[Path]:
             continue
         seen.add((st.st_dev, st.st_ino))
         dirs[:] = sorted(d for d in dirs if not _hidden(d))
-        found.extend(Path(top) / f for f in files if not _hidden(f) and f.lower().endswith(IMAGE_SUFFIXES))
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+        rel = top[base:].replace(os.sep, "/") + "/" if len(top) > base else ""
+        found.extend(rel + f for f in files if not _hidden(f) and f.lower().endswith(IMAGE_SUFFIXES))
+    found.sort()
+    return found
 
 
 def list_folder(root: Path, classes: list[str] | None = None) -> Listing:
     """A folder's images (the cached listing, ``listing.py``); labels from the first-level folder
     names when every image is in one. Decodes nothing."""
-    files = cached_scan(root, scan)
+    files = cached_scan(root, scan_relative)
     if not len(files):
         raise UserError(f"{root}: no images found ({', '.join(IMAGE_SUFFIXES)}); point --data at a folder of images")
     top = np.char.partition(files.relative, b"/")  # [N, 3]: first part, separator, rest

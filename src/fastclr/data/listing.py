@@ -72,19 +72,20 @@ def _dir_state(dirs: list[str]) -> list[int] | None:
         return None
 
 
-def _walked_dirs(root: Path, files: list[Path]) -> list[str]:
+def _walked_dirs(root: Path, relative: list[str]) -> list[str]:
     """Every directory between ``root`` and the files (the ones whose mtimes key the cache)."""
-    dirs = {str(root)}
-    for f in files:
-        parent = f.parent
-        while str(parent) not in dirs and len(parent.parts) > len(root.parts):
-            dirs.add(str(parent))
-            parent = parent.parent
-    return sorted(dirs)
+    parts = {""}
+    for r in relative:
+        d = r.rpartition("/")[0]
+        while d not in parts:
+            parts.add(d)
+            d = d.rpartition("/")[0]
+    return sorted(os.path.join(str(root), d) if d else str(root) for d in parts)
 
 
-def cached_scan(root: Path, scan: Callable[[Path], list[Path]]) -> PathList:
-    """``scan(root)`` as a PathList, from the cache when the folder has not changed since."""
+def cached_scan(root: Path, scan: Callable[[Path], list[str]]) -> PathList:
+    """``scan(root)`` (sorted POSIX paths relative to ``root``) as a PathList, from the cache when the
+    folder has not changed since."""
     real = Path(os.path.realpath(root))
     key = _key(real)
     try:
