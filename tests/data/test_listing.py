@@ -61,6 +61,10 @@ def test_path_list_round_trips_and_takes(tmp_path):
     pl = listing.PathList.of(tmp_path, paths)
     assert list(pl) == paths and pl[1] == paths[1] and len(pl) == 3
     assert list(pl.take([2, 0])) == [paths[2], paths[0]] and list(pl[1:]) == paths[1:]
+    other = listing.PathList.of(tmp_path / "val", [tmp_path / "val" / "y.jpg"])
+    joined = listing.PathList.join(pl, other)
+    assert list(joined) == [*paths, tmp_path / "val" / "y.jpg"] and joined.root == str(tmp_path)
+    assert list(listing.PathList.join(other, pl)) == [tmp_path / "val" / "y.jpg", *paths]
 
 
 def test_survey_reads_headers_only(tmp_path, monkeypatch):

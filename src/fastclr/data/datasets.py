@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ import torch
 
 from fastclr.data import cache, folders, standard, survey, tiers
 from fastclr.data.badfiles import BadFiles
+from fastclr.data.listing import PathList
 from fastclr.data.sets import DataSplits, FileSet, ImageSet
 from fastclr.errors import UserError
 from fastclr.method.rng import keyed_generator
@@ -131,8 +133,16 @@ def _splits(name, train_list, test_list, size, *, out_dir, max_bad_fraction, wor
     test = (
         _file_set(test_list, side, bad) if test_list is not None and labelled and test_list.labels is not None else None
     )
-    sources = train_list.files if test_list is None else [*train_list.files, *test_list.files]
-    return DataSplits(name, train, train if labelled else None, test, bad, sources)
+    return DataSplits(name, train, train if labelled else None, test, bad, _sources(train_list, test_list))
+
+
+def _sources(train: folders.Listing, test: folders.Listing | None) -> Sequence[Path]:
+    """The files of both listings, without a Python object per file where they are PathLists."""
+    if test is None:
+        return train.files
+    if isinstance(train.files, PathList) and isinstance(test.files, PathList):
+        return PathList.join(train.files, test.files)
+    return [*train.files, *test.files]
 
 
 def _test_sibling(path: Path, is_dir: bool) -> Path | None:

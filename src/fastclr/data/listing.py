@@ -55,6 +55,16 @@ class PathList(Sequence[Path]):
         """The paths at ``index``, in that order."""
         return PathList(self.root, self.relative[np.asarray(index, dtype=np.int64)])
 
+    @staticmethod
+    def join(*lists: PathList) -> PathList:
+        """The paths of every list, in order, below their common root (still one byte array)."""
+        root = os.path.commonpath([p.root for p in lists])
+        parts = []
+        for p in lists:
+            prefix = os.path.relpath(p.root, root).replace(os.sep, "/")
+            parts.append(p.relative if prefix == "." else np.char.add(f"{prefix}/".encode(), p.relative))
+        return PathList(root, np.concatenate(parts) if parts else np.zeros(0, dtype="S1"))
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("FASTCLR_CACHE") or Path.home() / ".cache" / "fastclr") / "listings"
