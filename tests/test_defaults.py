@@ -18,7 +18,7 @@ def _folder(root, side, count=6):
 
 @pytest.mark.parametrize(
     "side,size,stem,blur,strength",
-    [(28, 32, True, False, 0.5), (96, 96, False, True, 1.0), (300, 224, False, True, 1.0)],
+    [(28, 32, True, False, 0.5), (96, 96, False, True, 1.0), (300, 96, False, True, 1.0)],  # 224 px is a GPU's
 )
 def test_folder_defaults_by_image_size(tmp_path, capsys, side, size, stem, blur, strength):
     data = str(_folder(tmp_path / "imgs", side))
@@ -38,6 +38,7 @@ def test_flags_and_set_override_the_chosen_values(tmp_path, capsys):
 
 def test_gpu_gets_a_standard_resnet():
     assert defaults.choose(300, gpu=True)["arch"] == "resnet50"
+    assert defaults.choose(300, gpu=True)["image_size"] == 224 and defaults.choose(300, gpu=False)["image_size"] == 96
     assert defaults.choose(96, gpu=True)["arch"] == defaults.choose(32, gpu=True)["arch"] == "resnet18"
     assert {defaults.band(s) for s in (40, 41, 128, 129)} == {"small", "medium", "large"}
 
@@ -52,7 +53,7 @@ def test_digits_stays_the_default_and_presets_win(tmp_path, capsys):
 
 @pytest.mark.parametrize("indexed", [True, False])
 def test_shards_get_the_defaults_of_their_images(tmp_path, capsys, indexed):
-    """Shards of 300 px photos train at 224 px like the folder they came from, whether the side comes
+    """Shards of 300 px photos train at the folder's size (96 px on a CPU), whether the side comes
     from the index (``fastclr prepare``) or from the headers of the first samples (a plain glob)."""
     pytest.importorskip("webdataset")
     from fastclr.data.shard_writer import write_shards
@@ -62,6 +63,6 @@ def test_shards_get_the_defaults_of_their_images(tmp_path, capsys, indexed):
         (tmp_path / "sh" / "index.json").unlink()
     spec = f"shards:{tmp_path / 'sh'}" if indexed else f"shards:{tmp_path / 'sh' / '*.tar'}"
     cfg = config.build_config(None, {"data": spec, "device": "cpu"}, [], from_data=True)
-    assert (cfg.image_size, cfg.cifar_stem, cfg.blur, cfg.data) == (224, False, True, spec)
+    assert (cfg.image_size, cfg.cifar_stem, cfg.blur, cfg.data) == (96, False, True, spec)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.search(r"large images \(median short side 302(\.5)? px of 12 sampled\)", err[0])
