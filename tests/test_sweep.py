@@ -196,6 +196,7 @@ def test_trial_0_is_the_base_configs_own_values_when_they_lie_in_the_space(tmp_p
     summary = run.write_outputs(s, "knn_top1", tmp_path)
     assert summary["baseline"] == {"number": 0, "value": 0.5, "params": first}
     assert summary["best"]["number"] == 1 and summary["best"]["value"] == 0.7
+    assert (tmp_path / "best.yaml").is_file()  # written from the best trial, baseline or not
 
 
 def test_contains_follows_ranges_steps_and_choices():

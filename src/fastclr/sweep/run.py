@@ -232,9 +232,9 @@ def write_outputs(the_study: Any, metric: str, out: Path) -> dict[str, Any]:
     if count[states.COMPLETE]:
         best = the_study.best_trial
         summary["best"] = {"number": best.number, "value": best.value, "params": best.params}
+        outputs.write_best(best, metric, out / "best.yaml")
     base = [t for t in trials if t.user_attrs.get("baseline") and t.state == states.COMPLETE]
     if base:
         summary["baseline"] = {"number": base[0].number, "value": base[0].value, "params": base[0].params}
-        outputs.write_best(best, metric, out / "best.yaml")
     outputs.write_html(the_study, summary, out / "sweep.html")
     return summary
