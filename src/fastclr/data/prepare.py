@@ -28,7 +28,7 @@ from fastclr.data import datasets, folders, standard
 from fastclr.data.cache import FORMAT, VERSION, fingerprint
 from fastclr.data.images import fit
 from fastclr.data.sets import FileSet, ImageSet
-from fastclr.errors import UserError
+from fastclr.errors import UserError, require_fraction
 
 
 def absolute_spec(spec: str) -> str:
@@ -89,17 +89,26 @@ def _folder_split(out: Path, name: str, listing: folders.Listing, size: int, wor
 
 
 def prepare(
-    spec: str, size: int, out: Path | str, *, download: bool = False, max_bad_fraction: float = 0.01, workers: int = 0
+    spec: str,
+    size: int | None,
+    out: Path | str,
+    *,
+    download: bool = False,
+    max_bad_fraction: float = 0.01,
+    workers: int = 0,
 ) -> dict:
-    """Decode ``spec`` at ``size`` into the cache folder ``out``; returns the JSON the CLI prints.
+    """Decode ``spec`` at ``size`` into the cache folder ``out`` with ``workers`` processes (0: this one); returns
+    the JSON the CLI prints.
 
     Returns:
         {"out", "spec", "size", "count" (images written, all splits), "skipped", "splits": {name: count}, "seconds"}.
     """
+    require_fraction("max_bad_fraction", max_bad_fraction, zero=True)
+    if size is None:
+        raise UserError("fastclr prepare: --size S is needed for the decoded cache (the training image_size)")
     if size < 8:
         raise UserError(f"--size {size}: must be >= 8")
-    if not 0 <= max_bad_fraction <= 1:
-        raise UserError(f"--max-bad-fraction {max_bad_fraction}: must be in [0, 1]")
+    workers = max(workers, 0)
     t0 = time.perf_counter()
     source = absolute_spec(spec)
     kind, path = datasets.parse(source)
