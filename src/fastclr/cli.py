@@ -79,10 +79,12 @@ def _sgd_flags(p, *, epochs: int | None, epochs_help: str | None, lr: float, lr_
 
 
 def _device_flag(p, whose: str = "the checkpoint's") -> None:
+    """--device: auto (default: ``whose`` setting), cpu or cuda."""
     p.add_argument("--device", help=f"auto (default: {whose} setting), cpu, cuda")
 
 
 def _random_init_flag(p, help: str) -> None:
+    """--random-init: the same architecture with random weights, the baseline."""
     p.add_argument("--random-init", action="store_true", dest="random_init", help=help)
 
 
