@@ -90,3 +90,37 @@ def test_rerun_of_a_finished_run_reports_its_last_loss_as_strict_json(tmp_path):
     assert "NaN" not in line
     a, b = json.loads(first.stdout.strip().splitlines()[-1]), json.loads(line)
     assert b["steps"] == 3 and b["final_loss"] == a["final_loss"]
+
+
+# a command line each command accepts, for the commands that call a library function by name
+LIBRARY_COMMANDS = {
+    "linear": ["--checkpoint", "C"],
+    "finetune": ["--checkpoint", "C", "--label-fraction", "0.1"],
+    "distill": ["--teacher", "T", "--data", "D"],
+    "embed": ["--checkpoint", "C", "--out", "O"],
+    "export": ["--checkpoint", "C", "--format", "onnx", "--out", "O"],
+    "sts": [],
+    "report": ["R"],
+    "show-augment": ["--out", "O"],
+}
+UNUSED_FLAGS = {"embed": {"seed"}}  # accepted like every evaluation command's, but nothing is drawn at random
+
+
+@pytest.mark.parametrize("command", sorted(LIBRARY_COMMANDS))
+def test_every_flag_reaches_a_parameter_of_the_library_function(command):
+    """A flag whose name matches no parameter would be dropped without a word: each one must arrive, and each
+    parameter without a default must come from a flag."""
+    import importlib
+    import inspect
+
+    from fastclr.cli import build_parser
+
+    args = build_parser().parse_args([command, *LIBRARY_COMMANDS[command]])
+    target, renamed = args.func.args
+    module, _, name = target.partition(":")
+    params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    flags = set(vars(args)) - {"command", "func"}
+    assert not flags - set(params) - set(renamed.values()) - UNUSED_FLAGS.get(command, set())
+    assert set(renamed) <= set(params) and set(renamed.values()) <= flags
+    needed = {p for p, v in params.items() if v.default is inspect.Parameter.empty}
+    assert needed <= flags | set(renamed)

@@ -7,9 +7,14 @@ go to stderr. A user's mistake exits 2 with one line and no traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import json
 import math
 import sys
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 from fastclr import __version__
 from fastclr.config import describe_fields
@@ -35,6 +40,71 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse API
         raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def call_with_flags(function: Callable[..., Any], args: argparse.Namespace, **given: Any) -> Any:
+    """``function`` called with ``given`` and, for each other parameter, the parsed flag of the same name; a
+    parameter no flag names keeps its default. The library checks the values (one-line UserError)."""
+    for name in inspect.signature(function).parameters:
+        if name not in given and hasattr(args, name):
+            given[name] = getattr(args, name)
+    return function(**given)
+
+
+def _run_library(target: str, renamed: dict[str, str], args: argparse.Namespace) -> Any:
+    module, _, name = target.partition(":")
+    function = getattr(importlib.import_module(module), name)
+    return call_with_flags(function, args, **{param: getattr(args, dest) for param, dest in renamed.items()})
+
+
+def runs(p: argparse.ArgumentParser, target: str, **renamed: str) -> None:
+    """The command calls the library function ``target`` ("module:function", imported when the command runs) with
+    its flags (:func:`call_with_flags`); ``renamed`` gives the flag of a parameter named otherwise."""
+    p.set_defaults(func=partial(_run_library, target, renamed))
+
+
+# --- flag groups ------------------------------------------------------------------------------
+
+
+def _set_flag(p, help: str) -> None:
+    """--set KEY=VALUE, repeatable: any config field."""
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+def _sgd_flags(p, *, epochs: int | None, epochs_help: str | None, lr: float, lr_help: str) -> None:
+    """The supervised recipe's schedule: --epochs, --batch-size (default 256), --lr."""
+    p.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
+    p.add_argument("--batch-size", type=int, dest="batch_size", default=256)
+    p.add_argument("--lr", type=float, default=lr, help=lr_help)
+
+
+def _device_flag(p, whose: str = "the checkpoint's") -> None:
+    """--device: auto (default: ``whose`` setting), cpu or cuda."""
+    p.add_argument("--device", help=f"auto (default: {whose} setting), cpu, cuda")
+
+
+def _random_init_flag(p, help: str) -> None:
+    """--random-init: the same architecture with random weights, the baseline."""
+    p.add_argument("--random-init", action="store_true", dest="random_init", help=help)
+
+
+CKPT_HELP = (
+    "a fastclr checkpoint: OUT/checkpoints/last.pt of `fastclr pretrain` (or OUT/finetuned.pt of `fastclr finetune`)"
+)
+EVAL_DATA_HELP = "data spec (default: the data the checkpoint was trained on); needs class labels and a test split"
+
+
+def _eval_flags(p, data_help: str = EVAL_DATA_HELP, random_init: bool = True) -> None:
+    """Flags every evaluation command shares."""
+    p.add_argument("--checkpoint", required=True, help=CKPT_HELP)
+    p.add_argument("--data", help=data_help)
+    _device_flag(p)
+    p.add_argument("--seed", type=int, default=0)
+    if random_init:
+        _random_init_flag(p, "evaluate the same architecture with random weights: the baseline to compare against")
+
+
+# --- commands ---------------------------------------------------------------------------------
 
 
 def add_pretrain(sub) -> None:
@@ -84,13 +154,7 @@ def add_pretrain(sub) -> None:
         const=True,
         help="download a missing cifar10/cifar100/stl10 into its ROOT (needs internet)",
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set any config field, e.g. --set temperature=0.2 (repeatable)",
-    )
+    _set_flag(p, "set any config field, e.g. --set temperature=0.2 (repeatable)")
     p.add_argument(
         "--no-resume",
         action="store_true",
@@ -117,6 +181,7 @@ PRETRAIN_FLAGS = (
 
 
 def run_pretrain(args) -> dict:
+    """The flags override the config (those not given leave it as it is)."""
     from fastclr import pipeline
 
     flags = {k: getattr(args, k) for k in PRETRAIN_FLAGS}
@@ -161,47 +226,14 @@ def add_prepare(sub) -> None:
 
 
 def run_prepare(args) -> dict:
-    from fastclr.data.prepare import prepare
-
-    if not 0 <= args.max_bad_fraction <= 1:
-        raise UserError(f"--max-bad-fraction {args.max_bad_fraction}: must be in [0, 1]")
+    """--format picks the writer: the decoded cache, or tar shards (--size 0: the image bytes as they are)."""
     if args.format == "shards":
         from fastclr.data.shard_writer import write_shards
 
-        return write_shards(
-            args.spec, args.out, size=args.size or 0, shard_size=args.shard_size, max_bad_fraction=args.max_bad_fraction
-        )
-    if args.size is None:
-        raise UserError("fastclr prepare: --size S is needed for the decoded cache (the training image_size)")
-    return prepare(
-        args.spec,
-        args.size,
-        args.out,
-        download=args.download,
-        max_bad_fraction=args.max_bad_fraction,
-        workers=max(args.workers, 0),
-    )
+        return call_with_flags(write_shards, args, size=args.size or 0)
+    from fastclr.data.prepare import prepare
 
-
-CKPT_HELP = (
-    "a fastclr checkpoint: OUT/checkpoints/last.pt of `fastclr pretrain` (or OUT/finetuned.pt of `fastclr finetune`)"
-)
-EVAL_DATA_HELP = "data spec (default: the data the checkpoint was trained on); needs class labels and a test split"
-
-
-def _eval_flags(p, data_help: str = EVAL_DATA_HELP, random_init: bool = True) -> None:
-    """Flags every evaluation command shares."""
-    p.add_argument("--checkpoint", required=True, help=CKPT_HELP)
-    p.add_argument("--data", help=data_help)
-    p.add_argument("--device", help="auto (default: the checkpoint's setting), cpu, cuda")
-    p.add_argument("--seed", type=int, default=0)
-    if random_init:
-        p.add_argument(
-            "--random-init",
-            action="store_true",
-            dest="random_init",
-            help="evaluate the same architecture with random weights: the baseline to compare against",
-        )
+    return call_with_flags(prepare, args)
 
 
 def add_knn(sub) -> None:
@@ -225,22 +257,14 @@ def add_knn(sub) -> None:
 
 
 def run_knn(args) -> dict:
+    """--k is a comma-separated list of neighbour counts."""
     from fastclr.eval.evaluate import run_knn
 
     try:
         ks = sorted({int(k) for k in args.k.split(",") if k.strip()})
     except ValueError:
         raise UserError(f"--k {args.k!r}: expected integers separated by commas, e.g. 20,200") from None
-    return run_knn(
-        args.checkpoint,
-        args.data,
-        ks=ks,
-        temperature=args.temperature,
-        batch_size=args.batch_size,
-        device=args.device,
-        random_init=args.random_init,
-        seed=args.seed,
-    )
+    return call_with_flags(run_knn, args, ks=ks)
 
 
 def add_linear(sub) -> None:
@@ -257,10 +281,12 @@ def add_linear(sub) -> None:
     p.add_argument(
         "--features", action="store_true", help="L-BFGS on cached features instead of SGD on augmented views"
     )
-    p.add_argument("--epochs", type=int, default=90, help="SGD epochs (paper: 90; 10-30 is enough for a CPU check)")
-    p.add_argument("--batch-size", type=int, dest="batch_size", default=256)
-    p.add_argument(
-        "--lr", type=float, default=0.1, help="base learning rate, scaled by B/256, cosine-decayed (default 0.1)"
+    _sgd_flags(
+        p,
+        epochs=90,
+        epochs_help="SGD epochs (paper: 90; 10-30 is enough for a CPU check)",
+        lr=0.1,
+        lr_help="base learning rate, scaled by B/256, cosine-decayed (default 0.1)",
     )
     p.add_argument(
         "--min-scale",
@@ -279,31 +305,7 @@ def add_linear(sub) -> None:
         default=None,
         help="centre-crop proportion of the test view (default: 0.875 from 96 px up, else 1: the whole image)",
     )
-    p.set_defaults(func=run_linear)
-
-
-def run_linear(args) -> dict:
-    from fastclr.eval import linear
-
-    _positive(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-    if not 0 < args.min_scale <= 1:
-        raise UserError(f"--min-scale {args.min_scale}: must be in (0, 1] (paper: 0.08)")
-    if args.crop is not None and not 0 < args.crop <= 1:
-        raise UserError(f"--crop-proportion {args.crop}: must be in (0, 1] (paper: 0.875 for ImageNet-size images)")
-    return linear.run(
-        args.checkpoint,
-        args.data,
-        features=args.features,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        random_init=args.random_init,
-        min_scale=args.min_scale,
-        flip=args.flip,
-        crop=args.crop,
-    )
+    runs(p, "fastclr.eval.linear:run")
 
 
 def add_finetune(sub) -> None:
@@ -330,9 +332,13 @@ def add_finetune(sub) -> None:
         dest="from_head_layer",
         help="0: classify h (v1); 1: classify the head's first layer (v2, best with head_layers=3)",
     )
-    p.add_argument("--epochs", type=int, help="default 60 for fractions up to 1%%, else 30 (the paper's)")
-    p.add_argument("--batch-size", type=int, dest="batch_size", default=256)
-    p.add_argument("--lr", type=float, default=0.05, help="base learning rate, scaled by B/256 (paper: 0.05)")
+    _sgd_flags(
+        p,
+        epochs=None,
+        epochs_help="default 60 for fractions up to 1%%, else 30 (the paper's)",
+        lr=0.05,
+        lr_help="base learning rate, scaled by B/256 (paper: 0.05)",
+    )
     p.add_argument(
         "--init",
         help="start the encoder from this torchvision/timm state dict or .safetensors file (keys checked exactly)",
@@ -340,27 +346,7 @@ def add_finetune(sub) -> None:
     p.add_argument(
         "--out", help="folder for labels.txt and finetuned.pt (default: RUN/finetune_F next to the checkpoint's run)"
     )
-    p.set_defaults(func=run_finetune)
-
-
-def run_finetune(args) -> dict:
-    from fastclr.eval import finetune
-
-    _positive(batch_size=args.batch_size, lr=args.lr, **({"epochs": args.epochs} if args.epochs is not None else {}))
-    return finetune.run(
-        args.checkpoint,
-        args.label_fraction,
-        args.data,
-        from_head_layer=args.from_head_layer,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        out=args.out,
-        random_init=args.random_init,
-        init=args.init,
-    )
+    runs(p, "fastclr.eval.finetune:run", fraction="label_fraction")
 
 
 def add_distill(sub) -> None:
@@ -384,32 +370,11 @@ def add_distill(sub) -> None:
         default=0.0,
         help="weight of the labelled cross-entropy, in [0, 1] (0: distillation only)",
     )
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, dest="batch_size", default=256)
-    p.add_argument("--lr", type=float, default=0.1, help="base learning rate, scaled by B/256")
-    p.add_argument("--device", help="auto (default: the teacher's setting), cpu, cuda")
+    _sgd_flags(p, epochs=30, epochs_help=None, lr=0.1, lr_help="base learning rate, scaled by B/256")
+    _device_flag(p, "the teacher's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="folder for student.pt (default: next to the teacher)")
-    p.set_defaults(func=run_distill)
-
-
-def run_distill(args) -> dict:
-    from fastclr.eval import distill
-
-    _positive(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-    return distill.run(
-        args.teacher,
-        args.data,
-        student_arch=args.student_arch,
-        temperature=args.temperature,
-        alpha=args.alpha,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        out=args.out,
-    )
+    runs(p, "fastclr.eval.distill:run", teacher_path="teacher")
 
 
 def add_embed(sub) -> None:
@@ -426,22 +391,7 @@ def add_embed(sub) -> None:
         help="which images: every pretraining image (default), or the labelled train / test split",
     )
     p.add_argument("--batch-size", type=int, dest="batch_size", default=512)
-    p.set_defaults(func=run_embed)
-
-
-def run_embed(args) -> dict:
-    from fastclr.eval import embed
-
-    _positive(batch_size=args.batch_size)
-    return embed.run(
-        args.checkpoint,
-        args.data,
-        args.out,
-        projection=args.projection,
-        split=args.split,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
+    runs(p, "fastclr.eval.embed:run")
 
 
 def add_export(sub) -> None:
@@ -456,13 +406,7 @@ def add_export(sub) -> None:
         help="torchvision: loads into the plain constructor with strict=True (ResNets)",
     )
     p.add_argument("--out", required=True, help="output file (FILE.json describes the expected input)")
-    p.set_defaults(func=run_export)
-
-
-def run_export(args) -> dict:
-    from fastclr.eval import export
-
-    return export.run(args.checkpoint, args.format, args.out)
+    runs(p, "fastclr.eval.export:run", fmt="format")
 
 
 def add_sts(sub) -> None:
@@ -478,28 +422,11 @@ def add_sts(sub) -> None:
     p.add_argument(
         "--split", choices=("train", "dev", "test"), default="test", help="the pairs to score (default test)"
     )
-    p.add_argument(
-        "--random-init", action="store_true", dest="random_init", help="the same architecture, random weights"
-    )
-    p.add_argument("--device", help="auto (default: the checkpoint's setting), cpu, cuda")
+    _random_init_flag(p, "the same architecture, random weights")
+    _device_flag(p)
     p.add_argument("--seed", type=int, default=0, help="the random draw of --random-init")
     p.add_argument("--batch-size", type=int, dest="batch_size", default=256)
-    p.set_defaults(func=run_sts)
-
-
-def run_sts(args) -> dict:
-    from fastclr.text.sts import sts_command
-
-    _positive(batch_size=args.batch_size)
-    return sts_command(
-        args.checkpoint, args.data, args.split, args.random_init, args.arch, args.device, args.batch_size, args.seed
-    )
-
-
-def _positive(**values: float) -> None:
-    for name, value in values.items():
-        if value is None or value <= 0:
-            raise UserError(f"--{name.replace('_', '-')} {value}: must be > 0")
+    runs(p, "fastclr.text.sts:sts_command")
 
 
 def add_report(sub) -> None:
@@ -519,13 +446,7 @@ def add_report(sub) -> None:
         help="2-D map of the test representations: pca (instant) or tsne (slower, clusters clearer)",
     )
     p.add_argument("--device", default="cpu", help="device for the representations (cpu is enough for a report)")
-    p.set_defaults(func=run_report)
-
-
-def run_report(args) -> dict:
-    from fastclr.eval.report import build
-
-    return build(args.run_dir, args.out, method=args.map, device=args.device)
+    runs(p, "fastclr.eval.report:build", method="map")
 
 
 def add_show_augment(sub) -> None:
@@ -540,20 +461,8 @@ def add_show_augment(sub) -> None:
     p.add_argument("--config", help="preset name or YAML file whose augmentation settings to use (default: digits)")
     p.add_argument("--count", type=int, default=8, help="images to show (1 to 64)")
     p.add_argument("--epoch", type=int, default=0, help="the epoch whose random draws to show")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set any config field, e.g. --set color_strength=1.0",
-    )
-    p.set_defaults(func=run_show_augment)
-
-
-def run_show_augment(args) -> dict:
-    from fastclr.eval.report import run_show_augment
-
-    return run_show_augment(args.config, args.data, args.set, args.out, args.count, args.epoch)
+    _set_flag(p, "set any config field, e.g. --set color_strength=1.0")
+    runs(p, "fastclr.eval.report:run_show_augment", preset="config", sets="set")
 
 
 def add_sweep(sub) -> None:
@@ -587,21 +496,16 @@ def add_sweep(sub) -> None:
     p.add_argument(
         "--sampler-seed", type=int, dest="sampler_seed", help="seed of the TPE sampler (reproducible search)"
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set a config field for every trial (repeatable)",
-    )
+    _set_flag(p, "set a config field for every trial (repeatable)")
     p.set_defaults(func=run_sweep)
 
 
 def run_sweep(args) -> dict:
+    """The study's definition (:class:`SweepSpec`) from its flags, then the search."""
     from fastclr.sweep.run import SweepSpec, sweep
 
-    spec = SweepSpec(args.config, args.data, args.space, args.metric, args.pruner, tuple(args.set), args.baseline)
-    return sweep(spec, args.trials, args.out, args.storage, args.study_name, args.sampler_seed)
+    spec = call_with_flags(SweepSpec, args, base=args.config, space_file=args.space, sets=tuple(args.set))
+    return call_with_flags(sweep, args, spec=spec, storage_url=args.storage)
 
 
 def build_parser() -> Parser:

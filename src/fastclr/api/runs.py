@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from fastclr.config import Config, build_config, from_dict, parse_value, to_dict, validate
-from fastclr.errors import UserError
 from fastclr.eval import linear
 from fastclr.eval.evaluate import run_knn
 from fastclr.pipeline import pretrain_and_evaluate, resolve_config
@@ -126,10 +125,9 @@ def linear_eval(
         random_init: the same architecture with random weights: the baseline.
     Returns:
         ``{"protocol", "top1", "top5", "encoder", ...}`` (fractions).
+    Raises:
+        fastclr.errors.UserError: a setting out of range, e.g. ``--epochs 0: must be > 0`` (the command's line).
     """
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
-        if value <= 0:
-            raise UserError(f"{name}={value}: must be > 0")
     return linear.run(
         str(checkpoint),
         data,

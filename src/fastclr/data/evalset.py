@@ -28,7 +28,7 @@ from fastclr.data.sets import FileSet
 from fastclr.data.shard_loader import eval_batches as shard_eval_batches
 from fastclr.data.shards import ShardSet
 from fastclr.data.tiers import decoded_bytes
-from fastclr.data.workers import guarded, ignore_interrupt
+from fastclr.data.workers import in_order
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]
 
@@ -61,15 +61,7 @@ def batches(data: FileSet, size: int, batch_size: int = 256, workers: int = 0) -
     if isinstance(data, ShardSet):  # tar shards: read sequentially (shard_loader.py)
         yield from shard_eval_batches(data, size, batch_size, workers)
         return
-    loader = torch.utils.data.DataLoader(
-        _Chunks(data.files, size, batch_size),
-        batch_size=None,
-        shuffle=False,
-        num_workers=workers,
-        worker_init_fn=ignore_interrupt if workers else None,
-        prefetch_factor=2 if workers else None,
-    )
-    yield from guarded(loader, "")
+    yield from in_order(_Chunks(data.files, size, batch_size), workers)
 
 
 def scratch(shape: tuple[int, ...]) -> np.memmap:

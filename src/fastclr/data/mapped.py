@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fastclr.data.order import batch_index, epoch_order
-from fastclr.data.workers import EpochSampler, guarded
+from fastclr.data.workers import EpochSampler, epoch_loader, guarded
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -68,15 +68,8 @@ class MappedLoader:
             raise ValueError(f"batch size {batch_size} is not divisible by {world_size} processes")
         self.n, self.batch_size, self.device, self.resume = shape[0], batch_size, device, resume
         self.sampler = EpochSampler(len(self))
-        self.loader = torch.utils.data.DataLoader(
-            _Rows(path, shape, batch_size, seed, rank, world_size),
-            batch_size=None,
-            sampler=self.sampler,
-            num_workers=workers,
-            pin_memory=device.type == "cuda",
-            persistent_workers=workers > 0,
-            prefetch_factor=2 if workers > 0 else None,
-        )
+        rows = _Rows(path, shape, batch_size, seed, rank, world_size)
+        self.loader = epoch_loader(rows, self.sampler, workers, device.type == "cuda", ignore_sigint=False)
 
     def __len__(self) -> int:
         """Steps per epoch."""

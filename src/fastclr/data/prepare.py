@@ -28,7 +28,7 @@ from fastclr.data import datasets, folders, standard
 from fastclr.data.cache import FORMAT, VERSION, fingerprint
 from fastclr.data.images import fit
 from fastclr.data.sets import FileSet, ImageSet
-from fastclr.errors import UserError
+from fastclr.errors import UserError, require_fraction
 
 
 def absolute_spec(spec: str) -> str:
@@ -88,58 +88,47 @@ def _folder_split(out: Path, name: str, listing: folders.Listing, size: int, wor
     return {"count": len(ids), "labelled": labels is not None, "classes": listing.classes}, skipped
 
 
-def prepare(
-    spec: str, size: int, out: Path | str, *, download: bool = False, max_bad_fraction: float = 0.01, workers: int = 0
-) -> dict:
-    """Decode ``spec`` at ``size`` into the cache folder ``out``; returns the JSON the CLI prints.
-
-    Returns:
-        {"out", "spec", "size", "count" (images written, all splits), "skipped", "splits": {name: count}, "seconds"}.
-    """
-    if size < 8:
-        raise UserError(f"--size {size}: must be >= 8")
-    if not 0 <= max_bad_fraction <= 1:
-        raise UserError(f"--max-bad-fraction {max_bad_fraction}: must be in [0, 1]")
-    t0 = time.perf_counter()
+def open_output(spec: str, out: Path | str, what: str) -> tuple[str, str, Path | None, Path]:
+    """The spec made absolute (:func:`absolute_spec`), its kind and path, and the folder ``out``, created
+    (UserError naming ``what`` when it cannot be)."""
     source = absolute_spec(spec)
     kind, path = datasets.parse(source)
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"--out {out}: cannot create the cache folder ({e.strerror})") from None
+        raise UserError(f"--out {out}: cannot create the {what} ({e.strerror})") from None
+    return source, kind, path, out
+
+
+def prepare(
+    spec: str,
+    size: int | None,
+    out: Path | str,
+    *,
+    download: bool = False,
+    max_bad_fraction: float = 0.01,
+    workers: int = 0,
+) -> dict:
+    """Decode ``spec`` at ``size`` into the cache folder ``out`` with ``workers`` processes (0: this one); returns
+    the JSON the CLI prints.
+
+    Returns:
+        {"out", "spec", "size", "count" (images written, all splits), "skipped", "splits": {name: count}, "seconds"}.
+    """
+    require_fraction("max_bad_fraction", max_bad_fraction, zero=True)
+    if size is None:
+        raise UserError("fastclr prepare: --size S is needed for the decoded cache (the training image_size)")
+    if size < 8:
+        raise UserError(f"--size {size}: must be >= 8")
+    t0 = time.perf_counter()
+    source, kind, path, out = open_output(spec, out, "cache folder")
     (out / "meta.json").unlink(missing_ok=True)  # a half-written cache is never valid
-    splits: dict[str, dict] = {}
-    skipped: list[tuple[str, str]] = []
     if kind in ("folder", "list"):
-        train, test = datasets.listings(str(path))
-        splits["train"], skipped = _folder_split(out, "train", train, size, workers)
-        total = len(train.files)
-        if test is not None:
-            splits["test"], bad = _folder_split(out, "test", test, size, workers)
-            skipped, total = skipped + bad, total + len(test.files)
-        folders.enforce(skipped, total, max_bad_fraction, out)
-        if splits["train"]["count"] == 0:
-            raise UserError(f"{spec}: none of the {total} images could be decoded; see {out / 'skipped.txt'}")
-        pretrain_split, sources = "train", list(train.files) + (list(test.files) if test is not None else [])
+        splits, sources, skipped = _write_listed(spec, str(path), size, out, max(workers, 0), max_bad_fraction)
     else:
-        data = datasets.load(source, size, download=download)
-        assert not isinstance(data.train, FileSet) and not isinstance(data.test, FileSet)  # standard sets: decoded
-        sets: dict[str, ImageSet | None] = {"train": data.train, "test": data.test}
-        if data.pretrain is not data.train:
-            assert isinstance(data.pretrain, ImageSet)  # standard sets and digits are decoded in memory
-            sets["pretrain"] = data.pretrain
-        for name, s in sets.items():
-            if s is None:
-                continue
-            labels = None if s.labels is None else s.labels.numpy()
-            _write(out, name, _resized(s.images, size), len(s), s.ids, labels)
-            splits[name] = {
-                "count": len(s),
-                "labelled": labels is not None,
-                "classes": s.classes if labels is not None else None,
-            }
-        pretrain_split, sources = ("pretrain" if "pretrain" in sets else "train"), list(data.sources)
+        (splits, sources), skipped = _write_decoded(source, size, out, download), 0
+    pretrain_split = "pretrain" if "pretrain" in splits else "train"
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -147,17 +136,57 @@ def prepare(
         "size": size,
         "splits": splits,
         "pretrain": pretrain_split,
-        "skipped": len(skipped),
+        "skipped": skipped,
         "sources": fingerprint(sources),
     }
-    (out / "meta.json").write_text(json.dumps(meta))
-    count = sum(s["count"] for s in splits.values())
+    (out / "meta.json").write_text(json.dumps(meta))  # last: the cache is valid from here on
     return {
         "out": str(out),
         "spec": source,
         "size": size,
-        "count": count,
-        "skipped": len(skipped),
+        "count": sum(s["count"] for s in splits.values()),
+        "skipped": skipped,
         "splits": {k: v["count"] for k, v in splits.items()},
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def _write_listed(
+    spec: str, listed: str, size: int, out: Path, workers: int, max_bad_fraction: float
+) -> tuple[dict[str, dict], list, int]:
+    """The train (and test) split of a folder or list, decoded by ``workers`` processes into ``out``; returns
+    (splits, the source files, how many could not be decoded). UserError past ``max_bad_fraction``."""
+    train, test = datasets.listings(listed)
+    splits: dict[str, dict] = {}
+    splits["train"], skipped = _folder_split(out, "train", train, size, workers)
+    total = len(train.files)
+    if test is not None:
+        splits["test"], bad = _folder_split(out, "test", test, size, workers)
+        skipped, total = skipped + bad, total + len(test.files)
+    folders.enforce(skipped, total, max_bad_fraction, out)
+    if splits["train"]["count"] == 0:
+        raise UserError(f"{spec}: none of the {total} images could be decoded; see {out / 'skipped.txt'}")
+    return splits, list(train.files) + (list(test.files) if test is not None else []), len(skipped)
+
+
+def _write_decoded(source: str, size: int, out: Path, download: bool) -> tuple[dict[str, dict], list]:
+    """Every split of digits or a standard set (decoded in memory) at ``size`` into ``out``; returns (splits,
+    the source files)."""
+    data = datasets.load(source, size, download=download)
+    assert not isinstance(data.train, FileSet) and not isinstance(data.test, FileSet)  # standard sets: decoded
+    sets: dict[str, ImageSet | None] = {"train": data.train, "test": data.test}
+    if data.pretrain is not data.train:
+        assert isinstance(data.pretrain, ImageSet)  # standard sets and digits are decoded in memory
+        sets["pretrain"] = data.pretrain
+    splits: dict[str, dict] = {}
+    for name, s in sets.items():
+        if s is None:
+            continue
+        labels = None if s.labels is None else s.labels.numpy()
+        _write(out, name, _resized(s.images, size), len(s), s.ids, labels)
+        splits[name] = {
+            "count": len(s),
+            "labelled": labels is not None,
+            "classes": s.classes if labels is not None else None,
+        }
+    return splits, list(data.sources)

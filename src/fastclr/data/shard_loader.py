@@ -34,7 +34,7 @@ import torch
 from fastclr.data.images import BadImage, decode, open_rgb
 from fastclr.data.shards import ShardSet, image_bytes, sample_id, samples
 from fastclr.data.stream import crop_views, finish_views
-from fastclr.data.workers import EpochSampler, guarded, ignore_interrupt
+from fastclr.data.workers import EpochSampler, epoch_loader, guarded, in_order
 from fastclr.errors import UserError
 from fastclr.method.augment import AugmentConfig
 from fastclr.method.rng import keyed_generator
@@ -210,16 +210,7 @@ class ShardLoader:
             window=window,
         )  # fmt: skip
         self.sampler = EpochSampler(len(self))
-        self.loader = torch.utils.data.DataLoader(
-            self.batches,
-            batch_size=None,
-            sampler=self.sampler,
-            num_workers=workers,
-            pin_memory=device.type == "cuda" and mode != "bytes",
-            persistent_workers=workers > 0,
-            prefetch_factor=2 if workers > 0 else None,
-            worker_init_fn=ignore_interrupt if workers > 0 else None,
-        )
+        self.loader = epoch_loader(self.batches, self.sampler, workers, device.type == "cuda" and mode != "bytes")
 
     def __len__(self) -> int:
         """Steps per epoch."""
@@ -279,12 +270,4 @@ def eval_batches(data: ShardSet, size: int, batch_size: int = 256, workers: int 
     """(index [b], evaluation views uint8 [b, 3, S, S], bad) of every sample, in set order (shards in
     index order, members in tar order), whatever the worker count; ``evalset.batches`` for shards.
     Each worker reads the shards sequentially and decodes only its chunks."""
-    loader = torch.utils.data.DataLoader(
-        _EvalChunks(data, size, batch_size),
-        batch_size=None,
-        shuffle=False,
-        num_workers=workers,
-        worker_init_fn=ignore_interrupt if workers else None,
-        prefetch_factor=2 if workers else None,
-    )
-    yield from guarded(loader, "")
+    yield from in_order(_EvalChunks(data, size, batch_size), workers)

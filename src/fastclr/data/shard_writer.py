@@ -27,9 +27,9 @@ from PIL import Image
 
 from fastclr.data import datasets, folders, survey
 from fastclr.data.images import BadImage, open_rgb
-from fastclr.data.prepare import absolute_spec, fingerprint
+from fastclr.data.prepare import fingerprint, open_output
 from fastclr.data.shards import FORMAT, INDEX, VERSION, webdataset
-from fastclr.errors import UserError
+from fastclr.errors import UserError, require_fraction
 from fastclr.method.rng import keyed_generator
 
 SHARD_SIZE = 1000  # samples per shard: ~100 MB of ImageNet JPEGs, the size object stores stream well
@@ -103,16 +103,11 @@ def write_shards(
     spec: str, out: Path | str, *, size: int = 0, shard_size: int = SHARD_SIZE, max_bad_fraction: float = 0.01
 ) -> dict:
     """Write ``spec`` as shards in ``out`` (``size`` 0: image bytes kept as they are); returns the CLI's JSON."""
+    require_fraction("max_bad_fraction", max_bad_fraction, zero=True)
     if shard_size < 1:
         raise UserError(f"--shard-size {shard_size}: must be >= 1")
     t0 = time.perf_counter()
-    source = absolute_spec(spec)
-    kind, path = datasets.parse(source)
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot create the shard folder ({e.strerror})") from None
+    source, kind, path, out = open_output(spec, out, "shard folder")
     (out / INDEX).unlink(missing_ok=True)  # a half-written set is never valid
     for old in out.glob("*.tar"):
         old.unlink()

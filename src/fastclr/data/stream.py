@@ -23,7 +23,7 @@ from fastclr.data.badfiles import BadFiles
 from fastclr.data.images import BadImage, open_rgb
 from fastclr.data.order import batch_index, epoch_order
 from fastclr.data.sets import FileSet
-from fastclr.data.workers import EpochSampler, guarded, ignore_interrupt
+from fastclr.data.workers import EpochSampler, epoch_loader, guarded
 from fastclr.errors import UserError
 from fastclr.method.augment import AugmentConfig, apply_pixel_ops, normalize, sample_params, to_float
 
@@ -158,16 +158,7 @@ class StreamLoader:
         self.sampler = EpochSampler(len(self))
         finish = device.type == "cpu" and workers > 0
         self.batches = _Batches(data.files, batch_size, seed, views, cfg, rank, world_size, finish)
-        self.loader = torch.utils.data.DataLoader(
-            self.batches,
-            batch_size=None,
-            sampler=self.sampler,
-            num_workers=workers,
-            pin_memory=device.type == "cuda",
-            persistent_workers=workers > 0,
-            prefetch_factor=2 if workers > 0 else None,
-            worker_init_fn=ignore_interrupt if workers > 0 else None,
-        )
+        self.loader = epoch_loader(self.batches, self.sampler, workers, device.type == "cuda")
 
     def __len__(self) -> int:
         """Steps per epoch."""

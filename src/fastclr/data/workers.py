@@ -81,3 +81,35 @@ def guarded(batches: Iterable[T], resume: str) -> Iterator[T]:
             "a data loader worker exited while sending a batch (killed, most often by the out-of-memory killer: "
             f"lower --set workers=N or the batch size){again}"
         ) from None
+
+
+def epoch_loader(
+    batches: torch.utils.data.Dataset, sampler: EpochSampler, workers: int, pin_memory: bool, ignore_sigint: bool = True
+) -> torch.utils.data.DataLoader:
+    """Whole batches ``batches[(epoch, b)]`` in ``sampler``'s order, read by ``workers`` processes (0: this one) that
+    last across epochs, two batches each in flight; with ``ignore_sigint`` the workers leave Ctrl-C to the main
+    process (:func:`ignore_interrupt`)."""
+    return torch.utils.data.DataLoader(
+        batches,
+        batch_size=None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers > 0 else None,
+        worker_init_fn=ignore_interrupt if workers > 0 and ignore_sigint else None,
+    )
+
+
+def in_order(chunks: torch.utils.data.Dataset, workers: int) -> Iterator:
+    """``chunks[0], chunks[1], ...`` read by ``workers`` processes (0: this one) and yielded in that order; a
+    worker's death is one UserError line (:func:`guarded`)."""
+    loader = torch.utils.data.DataLoader(
+        chunks,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        worker_init_fn=ignore_interrupt if workers else None,
+        prefetch_factor=2 if workers else None,
+    )
+    yield from guarded(loader, "")

@@ -12,13 +12,17 @@ with the supervised recipe of :mod:`fastclr.eval.supervised`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
-from fastclr import log
+from fastclr import config, log
+from fastclr.data.sets import ImageSet
+from fastclr.errors import UserError, require_fraction, require_positive
 from fastclr.eval import supervised
-from fastclr.eval.finetune import Classifier
-from fastclr.method.augment import AugmentConfig
+from fastclr.eval.finetune import Classifier, load_classifier, save_classifier
+from fastclr.train import restore
 
 
 def distillation_loss(
@@ -33,17 +37,11 @@ def distill(
     teacher: Classifier,
     student: Classifier,
     images: torch.Tensor,
+    recipe: supervised.Recipe,
     *,
     labels: torch.Tensor | None = None,
     alpha: float = 0.0,
     temperature: float = 1.0,
-    aug: AugmentConfig,
-    epochs: int = 30,
-    batch_size: int = 256,
-    lr: float = 0.1,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    precision: str = "fp32",
 ) -> float:
     """Train ``student`` on ``images`` (uint8 [N, 3, H, W]) against ``teacher``.
 
@@ -57,7 +55,7 @@ def distill(
     for p in teacher.parameters():
         p.requires_grad_(False)
     student.train()
-    y = labels.to(device) if labels is not None else None
+    y = labels.to(recipe.device) if labels is not None else None
 
     def loss_fn(logits: torch.Tensor, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -70,20 +68,32 @@ def distill(
             loss = (1 - alpha) * loss + alpha * sup
         return loss
 
-    return supervised.fit(
-        student,
-        student.trainable(),
-        images,
-        loss_fn,
-        aug=aug,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        device=device,
-        precision=precision,
-        desc="distill",
-    )
+    return recipe.fit(student, student.trainable(), images, loss_fn, desc="distill")
+
+
+def check_settings(temperature: float, alpha: float, epochs: int, batch_size: int, lr: float) -> None:
+    """UserError (one line naming the flag) for a setting of :func:`run` out of its range."""
+    require_positive(epochs=epochs, batch_size=batch_size, lr=lr)
+    if temperature <= 0:
+        raise UserError(f"--temperature {temperature}: must be > 0 (1.0 in SimCLRv2)")
+    require_fraction("alpha", alpha, zero=True, hint=" (0: distillation only)")
+
+
+def teacher_labels(train: ImageSet, pool: ImageSet, label_ids: list[str]) -> torch.Tensor:
+    """int64 [len(pool)]: the label of each image of ``pool`` the teacher was fine-tuned on, -1 for the others."""
+    assert train.labels is not None  # restore.labelled_splits checked it
+    known = {i: int(y) for i, y in zip(train.ids, train.labels.tolist())}
+    chosen = set(label_ids)
+    return torch.tensor([known[i] if i in chosen and i in known else -1 for i in pool.ids], dtype=torch.int64)
+
+
+def new_student(
+    tcfg: config.Config, arch: str | None, num_classes: int, seed: int, device: torch.device
+) -> tuple[Classifier, config.Config]:
+    """A randomly initialised classifier (seeded) of ``arch`` (default: the teacher's), with its config."""
+    scfg = config.from_dict({**config.to_dict(tcfg), "arch": arch or tcfg.arch})
+    torch.manual_seed(seed)
+    return Classifier(restore.build_model(scfg), num_classes, 0).to(device), scfg
 
 
 def run(
@@ -101,66 +111,26 @@ def run(
     out: str | None = None,
 ) -> dict:
     """``fastclr distill``: a fresh student learns the teacher on every image of ``data``; both tested."""
-    from pathlib import Path
-
-    from fastclr import config
-    from fastclr.errors import UserError
-    from fastclr.eval.finetune import load_classifier, save_classifier
-    from fastclr.train import restore
-
-    if temperature <= 0:
-        raise UserError(f"--temperature {temperature}: must be > 0 (1.0 in SimCLRv2)")
-    if not 0 <= alpha <= 1:
-        raise UserError(f"--alpha {alpha}: must be in [0, 1] (0: distillation only)")
+    check_settings(temperature, alpha, epochs, batch_size, lr)
     teacher, tcfg, tstate = load_classifier(teacher_path)
     dev, precision = restore.device_and_precision(tcfg, device)
-    splits = restore.load_data(tcfg, data)
-    train, test = restore.labelled_splits(splits, "distill")
-    pool = (
-        splits.pretrain if isinstance(splits.pretrain, type(train)) else train
-    )  # every decoded image, labelled or not
-    labels = None
-    assert train.labels is not None and test.labels is not None  # labelled_splits checked them
-    if alpha > 0:
-        known = {i: int(y) for i, y in zip(train.ids, train.labels.tolist())}
-        chosen = set(tstate.get("label_ids", []))
-        labels = torch.tensor([known[i] if i in chosen and i in known else -1 for i in pool.ids], dtype=torch.int64)
-    scfg = config.from_dict({**config.to_dict(tcfg), "arch": student_arch or tcfg.arch})
-    torch.manual_seed(seed)
-    student = Classifier(restore.build_model(scfg), teacher.fc.out_features, 0).to(dev)
+    splits, train, test = restore.labelled_data(tcfg, data, "distill")
+    # every decoded image, labelled or not
+    pool = splits.pretrain if isinstance(splits.pretrain, type(train)) else train
+    labels = teacher_labels(train, pool, tstate.get("label_ids", [])) if alpha > 0 else None
+    student, scfg = new_student(tcfg, student_arch, teacher.fc.out_features, seed, dev)
     teacher.to(dev)
     log.info(
         f"distill: teacher {tcfg.arch} -> student {scfg.arch}, {len(pool)} images, tau {temperature}, alpha {alpha}, "
         f"{epochs} epochs, {dev} {precision}"
     )
     aug = supervised.crop_flip(tcfg.image_size, tcfg.min_scale, tcfg.flip)
-    distill(
-        teacher,
-        student,
-        pool.images,
-        labels=labels,
-        alpha=alpha,
-        temperature=temperature,
-        aug=aug,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        device=dev,
-        precision=precision,
-    )
+    recipe = supervised.Recipe(aug, epochs, batch_size, lr, seed, dev, precision)
+    distill(teacher, student, pool.images, recipe, labels=labels, alpha=alpha, temperature=temperature)
     student.eval()
-    s_acc = supervised.accuracy(supervised.predict(student, test.images, tcfg.image_size, dev, precision), test.labels)
-    t_acc = supervised.accuracy(supervised.predict(teacher, test.images, tcfg.image_size, dev, precision), test.labels)
-    folder = Path(out) if out else Path(teacher_path).parent / f"distill_{scfg.arch}"
-    ckpt = folder / "student.pt"
-    save_classifier(
-        ckpt, student, scfg, train.classes, {"teacher": str(teacher_path), "top1": s_acc["top1"], "top5": s_acc["top5"]}
-    )
-
-    def params(m: Classifier) -> int:
-        return sum(p.numel() for p in m.trainable())
-
+    s_acc, t_acc = recipe.test(student, test), recipe.test(teacher, test)
+    ckpt = (Path(out) if out else Path(teacher_path).parent / f"distill_{scfg.arch}") / "student.pt"
+    save_classifier(ckpt, student, scfg, train.classes, {"teacher": str(teacher_path), **s_acc})
     return {
         "student_top1": s_acc["top1"],
         "teacher_top1": t_acc["top1"],
@@ -168,7 +138,12 @@ def run(
         "teacher_top5": t_acc["top5"],
         "student_arch": scfg.arch,
         "teacher_arch": tcfg.arch,
-        "student_params": params(student),
-        "teacher_params": params(teacher),
+        "student_params": trainable_count(student),
+        "teacher_params": trainable_count(teacher),
         "checkpoint": str(ckpt),
     }
+
+
+def trainable_count(clf: Classifier) -> int:
+    """Parameters a classifier uses (:meth:`Classifier.trainable`): what the student saves over the teacher."""
+    return sum(p.numel() for p in clf.trainable())

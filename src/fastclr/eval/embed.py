@@ -22,7 +22,7 @@ import torch.distributed as tdist
 
 from fastclr.data import evalset, tiers
 from fastclr.data.sets import FileSet
-from fastclr.errors import UserError
+from fastclr.errors import UserError, require_positive
 from fastclr.eval.features import extract
 from fastclr.train import dist, restore
 
@@ -195,6 +195,7 @@ def run(
     device: str | None = None,
 ) -> dict:
     """``fastclr embed``: h (or z with ``projection``) of every image of a split, written by rank 0 in dataset order."""
+    require_positive(batch_size=batch_size)
     restored, dev, precision = restore.open_for_command(checkpoint, device, join=True)
     model = restored.model.eval()
     cfg = restored.cfg

@@ -155,14 +155,13 @@ def run_knn(
     """
     if not ks or min(ks) < 1 or temperature <= 0 or batch_size < 1:
         raise UserError("--k values must be >= 1, --temperature > 0 and --batch-size >= 1")
-    restored, dev, precision = restore.open_for_command(checkpoint, device, random_init, seed)
-    cfg = restored.cfg
-    train, test = restore.labelled_splits(restore.load_data(cfg, data), "knn")
-    settings = FeatureSettings(cfg.image_size, dev, cfg.eval_batch_size, precision)
+    opened = restore.open_labelled("knn", checkpoint, data, device, random_init, seed)
+    cfg = opened.restored.cfg
+    settings = FeatureSettings(cfg.image_size, opened.device, cfg.eval_batch_size, opened.precision)
     scores = evaluate(
-        restored.model,
-        train,
-        test,
+        opened.restored.model,
+        opened.train,
+        opened.test,
         settings,
         knn_k=sorted(set(ks)),
         knn_temperature=temperature,
@@ -172,5 +171,5 @@ def run_knn(
     return {
         "knn": {str(k): acc for k, acc in scores.knn.items()},
         "temperature": temperature,
-        "encoder": restored.source,
+        "encoder": opened.restored.source,
     }

@@ -13,16 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastclr import config, log
 from fastclr.data.datasets import ImageSet, balanced_indices
-from fastclr.errors import UserError
+from fastclr.errors import UserError, require_fraction, require_positive
 from fastclr.eval import supervised
 from fastclr.method.augment import AugmentConfig
 from fastclr.method.model import SimCLR
-from fastclr.train import checkpoint
+from fastclr.train import checkpoint, restore
 
 
 class Classifier(nn.Module):
@@ -68,12 +67,36 @@ def label_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tens
 
     round(fraction * N) examples (at least one per class), drawn by :func:`datasets.balanced_indices`.
     """
-    if not 0 < fraction <= 1:
-        raise UserError(f"--label-fraction {fraction}: must be in (0, 1], e.g. 0.01 or 0.1")
+    require_fraction("label_fraction", fraction, hint=", e.g. 0.01 or 0.1")
     if fraction == 1:
         return torch.arange(labels.shape[0])
     count = max(len(labels.unique()), round(fraction * labels.shape[0]))
     return balanced_indices(labels, count, seed)
+
+
+def fit_classifier(
+    model: SimCLR,
+    train: ImageSet,
+    test: ImageSet,
+    num_classes: int,
+    recipe: supervised.Recipe,
+    from_head_layer: int = 0,
+) -> tuple[Classifier, dict[str, float]]:
+    """Fine-tune encoder (+ head layers) + a new linear layer on ``train``; top1/top5 on ``test``.
+
+    The new layer starts at zero (the reference code's supervised head for fine-tuning is zero-initialised).
+    """
+    clf = Classifier(model, num_classes, from_head_layer).to(recipe.device)
+    nn.init.zeros_(clf.fc.weight)
+    nn.init.zeros_(clf.fc.bias)
+    for p in clf.parameters():
+        p.requires_grad_(True)
+    clf.train()
+    assert train.labels is not None, "fine-tuning needs labelled splits"
+    loss = supervised.cross_entropy(train.labels.to(recipe.device))
+    recipe.fit(clf, clf.trainable(), train.images, loss, desc="finetune")
+    clf.eval()
+    return clf, recipe.test(clf, test)
 
 
 def finetune(
@@ -91,35 +114,9 @@ def finetune(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
 ) -> tuple[Classifier, dict[str, float]]:
-    """Fine-tune encoder (+ head layers) + a new linear layer on ``train``; top1/top5 on ``test``.
-
-    The new layer starts at zero (the reference code's supervised head for fine-tuning is zero-initialised).
-    """
-    clf = Classifier(model, num_classes, from_head_layer).to(device)
-    nn.init.zeros_(clf.fc.weight)
-    nn.init.zeros_(clf.fc.bias)
-    for p in clf.parameters():
-        p.requires_grad_(True)
-    clf.train()
-    assert train.labels is not None and test.labels is not None, "fine-tuning needs labelled splits"
-    labels = train.labels.to(device)
-    supervised.fit(
-        clf,
-        clf.trainable(),
-        train.images,
-        lambda logits, index, _x: F.cross_entropy(logits, labels[index]),
-        aug=aug,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        device=device,
-        precision=precision,
-        desc="finetune",
-    )
-    clf.eval()
-    logits = supervised.predict(clf, test.images, aug.size, torch.device(device), precision)
-    return clf, supervised.accuracy(logits, test.labels)
+    """:func:`fit_classifier` with these settings (the papers' by default)."""
+    recipe = supervised.Recipe(aug, epochs, batch_size, lr, seed, device, precision)
+    return fit_classifier(model, train, test, num_classes, recipe, from_head_layer)
 
 
 def save_classifier(path: Path, clf: Classifier, cfg: config.Config, classes: list[str] | None, extra: dict) -> None:
@@ -143,9 +140,7 @@ def save_classifier(path: Path, clf: Classifier, cfg: config.Config, classes: li
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tuple[Classifier, config.Config, dict]:
     """Rebuild a fine-tuned (or distilled) classifier; UserError if the checkpoint has no classifier."""
-    from fastclr.train.restore import load_model
-
-    restored = load_model(path, device)
+    restored = restore.load_model(path, device)
     state = restored.state
     if state.get("kind") != "classifier" or not isinstance(state.get("classifier"), dict):
         raise UserError(
@@ -161,6 +156,25 @@ def default_out(checkpoint: str, fraction: float) -> Path:
     ckpt = Path(checkpoint)
     run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     return run / f"finetune_{fraction:g}"
+
+
+def default_epochs(fraction: float) -> int:
+    """The papers' schedule: 60 epochs for up to 1% of the labels, else 30 (v1 Appendix B.5)."""
+    return 60 if fraction <= 0.01 else 30
+
+
+def labelled_subset(train: ImageSet, fraction: float, seed: int) -> ImageSet:
+    """The class-balanced ``fraction`` of the train split (:func:`label_subset`) the classifier learns from."""
+    assert train.labels is not None  # restore.labelled_splits checked it
+    return train.subset(label_subset(train.labels, fraction, seed))
+
+
+def output_folder(out: str | None, checkpoint: str, fraction: float, subset: ImageSet) -> Path:
+    """The folder of the results (``out``, else :func:`default_out`), created, with labels.txt: the labelled files."""
+    folder = Path(out) if out else default_out(checkpoint, fraction)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "labels.txt").write_text("".join(f"{i}\n" for i in subset.ids))
+    return folder
 
 
 def run(
@@ -180,61 +194,31 @@ def run(
 ) -> dict:
     """``fastclr finetune``: label subset -> fine-tuned classifier -> test accuracy.
 
-    Writes OUT/labels.txt and OUT/finetuned.pt.
+    Writes OUT/labels.txt and OUT/finetuned.pt. ``epochs`` None: :func:`default_epochs`.
     """
-    from fastclr.train import restore
-
-    if not 0 < fraction <= 1:
-        raise UserError(f"--label-fraction {fraction}: must be in (0, 1], e.g. 0.01 or 0.1")
-    restored, dev, precision = restore.open_for_command(checkpoint, device, random_init, seed, init)
-    cfg = restored.cfg
-    train, test = restore.labelled_splits(restore.load_data(cfg, data), "finetune")
-    assert train.labels is not None  # labelled_splits checked it
-    pick = label_subset(train.labels, fraction, seed)
-    subset = train.subset(pick)
-    epochs = epochs if epochs is not None else (60 if fraction <= 0.01 else 30)  # v1 Appendix B.5
-    folder = Path(out) if out else default_out(checkpoint, fraction)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "labels.txt").write_text("".join(f"{i}\n" for i in subset.ids))
+    epochs = default_epochs(fraction) if epochs is None else epochs
+    require_positive(batch_size=batch_size, lr=lr, epochs=epochs)
+    require_fraction("label_fraction", fraction, hint=", e.g. 0.01 or 0.1")
+    opened = restore.open_labelled("finetune", checkpoint, data, device, random_init, seed, init)
+    cfg, train = opened.restored.cfg, opened.train
+    subset = labelled_subset(train, fraction, seed)
+    folder = output_folder(out, checkpoint, fraction, subset)
     log.info(
         f"finetune: {len(subset)} labelled images ({fraction:g} of {len(train)}), from head layer {from_head_layer}, "
-        f"{epochs} epochs, {dev} {precision}"
+        f"{epochs} epochs, {opened.device} {opened.precision}"
     )
     aug = supervised.crop_flip(cfg.image_size, cfg.min_scale, cfg.flip)
-    clf, acc = finetune(
-        restored.model,
-        subset,
-        test,
-        train.num_classes,
-        aug=aug,
-        from_head_layer=from_head_layer,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        device=dev,
-        precision=precision,
-    )
+    recipe = supervised.Recipe(aug, epochs, batch_size, lr, seed, opened.device, opened.precision)
+    model, test = opened.restored.model, opened.test
+    clf, accuracy = fit_classifier(model, subset, test, train.num_classes, recipe, from_head_layer)
     ckpt = folder / "finetuned.pt"
-    save_classifier(
-        ckpt,
-        clf,
-        cfg,
-        train.classes,
-        {
-            "label_fraction": fraction,
-            "label_ids": list(subset.ids),
-            "top1": acc["top1"],
-            "top5": acc["top5"],
-            "seed": seed,
-        },
-    )
+    record = {"label_fraction": fraction, "label_ids": list(subset.ids), **accuracy, "seed": seed}
+    save_classifier(ckpt, clf, cfg, train.classes, record)
     return {
-        "top1": acc["top1"],
-        "top5": acc["top5"],
+        **accuracy,  # top1, top5
         "labelled": len(subset),
         "label_fraction": fraction,
         "from_head_layer": from_head_layer,
         "checkpoint": str(ckpt),
-        "encoder": restored.source,
+        "encoder": opened.restored.source,
     }

@@ -13,22 +13,23 @@ Two protocols:
   evaluation views, an L-BFGS logistic regression whose L2 penalty is chosen on a held-out part
   of the train split (:func:`fastclr.eval.probe.linear_probe`).
 
-As moco-v3's linear probe does, :func:`linear_eval` ends by checking that no encoder weight or
+As moco-v3's linear probe does, :func:`frozen_eval` ends by checking that no encoder weight or
 BN statistic moved.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastclr import log
 from fastclr.data.datasets import ImageSet
+from fastclr.errors import require_fraction, require_positive
 from fastclr.eval import supervised
 from fastclr.eval.evaluate import FeatureSettings, evaluate
 from fastclr.method.augment import AugmentConfig
 from fastclr.method.model import SimCLR
+from fastclr.train import restore
 
 
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -42,19 +43,7 @@ def changed(module: nn.Module, before: dict[str, torch.Tensor]) -> list[str]:
     return [k for k, v in before.items() if not torch.equal(v, now[k])]
 
 
-def train_classifier(
-    model: SimCLR,
-    train: ImageSet,
-    num_classes: int,
-    *,
-    aug: AugmentConfig,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    device: torch.device,
-    precision: str = "fp32",
-) -> nn.Linear:
+def train_classifier(model: SimCLR, train: ImageSet, num_classes: int, recipe: supervised.Recipe) -> nn.Linear:
     """Train Linear(d, num_classes) on h = f(crop_flip(x)) with f frozen in eval mode.
 
     The classifier starts as the reference code's supervised head: weights N(0, 0.01^2), bias 0.
@@ -62,34 +51,40 @@ def train_classifier(
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    fc = nn.Linear(model.feature_dim, num_classes).to(device)
-    g = torch.Generator().manual_seed(seed)
+    fc = nn.Linear(model.feature_dim, num_classes).to(recipe.device)
+    g = torch.Generator().manual_seed(recipe.seed)
     with torch.no_grad():
         fc.weight.copy_(torch.randn(fc.weight.shape, generator=g) * 0.01)
         fc.bias.zero_()
     assert train.labels is not None, "linear evaluation needs a labelled train split"
-    labels = train.labels.to(device)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             h = model.encode(x)  # [b, d]; no graph through the frozen encoder
         return fc(h.float())
 
-    supervised.fit(
-        forward,
-        list(fc.parameters()),
-        train.images,
-        lambda logits, index, _x: F.cross_entropy(logits, labels[index]),
-        aug=aug,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        device=device,
-        precision=precision,
-        desc="linear",
-    )
+    loss = supervised.cross_entropy(train.labels.to(recipe.device))
+    recipe.fit(forward, list(fc.parameters()), train.images, loss, desc="linear")
     return fc
+
+
+def frozen_eval(
+    model: SimCLR, train: ImageSet, test: ImageSet, num_classes: int, recipe: supervised.Recipe, crop: float = 1.0
+) -> dict[str, float]:
+    """The SGD protocol end to end; returns top1 and top5 (fractions) on ``test``.
+
+    ``crop`` is the evaluation view's centre-crop proportion (:func:`fastclr.eval.supervised.eval_view`).
+
+    Raises RuntimeError if any encoder tensor changed: that would invalidate the protocol.
+    """
+    before = snapshot(model)
+    fc = train_classifier(model, train, num_classes, recipe)
+    encode = model.encode
+    accuracy = recipe.test(lambda x: fc(encode(x).float()), test, crop)
+    moved = changed(model, before)
+    if moved:
+        raise RuntimeError(f"linear evaluation changed the frozen encoder: {moved[:5]}")
+    return accuracy
 
 
 def linear_eval(
@@ -107,34 +102,9 @@ def linear_eval(
     precision: str = "fp32",
     crop: float = 1.0,
 ) -> dict[str, float]:
-    """The SGD protocol end to end; returns top1 and top5 (fractions) on ``test``.
-
-    ``crop`` is the evaluation view's centre-crop proportion (:func:`fastclr.eval.supervised.eval_view`).
-
-    Raises RuntimeError if any encoder tensor changed: that would invalidate the protocol.
-    """
-    before = snapshot(model)
-    fc = train_classifier(
-        model,
-        train,
-        num_classes,
-        aug=aug,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        device=torch.device(device),
-        precision=precision,
-    )
-    encode = model.encode
-    logits = supervised.predict(
-        lambda x: fc(encode(x).float()), test.images, aug.size, torch.device(device), precision, crop=crop
-    )
-    moved = changed(model, before)
-    if moved:
-        raise RuntimeError(f"linear evaluation changed the frozen encoder: {moved[:5]}")
-    assert test.labels is not None, "linear evaluation needs a labelled test split"
-    return supervised.accuracy(logits, test.labels)
+    """:func:`frozen_eval` with these settings (the reference code's linear evaluation by default)."""
+    recipe = supervised.Recipe(aug, epochs, batch_size, lr, seed, torch.device(device), precision)
+    return frozen_eval(model, train, test, num_classes, recipe, crop)
 
 
 def features_eval(
@@ -153,6 +123,14 @@ def features_eval(
     scores = evaluate(model, train, test, settings, knn_k=(), seed=seed)  # the probe fits on settings.device
     assert scores.linear is not None
     return scores.linear
+
+
+def check_settings(epochs: int, batch_size: int, lr: float, min_scale: float, crop: float | None) -> None:
+    """UserError (one line naming the flag) for a setting of :func:`run` out of its range."""
+    require_positive(epochs=epochs, batch_size=batch_size, lr=lr)
+    require_fraction("min_scale", min_scale, hint=" (paper: 0.08)")
+    if crop is not None:
+        require_fraction("crop_proportion", crop, hint=" (paper: 0.875 for ImageNet-size images)")
 
 
 def run(
@@ -176,58 +154,48 @@ def run(
     and ``flip`` for training (paper: 0.08, on), evaluation centre crop ``crop`` (None: 0.875 for
     images of 96 px and more, else the whole image).
     """
-    from fastclr.train import restore
-
-    restored, dev, precision = restore.open_for_command(checkpoint, device, random_init, seed)
-    cfg = restored.cfg
-    train, test = restore.labelled_splits(restore.load_data(cfg, data), "linear")
-    classes = train.num_classes
+    check_settings(epochs, batch_size, lr, min_scale, crop)
+    opened = restore.open_labelled("linear", checkpoint, data, device, random_init, seed)
     if features:
-        log.info(f"linear (features): L-BFGS on cached h, {len(train)} train / {len(test)} test images")
-        result = features_eval(
-            restored.model,
-            train,
-            test,
-            size=cfg.image_size,
-            seed=seed,
-            device=dev,
-            precision=precision,
-            batch_size=cfg.eval_batch_size,
-        )
-        return {
-            "protocol": "features",
-            "top1": result["top1"],
-            "top5": result["top5"],
-            "l2": result["l2"],
-            "encoder": restored.source,
-        }
-    crop = supervised.crop_proportion(cfg.image_size) if crop is None else crop
-    log.info(
-        f"linear (sgd): {epochs} epochs, batch {batch_size}, {len(train)} train / {len(test)} test images, "
-        f"crop area {min_scale}-1, flip {'on' if flip else 'off'}, test crop {crop}, {dev} {precision}"
-    )
-    aug = supervised.crop_flip(cfg.image_size, min_scale, flip)
-    result = linear_eval(
-        restored.model,
+        return run_features(opened, seed)
+    aug = supervised.crop_flip(opened.restored.cfg.image_size, min_scale, flip)
+    return run_sgd(opened, supervised.Recipe(aug, epochs, batch_size, lr, seed, opened.device, opened.precision), crop)
+
+
+def run_features(opened: restore.Labelled, seed: int) -> dict:
+    """The transfer protocol on the command's model and data; the result line of ``fastclr linear --features``."""
+    train, test, cfg = opened.train, opened.test, opened.restored.cfg
+    log.info(f"linear (features): L-BFGS on cached h, {len(train)} train / {len(test)} test images")
+    result = features_eval(
+        opened.restored.model,
         train,
         test,
-        classes,
-        aug=aug,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
+        size=cfg.image_size,
         seed=seed,
-        device=dev,
-        precision=precision,
-        crop=crop,
+        device=opened.device,
+        precision=opened.precision,
+        batch_size=cfg.eval_batch_size,
     )
+    return {"protocol": "features", **result, "encoder": opened.restored.source}  # top1, top5, l2
+
+
+def run_sgd(opened: restore.Labelled, recipe: supervised.Recipe, crop: float | None) -> dict:
+    """The SGD protocol on the command's model and data (``crop`` None: :func:`supervised.crop_proportion`);
+    the result line of ``fastclr linear``."""
+    train, test, aug = opened.train, opened.test, recipe.aug
+    crop = supervised.crop_proportion(aug.size) if crop is None else crop
+    log.info(
+        f"linear (sgd): {recipe.epochs} epochs, batch {recipe.batch_size}, {len(train)} train / {len(test)} test "
+        f"images, crop area {aug.min_scale}-1, flip {'on' if aug.flip else 'off'}, test crop {crop}, "
+        f"{opened.device} {opened.precision}"
+    )
+    accuracy = frozen_eval(opened.restored.model, train, test, train.num_classes, recipe, crop)
     return {
         "protocol": "sgd",
-        "top1": result["top1"],
-        "top5": result["top5"],
-        "epochs": epochs,
-        "min_scale": min_scale,
-        "flip": flip,
+        **accuracy,  # top1, top5
+        "epochs": recipe.epochs,
+        "min_scale": aug.min_scale,
+        "flip": aug.flip,
         "crop": crop,
-        "encoder": restored.source,
+        "encoder": opened.restored.source,
     }

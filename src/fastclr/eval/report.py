@@ -24,6 +24,7 @@ from fastclr.data import datasets, evalset, tiers
 from fastclr.errors import UserError
 from fastclr.eval.evaluate import FeatureSettings, split_features
 from fastclr.method.augment import MEAN, STD, AugmentConfig, augment
+from fastclr.method.model import SimCLR
 from fastclr.train import tracking
 from fastclr.train.step import augment_config
 
@@ -223,94 +224,118 @@ def build(
     run_dir: str | Path, out: str | Path | None = None, method: str = "pca", queries: int = 5, device: str = "cpu"
 ) -> dict:
     """Write the report of ``run_dir`` to ``out`` (default RUN_DIR/report.html); returns {"out": path, ...}."""
+    run = _run_folder(run_dir, method)
+    _pyplot()
+    records = tracking.read(run / tracking.FILE)
+    sections = [_section(title, png, note) for title, png, note in curve_figures(records)]
+    notes: list[str] = []
+    model, cfg, step = _restore(run, device, notes)
+    data = _evaluation_data(cfg, notes) if cfg is not None else None
+    if data is not None and cfg is not None:
+        shown = evalset.head(data.pretrain, 8, cfg.image_size)
+        sections.append(_section("Augmented view pairs", _png(view_pairs_figure(shown.images, cfg))))
+        if model is not None:
+            sections += _representation_sections(model, cfg, data, method, queries, device, notes)
+    target = Path(out) if out else run / "report.html"
+    _write_page(target, run, _summary(run, cfg, step, len(records)), notes, sections)
+    if cfg is not None:
+        _to_trackers(cfg, run, target)
+    return {"out": str(target), "sections": len(sections), "step": step}
+
+
+def _run_folder(run_dir: str | Path, method: str) -> Path:
+    """``run_dir`` as a Path; UserError unless it is a run that has taken a step and ``method`` is a known map."""
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"RUN_DIR {run}: no such folder; pass the --out folder of a fastclr pretrain run")
-    metrics_path = run / tracking.FILE
-    if not metrics_path.is_file():
+    if not (run / tracking.FILE).is_file():
         raise UserError(
             f"RUN_DIR {run}: no {tracking.FILE}; pass the --out folder of a fastclr pretrain run that has taken a step"
         )
     if method not in ("pca", "tsne"):
         raise UserError(f"--map {method}: must be pca or tsne")
-    _pyplot()
-    records = tracking.read(metrics_path)
-    sections = [_section(title, png, note) for title, png, note in curve_figures(records)]
+    return run
 
-    notes: list[str] = []
-    model, cfg, step = None, None, None
+
+def _restore(run: Path, device: str, notes: list[str]) -> tuple[SimCLR | None, config.Config | None, int | None]:
+    """(encoder in eval mode, config, step) of the run's last checkpoint; without one, (None, the run's
+    config.yaml or None, None) and a note."""
     ckpt = run / "checkpoints" / "last.pt"
     if ckpt.is_file():
         from fastclr.train.restore import load_model
 
         restored = load_model(ckpt, device)
-        model, cfg, step = restored.model.eval(), restored.cfg, restored.state.get("step")
-    elif (run / "config.yaml").is_file():
-        cfg = config.build_config(str(run / "config.yaml"), {}, [])
+        return restored.model.eval(), restored.cfg, restored.state.get("step")
+    if (run / "config.yaml").is_file():
         notes.append(f"no checkpoint in {run / 'checkpoints'}: no map or retrievals")
-    data = None
-    if cfg is not None:
-        try:
-            data = evalset.eval_splits(
-                datasets.load(cfg.data, cfg.image_size, workers=cfg.workers),
-                cfg.image_size,
-                max_images=cfg.eval_max_images,
-                seed=cfg.seed,
-                workers=cfg.workers,
-                limit=tiers.budget(cfg.data_memory_gb),
-            )
-        except UserError as e:
-            notes.append(f"data {cfg.data!r} could not be loaded ({e}): no view pairs, map or retrievals")
-    if data is not None and cfg is not None:
-        shown = evalset.head(data.pretrain, 8, cfg.image_size)
-        sections.append(_section("Augmented view pairs", _png(view_pairs_figure(shown.images, cfg))))
-    if (
-        model is not None
-        and cfg is not None
-        and data is not None
-        and isinstance(data.test, datasets.ImageSet)
-        and isinstance(data.train, datasets.ImageSet)
-    ):
-        test = data.test
-        if len(test) > MAP_POINTS:
-            test = test.subset(
-                torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:MAP_POINTS].sort().values
-            )
-        settings = FeatureSettings(cfg.image_size, torch.device(device), cfg.eval_batch_size)
-        train_h, test_h = (f.cpu() for f in split_features(model.encode, data.train, test, settings))
-        sections.append(
-            _section(
-                f"Test representations ({method.upper()})",
-                _png(embedding_figure(test_h, test.labels, test.classes, method)),
-            )
-        )
-        q = _queries(test.labels, len(test), queries)
-        fig = retrieval_figure(
-            test.images[q],
-            test_h[q],
-            None if test.labels is None else test.labels[q],
-            data.train.images,
-            train_h,
-            data.train.labels,
-            data.train.classes,
-        )
-        sections.append(_section("Nearest-neighbour retrievals", _png(fig)))
-    elif model is not None and cfg is not None and data is not None:
-        notes.append(f"data {cfg.data!r} has no labelled train and test splits in memory: no map or retrievals")
+        return None, config.build_config(str(run / "config.yaml"), {}, []), None
+    return None, None, None
 
+
+def _evaluation_data(cfg: config.Config, notes: list[str]) -> datasets.DataSplits | None:
+    """The run's data as evaluation views (at most ``eval_max_images``); None and a note when it cannot be loaded."""
+    try:
+        return evalset.eval_splits(
+            datasets.load(cfg.data, cfg.image_size, workers=cfg.workers),
+            cfg.image_size,
+            max_images=cfg.eval_max_images,
+            seed=cfg.seed,
+            workers=cfg.workers,
+            limit=tiers.budget(cfg.data_memory_gb),
+        )
+    except UserError as e:
+        notes.append(f"data {cfg.data!r} could not be loaded ({e}): no view pairs, map or retrievals")
+        return None
+
+
+def _representation_sections(
+    model: SimCLR,
+    cfg: config.Config,
+    data: datasets.DataSplits,
+    method: str,
+    queries: int,
+    device: str,
+    notes: list[str],
+) -> list[str]:
+    """The 2-D map of test representations and the nearest-neighbour retrievals; a note instead when the
+    labelled splits are not in memory."""
+    train, test = data.train, data.test
+    if not isinstance(test, datasets.ImageSet) or not isinstance(train, datasets.ImageSet):
+        notes.append(f"data {cfg.data!r} has no labelled train and test splits in memory: no map or retrievals")
+        return []
+    if len(test) > MAP_POINTS:
+        test = test.subset(
+            torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:MAP_POINTS].sort().values
+        )
+    settings = FeatureSettings(cfg.image_size, torch.device(device), cfg.eval_batch_size)
+    train_h, test_h = (f.cpu() for f in split_features(model.encode, train, test, settings))
+    embedding = _png(embedding_figure(test_h, test.labels, test.classes, method))
+    q = _queries(test.labels, len(test), queries)
+    query_y = None if test.labels is None else test.labels[q]
+    fig = retrieval_figure(test.images[q], test_h[q], query_y, train.images, train_h, train.labels, train.classes)
+    return [
+        _section(f"Test representations ({method.upper()})", embedding),
+        _section("Nearest-neighbour retrievals", _png(fig)),
+    ]
+
+
+SUMMARY_FIELDS = ("data", "arch", "batch_size", "epochs", "lr", "temperature", "views", "image_size")
+
+
+def _summary(run: Path, cfg: config.Config | None, step: int | None, records: int) -> dict:
+    """The table at the top of the page: the run, its step, main config fields and result.json."""
     result_path = run / "result.json"
     result = json.loads(result_path.read_text()) if result_path.is_file() else {}
-    summary = {"run": str(run), "step": step, "records": len(records)}
+    summary = {"run": str(run), "step": step, "records": records}
     if cfg is not None:
-        summary.update(
-            {
-                k: getattr(cfg, k)
-                for k in ("data", "arch", "batch_size", "epochs", "lr", "temperature", "views", "image_size")
-            }
-        )
+        summary.update({k: getattr(cfg, k) for k in SUMMARY_FIELDS})
+    return {**summary, **result}
+
+
+def _write_page(target: Path, run: Path, summary: dict, notes: list[str], sections: list[str]) -> None:
+    """The HTML page: title, summary table, notes, then the sections."""
     rows = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(json.dumps(v))}</td></tr>"
-        for k, v in {**summary, **result}.items()
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(json.dumps(v))}</td></tr>" for k, v in summary.items()
     )
     page = _PAGE.format(
         title=html.escape(f"fastclr report: {run.name}"),
@@ -318,12 +343,8 @@ def build(
         notes="".join(f'<p class="note">{html.escape(n)}</p>' for n in notes),
         sections="\n".join(sections),
     )
-    target = Path(out) if out else run / "report.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(page)
-    if cfg is not None:
-        _to_trackers(cfg, run, target)
-    return {"out": str(target), "sections": len(sections), "step": step}
 
 
 def _to_trackers(cfg: config.Config, run: Path, page: Path) -> None:

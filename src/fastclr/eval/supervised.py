@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from fastclr.data.sets import ImageSet
 from fastclr.eval.knn import topk_accuracy
 from fastclr.method import augment as _augment
 from fastclr.method.augment import AugmentConfig, augment
@@ -140,3 +143,54 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """top1 and top5 (fractions) of logits [N, C] against int64 labels [N]."""
     labels = labels.to(logits.device)
     return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}
+
+
+def cross_entropy(labels: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The :func:`fit` loss of the labelled protocols: cross-entropy of the logits against ``labels[index]``."""
+    return lambda logits, index, _views: F.cross_entropy(logits, labels[index])
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The settings of one run of the supervised recipe (the module docstring): the training views, epochs,
+    batch size B, base learning rate (scaled by B/256), seed, and where and in what precision it runs."""
+
+    aug: AugmentConfig
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int = 0
+    device: torch.device | str = "cpu"
+    precision: str = "fp32"
+
+    def fit(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        params: list[torch.nn.Parameter],
+        images: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        desc: str,
+    ) -> float:
+        """:func:`fit` with these settings; returns the last step's loss."""
+        return fit(
+            forward,
+            params,
+            images,
+            loss_fn,
+            aug=self.aug,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=self.seed,
+            device=self.device,
+            precision=self.precision,
+            desc=desc,
+        )
+
+    def test(
+        self, forward: Callable[[torch.Tensor], torch.Tensor], test: ImageSet, crop: float = 1.0
+    ) -> dict[str, float]:
+        """top1 and top5 (fractions) of ``forward`` on the evaluation views (:func:`eval_view`) of ``test``."""
+        assert test.labels is not None, "the supervised protocols test on a labelled split"
+        logits = predict(forward, test.images, self.aug.size, torch.device(self.device), self.precision, crop=crop)
+        return accuracy(logits, test.labels)

@@ -155,10 +155,11 @@ def sts_command(
     seed: int = 0,
 ) -> dict:
     """``fastclr sts``: Spearman x 100 of the encoder on an STS-B split (see the module docstring)."""
-    from fastclr.errors import UserError
+    from fastclr.errors import UserError, require_positive
     from fastclr.text.data import read_stsb
     from fastclr.train.precision import pick_device, resolve
 
+    require_positive(batch_size=batch_size)
     model, cfg, source = text_model(checkpoint, arch, random_init, seed, data)
     spec = data or cfg.data
     if not spec.startswith("stsb:"):

@@ -167,3 +167,38 @@ def labelled_splits(data: datasets.DataSplits, command: str) -> tuple[datasets.I
             "same class folders"
         )
     return in_memory(data.train, command), in_memory(data.test, command)
+
+
+def labelled_data(
+    cfg: config.Config, spec: str | None, command: str
+) -> tuple[datasets.DataSplits, datasets.ImageSet, datasets.ImageSet]:
+    """The command's data (:func:`load_data`) with its labelled train and test splits (:func:`labelled_splits`)."""
+    data = load_data(cfg, spec)
+    return (data, *labelled_splits(data, command))
+
+
+@dataclass
+class Labelled:
+    """What an evaluation command on labelled data starts with (:func:`open_labelled`)."""
+
+    restored: Restored
+    device: torch.device
+    precision: str
+    data: datasets.DataSplits
+    train: datasets.ImageSet
+    test: datasets.ImageSet
+
+
+def open_labelled(
+    command: str,
+    path: str | None,
+    spec: str | None,
+    device: str | None,
+    random: bool = False,
+    seed: int = 0,
+    init: str | None = None,
+) -> Labelled:
+    """The model on its device with its precision (:func:`open_for_command`), and the labelled data of ``spec``
+    (default: the data the checkpoint was trained on)."""
+    restored, dev, precision = open_for_command(path, device, random, seed, init)
+    return Labelled(restored, dev, precision, *labelled_data(restored.cfg, spec, command))
