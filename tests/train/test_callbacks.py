@@ -70,14 +70,19 @@ class Recorder(Callback):
     def should_stop(self):
         return bool(self.stop_at) and self.steps[-1] >= self.stop_at
 
+    def stop_reason(self):
+        return "the recorder"
+
     def state_dict(self):
         return {"recorder_steps": len(self.steps)}
 
 
-def test_callbacks_see_every_record_and_step_and_can_stop_the_run(tmp_path):
+def test_callbacks_see_every_record_and_step_and_can_stop_the_run(tmp_path, capsys):
     rec = Recorder(stop_at=11)
     result = loop.pretrain(build(tmp_path), callbacks=[rec])
     assert result["interrupted"] is True and result["stopped_by"] == "callback" and "exit_code" not in result
+    err = capsys.readouterr().err
+    assert "the recorder: stopped after step 11" in err and "resume with" not in err  # its reason, no advice
     assert result["steps"] == 11 and rec.steps == list(range(1, 12)) and rec.batches == 11
     assert rec.epochs == [1.0]
     assert rec.logged == records(tmp_path)  # every metrics.jsonl line, the callback's own included

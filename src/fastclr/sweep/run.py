@@ -76,6 +76,9 @@ class Pruning(Callback):
     def should_stop(self) -> bool:
         return self.pruned
 
+    def stop_reason(self) -> str:
+        return f"the sweep's pruner (trial {self.trial.number}: its kNN monitor trails the other trials')"
+
 
 def _pruner(name: str) -> Any:
     optuna = study.import_optuna()

@@ -66,6 +66,10 @@ class Callback:
         """True ends the run after this step (a checkpoint is written; it can be resumed)."""
         return False
 
+    def stop_reason(self) -> str:
+        """What the log says stopped the run when :meth:`should_stop` was True."""
+        return "a callback"
+
     def state_dict(self) -> dict[str, Any]:
         """State saved in the checkpoint's ``monitor`` entry (keys shared by all callbacks: pick unique ones)."""
         return {}

@@ -345,8 +345,10 @@ def end_of_step(state: LoopState, callbacks: Sequence[Callback], stop: StopSigna
     if state.step % state.steps_per_epoch == 0:
         for cb in callbacks:
             cb.on_epoch_end(state)
-    if any(cb.should_stop() for cb in callbacks):
-        stop.request()
+    for cb in callbacks:
+        if cb.should_stop():
+            stop.request(cb.stop_reason())
+            break
 
 
 def checkpoint_due(step: int, every: int, s: Schedule) -> bool:
@@ -371,10 +373,11 @@ def finish(run: Run, tally: Tally, stop: StopSignal) -> dict[str, Any]:
             name = signal.Signals(stop.signum).name
             result.update(signal=name, exit_code=128 + stop.signum)
         else:
-            name = "a callback"
+            name = stop.reason
             result["stopped_by"] = "callback"
         log.info(f"{name}: stopped after step {tally.step} of {run.schedule.run_steps}; checkpoint {tally.saved[1]}")
-        log.info(f"resume with: fastclr pretrain --out {run.out}")
+        if stop.signum:
+            log.info(f"resume with: fastclr pretrain --out {run.out}")
         result["checkpoint"] = str(tally.saved[1])
         return result
     return {

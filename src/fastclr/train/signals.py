@@ -27,15 +27,16 @@ class StopSignal:
     def __init__(self) -> None:
         self.signum: int = 0
         self.requested = False
+        self.reason = "a callback"  # who asked through :meth:`request`, for the log line
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signum = self.signum or signum
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # type: ignore[arg-type]
 
-    def request(self) -> None:
-        """Stop at the next agreed step, as a signal would (no exit code)."""
-        self.requested = True
+    def request(self, reason: str = "a callback") -> None:
+        """Stop at the next agreed step, as a signal would (no exit code); ``reason`` names who asked."""
+        self.requested, self.reason = True, reason
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopSignal]:
