@@ -35,7 +35,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -139,6 +141,18 @@ def start_run(data: Path | str, out: Path, evaluate: bool = False) -> dict:
     }
 
 
+def steady_ips(batches: Iterable[Any], steps: int = 50, warmup: int = 5, finish: Callable[[Any], Any] = id) -> float:
+    """Images/s over ``steps`` batches of BATCH after ``warmup`` batches; ``finish`` runs on each batch."""
+    t0 = 0.0
+    for b, batch in enumerate(batches):
+        finish(batch)
+        if b + 1 == warmup:
+            t0 = time.perf_counter()
+        if b + 1 == warmup + steps:
+            break
+    return steps * BATCH / (time.perf_counter() - t0)
+
+
 def fastclr_ips(data: Path | str, steps: int = 50, warmup: int = 5) -> float:
     """Images/s of the files tier (or of ``shards:DIR``): workers decode and crop, the main process
     applies the colour ops."""
@@ -154,15 +168,13 @@ def fastclr_ips(data: Path | str, steps: int = 50, warmup: int = 5) -> float:
     aug = augment_config(cfg)
     d = datasets.load(str(data), SIZE, workers=2)
     loader = build_loader(d.pretrain, BATCH, 0, torch.device("cpu"), views=2, aug=aug, workers=2)
-    t0 = 0.0
-    for b, (index, views) in enumerate(loader.epoch(0)):
+
+    def finish(batch: tuple[Any, Any]) -> None:
+        index, views = batch
         if not views.is_floating_point():  # workers finish the views when the device is the CPU
             finish_views(views, index, seed=0, epoch=0, cfg=aug)
-        if b + 1 == warmup:
-            t0 = time.perf_counter()
-        if b + 1 == warmup + steps:
-            break
-    return steps * BATCH / (time.perf_counter() - t0)
+
+    return steady_ips(loader.epoch(0), steps, warmup, finish)
 
 
 def per_image_transform():
@@ -189,13 +201,7 @@ def torchvision_ips(data: Path, steps: int = 50, warmup: int = 5) -> float:
     one = per_image_transform()
     ds = tvd.ImageFolder(str(data / "train"), transform=lambda im: torch.stack([one(im), one(im)]))
     loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=2, drop_last=True)
-    t0 = 0.0
-    for b, _ in enumerate(loader):
-        if b + 1 == warmup:
-            t0 = time.perf_counter()
-        if b + 1 == warmup + steps:
-            break
-    return steps * BATCH / (time.perf_counter() - t0)
+    return steady_ips(loader, steps, warmup)
 
 
 def webdataset_ips(shards: Path, steps: int = 50, warmup: int = 5) -> float:
@@ -214,13 +220,7 @@ def webdataset_ips(shards: Path, steps: int = 50, warmup: int = 5) -> float:
         .batched(BATCH, partial=False)
     )
     loader = wds.WebLoader(ds, batch_size=None, num_workers=2)
-    t0 = 0.0
-    for b, _ in enumerate(loader):
-        if b + 1 == warmup:
-            t0 = time.perf_counter()
-        if b + 1 == warmup + steps:
-            break
-    return steps * BATCH / (time.perf_counter() - t0)
+    return steady_ips(loader, steps, warmup)
 
 
 def shard_row(data: Path, skip_reference: bool) -> dict:
