@@ -102,11 +102,12 @@ def test_resume_mid_epoch_gives_the_same_batches(tmp_path):
 )
 def test_workers_capped_by_the_cores_each_process_shares(monkeypatch, cores, local_world, asked, expected):
     """torchrun's LOCAL_WORLD_SIZE processes of a node split its cores: 8 ranks x 16 workers on 16 cores -> 2 each."""
-    from fastclr.data import loader
+    from fastclr.data import loader, tiers, workers
 
-    monkeypatch.setattr(loader.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(workers.os, "cpu_count", lambda: cores)
     if local_world is None:
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     else:
         monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
     assert loader.worker_cap(asked) == expected
+    assert f"by {expected} loader workers" in tiers.describe(tiers.FILES, 10, 96, 2**30, asked)  # the log says so

@@ -9,13 +9,13 @@ The streaming loader for large images (``stream.py``) uses the same order.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import torch
 
 from fastclr.data.order import batch_index, epoch_order
 from fastclr.data.sets import FileSet
+from fastclr.data.workers import worker_cap
 
 
 class InMemoryLoader:
@@ -54,16 +54,6 @@ class InMemoryLoader:
         for b in range(start, len(self)):
             index = batch_index(perm, b, self.batch_size, self.rank, self.world_size)
             yield index, self.images[index]
-
-
-def worker_cap(workers: int) -> int:
-    """Loader workers for this process: at most its share of the node's cores.
-
-    torchrun starts LOCAL_WORLD_SIZE processes per node, and they share its cores: 8 ranks with 16
-    workers each on 16 cores would run 128 decoding processes, which only adds contention.
-    """
-    per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(0, min(workers, max(1, (os.cpu_count() or 1) // per_node)))
 
 
 def build_loader(

@@ -22,6 +22,8 @@ import os
 
 import torch
 
+from fastclr.data.workers import worker_cap
+
 GB = 1024**3
 MEMORY, MAPPED, FILES = "memory", "mapped", "files"
 
@@ -54,8 +56,9 @@ def folder_tier(count: int, size: int, median_side: float, limit: int) -> str:
 
 
 def describe(tier: str, count: int, size: int, limit: int, workers: int) -> str:
-    """The log line stating the tier and why."""
+    """The log line stating the tier and why (with the loader workers that will run: at most the cores)."""
     need = decoded_bytes(count, size) / GB
+    workers = worker_cap(workers)
     why = {
         MEMORY: f"decoded {need:.2f} GB fits the {limit / GB:.1f} GB budget: held on the training device",
         MAPPED: f"the {need:.2f} GB cache exceeds the {limit / GB:.1f} GB budget: memory-mapped, read per batch by "

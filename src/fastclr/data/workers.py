@@ -9,6 +9,7 @@ its step and checkpoints (``train/loop.py``) while the workers keep serving it.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 from collections.abc import Iterable, Iterator
@@ -113,3 +114,13 @@ def in_order(chunks: torch.utils.data.Dataset, workers: int) -> Iterator:
         prefetch_factor=2 if workers else None,
     )
     yield from guarded(loader, "")
+
+
+def worker_cap(workers: int) -> int:
+    """Loader workers for this process: at most its share of the node's cores.
+
+    torchrun starts LOCAL_WORLD_SIZE processes per node, and they share its cores: 8 ranks with 16
+    workers each on 16 cores would run 128 decoding processes, which only adds contention.
+    """
+    per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(workers, max(1, (os.cpu_count() or 1) // per_node)))
