@@ -284,7 +284,11 @@ def main() -> None:
         if args.with_eval:
             with tempfile.TemporaryDirectory() as out:
                 ev = start_run(data, Path(out) / "e", evaluate=True)
-            row.update(eval_run_total_s=ev["total_s"], eval_run_peak_rss_gb=round(ev["peak_rss_gb"], 2))
+            row.update(
+                eval_run_total_s=ev["total_s"],
+                eval_run_peak_rss_gb=round(ev["peak_rss_gb"], 2),
+                eval_run_peak_pss_gb=round(ev["peak_pss_gb"], 2),
+            )
         print(json.dumps(row), flush=True)
 
 
