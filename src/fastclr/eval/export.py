@@ -36,11 +36,12 @@ from torch import nn
 
 from fastclr import config
 from fastclr.errors import UserError
+from fastclr.eval import onnx
 from fastclr.method.augment import MEAN, STD
 from fastclr.method.model import SimCLR
 
 FORMATS = ("safetensors", "torchvision", "onnx", "torchscript")
-TOLERANCE = 1e-4  # max abs difference accepted between an export and PyTorch (float32)
+TOLERANCE = onnx.TOLERANCE  # max abs difference accepted between any export and PyTorch (float32)
 Probe = tuple[torch.Tensor, torch.Tensor]  # a fixed input batch and the PyTorch encoder's h on it
 
 
@@ -166,15 +167,14 @@ def _write_torchvision(
 
 
 def _write_onnx(enc: nn.Module, probe: Probe, meta: dict, out: Path) -> float | None:
-    """The ONNX graph, checked with onnxruntime where installed (else None, noted in ``meta``)."""
-    _export_onnx(enc, probe[0], out)
-    try:
-        import onnxruntime
-    except ImportError:
-        meta["checked"] = "not checked: onnxruntime is not installed (pip install 'fastclr[onnx]')"
-        return None
-    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    return _verified(torch.from_numpy(session.run(None, {"images": probe[0].numpy()})[0]), probe[1], "onnx")
+    """The ONNX graph (batch dimension dynamic), checked with onnxruntime where installed (else None, noted in
+    ``meta``)."""
+    inputs = {"images": probe[0]}
+    onnx.write(enc, inputs, out, {"images": {0: "batch"}})
+    diff = onnx.verified(out, inputs, probe[1])
+    if diff is None:
+        meta["checked"] = onnx.NOT_CHECKED
+    return diff
 
 
 def _write_torchscript(enc: nn.Module, probe: Probe, out: Path) -> float:
@@ -188,28 +188,6 @@ def _write_torchscript(enc: nn.Module, probe: Probe, out: Path) -> float:
         diff = _verified(traced(probe[0]), probe[1], "torchscript")
     traced.save(str(out))
     return diff
-
-
-def _export_onnx(enc: nn.Module, x: torch.Tensor, out: Path) -> None:
-    """The TorchScript-based exporter (no onnxscript dependency), batch dimension dynamic."""
-    import warnings
-
-    try:
-        import onnx  # noqa: F401 - the exporter needs it
-    except ImportError:
-        raise UserError("--format onnx needs the onnx package: pip install 'fastclr[onnx]'") from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            enc,
-            (x,),
-            str(out),
-            dynamo=False,
-            input_names=["images"],
-            output_names=["h"],
-            dynamic_axes={"images": {0: "batch"}, "h": {0: "batch"}},
-            opset_version=17,
-        )
 
 
 def run(checkpoint: str, fmt: str, out: str | Path) -> dict:
