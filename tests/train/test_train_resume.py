@@ -145,40 +145,61 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(t
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
 
 
-def _metric_steps(out: Path) -> int:
-    path = out / "metrics.jsonl"
-    if not path.exists():
-        return 0
-    lines = [ln for ln in path.read_text().splitlines() if ln.endswith("}")]
-    return json.loads(lines[-1])["step"] if lines else 0
+# Runs the CLI in a child process whose training steps announce themselves: at its ``mark``-th step it
+# creates the marker file, and at its ``mark + 3``-th it blocks until killed. The kill then lands inside a
+# window of steps (checkpoints and saves included) chosen by the test, whatever the machine's speed: a fast
+# idle machine cannot finish the run before the kill, a loaded one only takes longer to reach the mark.
+_PAUSED_CHILD = """
+import sys, time
+from pathlib import Path
+from fastclr import cli
+from fastclr.train import loop
+
+marker, mark = Path(sys.argv[1]), int(sys.argv[2])
+step_fn, calls = loop.train_step, [0]
+
+def announced_step(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == mark:
+        marker.touch()
+    if calls[0] == mark + 3:
+        time.sleep(3600)
+    return step_fn(*args, **kwargs)
+
+loop.train_step = announced_step
+sys.exit(cli.main(sys.argv[3:]))
+"""
 
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_never_loses_the_run(tmp_path, reference):
     """SIGKILL four times at random moments of training (checkpoints every step, so many kills land
     inside a save); each time a loadable checkpoint remains, and the resumed run ends equal to the
-    uninterrupted one."""
+    uninterrupted one. The moments are drawn in steps, not seconds (see ``_PAUSED_CHILD``)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "fastclr", *cli_args(tmp_path, extra=("--set", "checkpoint_every=1"))]
+    args = cli_args(tmp_path, extra=("--set", "checkpoint_every=1"))
     rng = random.Random(6)
     killed_at = []
-    for _ in range(4):
-        before = _metric_steps(tmp_path)
+    for attempt in range(4):
+        marker = tmp_path / f"mark-{attempt}"
+        mark = rng.randint(2, 4)  # steps 1..mark-1 of this process are checkpointed before the marker appears
+        cmd = [sys.executable, "-c", _PAUSED_CHILD, str(marker), str(mark), *args]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while _metric_steps(tmp_path) <= before and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 0.4))
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert marker.exists(), "the child never reached its marked step"
+        time.sleep(rng.uniform(0.0, 0.2))  # somewhere in steps mark..mark+3, or blocked at the last one
         proc.kill()
         proc.wait()
         assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
         found = checkpoint.load_latest(tmp_path / "checkpoints", set_aside=False)
-        assert found is not None and 0 <= found[0]["step"] < STEPS
+        assert found is not None and 0 < found[0]["step"] < STEPS
         killed_at.append(found[0]["step"])
-    assert killed_at == sorted(killed_at) and len(set(killed_at)) > 1, (
-        killed_at
-    )  # each run made progress before its kill
-    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=180)
+    assert killed_at == sorted(killed_at) and len(set(killed_at)) == 4, killed_at  # each run made progress
+    done = subprocess.run(
+        [sys.executable, "-m", "fastclr", *args], check=False, env=env, capture_output=True, text=True, timeout=180
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == STEPS
     state = final_state(tmp_path)
