@@ -62,6 +62,11 @@ class Config:
     blur: bool = False  # Gaussian blur: ImageNet-size images only
     flip: bool = True  # horizontal flip: off for digits and text
     views: int = 2  # views per image; every other view of an image is a positive
+    # multi-crop (Caron et al. 2020, SwAV section 3.2): extra low-resolution views, each a positive of every other
+    small_crops: int = 0  # low-resolution views added to the `views` full-size ones (0: off)
+    small_crop_size: int = 0  # their side in pixels (0: 3/7 of image_size, SwAV's 96 of 224, at least 8)
+    small_crop_min_scale: float = 0.05  # their crop area fraction is uniform in [min, max]
+    small_crop_max_scale: float = 0.14
     # text views (dropout noise alone when all are 0, as unsupervised SimCSE)
     word_delete: float = 0.0  # each word of a text view is deleted with this probability
     span_crop: float = 0.0  # fraction of a text's words cut away, keeping one contiguous span
@@ -101,6 +106,10 @@ class Config:
     eval_batch_size: int = 512
     eval_max_images: int = 10000  # train images in the end-of-run kNN bank and probe: seeded, class-balanced (0: all)
     knn_every: int = 0  # kNN monitor every N epochs during pretraining, into metrics.jsonl (0: off; needs labels)
+    # label-free figures (RankMe, alignment, uniformity, view agreement) every N epochs into metrics.jsonl (0: off)
+    quality_every: int = 0
+    # a CSV of path,label for a few images (5-20 a class): few-shot kNN of the trained and random-init encoders
+    probe_labels: str = ""
     # linear classifier on detached h trained alongside (the reference's "linear eval while pretraining")
     online_probe: bool = False
     # output
@@ -259,6 +268,10 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("min_scale", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("color_strength", lambda v: 0 <= v <= 2, "in [0, 2]"),
     ("views", lambda v: v >= 2, ">= 2"),
+    ("small_crops", lambda v: 0 <= v <= 16, "0 to 16"),
+    ("small_crop_size", lambda v: v == 0 or v >= 8, "0 (automatic) or >= 8"),
+    ("small_crop_min_scale", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("small_crop_max_scale", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("loss", lambda v: v in ("nt_xent", "nt_logistic", "margin_triplet"), "nt_xent, nt_logistic or margin_triplet"),
     ("temperature", lambda v: v > 0, "> 0"),
     ("margin", lambda v: v >= 0, ">= 0"),
@@ -287,6 +300,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("data_memory_gb", lambda v: v >= 0, ">= 0 (0: automatic)"),
     ("decode", lambda v: v in ("auto", "cpu", "gpu"), "auto, cpu or gpu"),
     ("knn_every", lambda v: v >= 0, ">= 0 (0: off)"),
+    ("quality_every", lambda v: v >= 0, ">= 0 (0: off)"),
     ("max_length", lambda v: 3 <= v <= 4096, "3 to 4096 (special tokens included)"),
     ("pooling", lambda v: v in ("mean", "cls"), "mean or cls"),
     ("word_delete", lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -324,6 +338,10 @@ def validate(cfg: Config) -> None:
         if not ok(value):
             raise UserError(f"{name}={value!r} is out of range: must be {valid}")
     arch_kwargs(cfg)
+    if cfg.small_crop_min_scale > cfg.small_crop_max_scale:
+        raise UserError(
+            f"small_crop_min_scale={cfg.small_crop_min_scale} exceeds small_crop_max_scale={cfg.small_crop_max_scale}"
+        )
     if cfg.min_scale > 1.0:
         raise UserError(f"min_scale={cfg.min_scale} must be <= 1")
     _validate_modality(cfg)

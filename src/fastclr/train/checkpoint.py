@@ -357,6 +357,8 @@ FREE_KEYS = {
     "knn_k",
     "knn_temperature",
     "eval_batch_size",
+    "quality_every",
+    "probe_labels",
     "device",
     "workers",
     "download",
