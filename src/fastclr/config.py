@@ -85,6 +85,8 @@ class Config:
     trust_coefficient: float = 0.001  # LARS eta
     warmup_epochs: float = 10.0  # linear warm-up, then cosine decay to zero
     epochs: int = 100
+    # training minutes: time a few steps first, then run the epochs that fit (0: off, `epochs` as given)
+    budget_minutes: float = 0.0
     batch_size: int = 256  # global batch B (the paper's), split across processes
     max_steps: int = 0  # stop after this many steps (0: run all epochs); the schedule still spans all epochs
     seed: int = 0
@@ -284,6 +286,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("trust_coefficient", lambda v: v > 0, "> 0"),
     ("warmup_epochs", lambda v: v >= 0, ">= 0"),
     ("epochs", lambda v: v >= 1, ">= 1"),
+    ("budget_minutes", lambda v: v >= 0, ">= 0 (0: off)"),
     ("batch_size", lambda v: v >= 2, ">= 2"),
     ("max_steps", lambda v: v >= 0, ">= 0"),
     ("device", lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "auto, cpu or cuda"),
@@ -342,6 +345,8 @@ def validate(cfg: Config) -> None:
         raise UserError(
             f"small_crop_min_scale={cfg.small_crop_min_scale} exceeds small_crop_max_scale={cfg.small_crop_max_scale}"
         )
+    if cfg.small_crops and is_text(cfg):
+        raise UserError(f"small_crops={cfg.small_crops} crops images; text runs take small_crops=0")
     if cfg.min_scale > 1.0:
         raise UserError(f"min_scale={cfg.min_scale} must be <= 1")
     _validate_modality(cfg)

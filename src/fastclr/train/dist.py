@@ -102,6 +102,15 @@ def mean(value: torch.Tensor) -> torch.Tensor:
     return value / world_size()
 
 
+def largest(value: float, device: torch.device) -> float:
+    """The largest of a number over ranks (every rank gets it); the number itself on one process."""
+    if world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return float(t.item())
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sums the incoming gradient over ranks and keeps this rank's slice.
 

@@ -40,12 +40,12 @@ from fastclr.method.lars import build_optimizer, scaled_lr, set_lr
 from fastclr.method.model import SimCLR
 from fastclr.method.schedule import lr_at
 from fastclr.text.views import TextViewConfig
-from fastclr.train import checkpoint, dist, preflight
+from fastclr.train import budget, checkpoint, dist, preflight
 from fastclr.train.callbacks import Callback, LoopState, batch_hook, merged_state
 from fastclr.train.precision import pick_device, resolve
 from fastclr.train.restore import build_model
 from fastclr.train.signals import StopSignal
-from fastclr.train.step import augment_config, make_views, train_step
+from fastclr.train.step import augment_config, make_small_views, make_views, train_step
 from fastclr.train.tracking import MetricsLog
 
 # --- setup --------------------------------------------------------------------------------------
@@ -198,7 +198,11 @@ def resume_or_start(run: Run, resume: bool, callbacks: Sequence[Callback]) -> tu
         checkpoint.remove_temporaries(folder)
     if not resume:
         checkpoint.clear(folder, main)
+    if resume and run.cfg.budget_minutes:
+        adopt_saved_epochs(run)  # a budgeted run that started already chose its epochs
     state = checkpoint.resume_state(folder, run.cfg, main) if resume else None
+    if state is None and run.cfg.budget_minutes:
+        fit_budget(run)
     if state is not None:
         for cb in callbacks:
             cb.load_state_dict(state.get("monitor", {}))
@@ -215,6 +219,37 @@ def resume_or_start(run: Run, resume: bool, callbacks: Sequence[Callback]) -> tu
         f"peak lr {s.peak_lr:.4g}, {run.device} {run.precision}"
     )
     return step, saved
+
+
+def adopt_saved_epochs(run: Run) -> None:
+    """Take ``epochs`` from the newest checkpoint's config, when there is one (the budget is then spent)."""
+    found = checkpoint.load_latest(run.ckpt_dir, map_location="cpu", set_aside=False)
+    saved = found[0].get("config", {}) if found else {}
+    if "epochs" in saved:
+        run.cfg.epochs, run.cfg.budget_minutes = int(saved["epochs"]), float(saved.get("budget_minutes", 0.0))
+        run.schedule = Schedule.of(run.cfg, run.schedule.steps_per_epoch)
+        if dist.is_main():
+            config.save(run.cfg, run.out / "config.yaml")
+
+
+def fit_budget(run: Run) -> None:
+    """Time a few steps (``train/budget.py``), set ``epochs`` to what fits in ``budget_minutes``, save the config."""
+    cfg = run.cfg
+    index, images = next(iter(run.loader.epoch(0, 0)))
+
+    def step() -> torch.Tensor:
+        return one_step(run, 0, 0, run.schedule.peak_lr * 1e-3, index, images, ())
+
+    step_s = dist.largest(budget.seconds_per_step(step, run.model, run.optimizer, run.device), run.device)
+    epochs = budget.epochs_for(cfg.budget_minutes * 60, step_s, run.schedule.steps_per_epoch)
+    log.info(
+        f"budget {cfg.budget_minutes:g} min: {step_s:.3g} s a step x {run.schedule.steps_per_epoch} steps/epoch "
+        f"-> {epochs} epochs (set epochs=N to choose them yourself)"
+    )
+    cfg.epochs, cfg.budget_minutes = epochs, 0.0
+    run.schedule = Schedule.of(cfg, run.schedule.steps_per_epoch)
+    if dist.is_main():
+        config.save(cfg, run.out / "config.yaml")
 
 
 def save(run: Run, step: int, callbacks: Sequence[Callback]) -> Path:
@@ -320,8 +355,9 @@ def one_step(
     x = make_views(images, index, epoch, run.cfg, run.aug)
     if run.cfg.channels_last and x.dim() == 4:  # images; text views are token ids [V*b, L]
         x = x.contiguous(memory_format=torch.channels_last)
+    small = make_small_views(images, index, epoch, run.cfg, run.aug)  # multi-crop's small views, or None
     on_h = batch_hook(callbacks, index)
-    return train_step(run.net, run.optimizer, x, run.cfg, step, run.device, run.precision, on_h)
+    return train_step(run.net, run.optimizer, x, run.cfg, step, run.device, run.precision, on_h, small)
 
 
 def log_step(run: Run, tally: Tally, value: torch.Tensor, lr: float, write: Any, progress: Progress) -> None:
