@@ -18,7 +18,8 @@ def _folder(root, side, count=6):
 
 @pytest.mark.parametrize(
     "side,size,stem,blur,strength",
-    [(28, 32, True, False, 0.5), (96, 96, False, True, 1.0), (300, 96, False, True, 1.0)],  # 224 px is a GPU's
+    # the median short side (side + 2.5: the folder mixes sizes) within a band; 224 px is a GPU's; strength 0.5 on a CPU
+    [(28, 30, True, False, 0.5), (64, 66, False, True, 0.5), (96, 96, False, True, 0.5), (300, 96, False, True, 0.5)],
 )
 def test_folder_defaults_by_image_size(tmp_path, capsys, side, size, stem, blur, strength):
     data = str(_folder(tmp_path / "imgs", side))
@@ -26,14 +27,26 @@ def test_folder_defaults_by_image_size(tmp_path, capsys, side, size, stem, blur,
     config.validate(cfg)
     assert (cfg.image_size, cfg.cifar_stem, cfg.blur, cfg.color_strength) == (size, stem, blur, strength)
     assert cfg.flip is True and cfg.min_scale == 0.08 and cfg.arch == "resnet_mini" and cfg.data == data
+    assert cfg.budget_minutes == defaults.CPU_BUDGET_MINUTES  # the schedule comes from the budget
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"image_size={size}" in err[0] and "--set" in err[0] and "--config" in err[0]
+    assert f"budget_minutes={defaults.CPU_BUDGET_MINUTES}" in err[0]
 
 
 def test_flags_and_set_override_the_chosen_values(tmp_path, capsys):
     data = str(_folder(tmp_path / "imgs", 300))
     cfg = config.build_config(None, {"data": data, "epochs": 3}, ["image_size=64", "data=" + data], from_data=True)
     assert cfg.image_size == 64 and cfg.epochs == 3 and cfg.blur is True
+    assert cfg.budget_minutes == 0  # --epochs replaces the budget
+    cfg = config.build_config(None, {"data": data}, ["epochs=5", "budget_minutes=2"], from_data=True)
+    assert cfg.epochs == 5 and cfg.budget_minutes == 2  # both given: the budget, bounded by the epochs
+
+
+@pytest.mark.parametrize(
+    ("side", "cpu", "gpu"), [(8, 16, 16), (32, 32, 32), (64, 64, 64), (128, 96, 128), (500, 96, 224)]
+)
+def test_image_size_is_the_images_own_side_within_a_band(side, cpu, gpu):
+    assert defaults.image_size(side, gpu=False) == cpu and defaults.image_size(side, gpu=True) == gpu
 
 
 def test_gpu_gets_a_standard_resnet():

@@ -56,6 +56,7 @@ class Config:
     proj_dim: int = 128  # width of z
     pooling: str = "mean"  # text encoders (arch hf:PATH / hf:minilm): mean of the token states, or cls
     hf_random_init: bool = False  # text encoders: keep the architecture, draw fresh weights (the baseline)
+    freeze_word_embed: bool = False  # text encoders: keep the token embeddings fixed (for random weights)
     # augmentation (Chen et al. 2020, Appendix A)
     min_scale: float = 0.08  # smallest crop area fraction
     color_strength: float = 0.5  # s: 0.5 for CIFAR, 1.0 for ImageNet
@@ -216,6 +217,8 @@ def build_config(preset: str | None, overrides: dict[str, object], sets: list[st
     base = read_preset(preset or "digits")
     if preset is None and from_data:
         base = _data_defaults(str(chosen.get("data", "digits")), str(chosen.get("device", "auto"))) or base
+        if "epochs" in chosen and "budget_minutes" not in chosen:
+            base = {k: v for k, v in base.items() if k != "budget_minutes"}  # --epochs replaces the budget
     for k, v in base.items():
         values[k] = parse_value(k, v)
     for k, v in overrides.items():

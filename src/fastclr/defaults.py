@@ -20,12 +20,15 @@ from __future__ import annotations
 
 SMALL_MAX = 40  # px: the CIFAR band (32x32 images, 64 at most with a little margin)
 MEDIUM_MAX = 128  # px: the STL-10 band (96x96)
+SMALL_MIN = 16  # px: smaller images are enlarged to this (a 3x3 stem needs a few pixels to crop)
+CPU_MAX_SIDE = 96  # px: a CPU's largest training side (a 224-px step costs more than 15x a 96-px one there)
+CPU_BUDGET_MINUTES = 7.0  # training minutes of a CPU run; with its evaluation the command ends within about 10
 
 _COMMON = {"flip": True, "min_scale": 0.08, "optimizer": "lars", "weight_decay": 1e-6, "knn_k": 200}
 _BANDS = {
-    "small": {"image_size": 32, "cifar_stem": True, "blur": False, "color_strength": 0.5},
-    "medium": {"image_size": 96, "cifar_stem": False, "blur": True, "color_strength": 1.0},
-    "large": {"image_size": 224, "cifar_stem": False, "blur": True, "color_strength": 1.0},
+    "small": {"cifar_stem": True, "blur": False, "color_strength": 0.5},
+    "medium": {"cifar_stem": False, "blur": True, "color_strength": 1.0},
+    "large": {"cifar_stem": False, "blur": True, "color_strength": 1.0},
 }
 # GPU: the presets' schedules (cifar10_resnet18, stl10_resnet18, imagenet_resnet50 at a one-GPU batch).
 _GPU = {
@@ -34,10 +37,33 @@ _GPU = {
     "large": {"arch": "resnet50", "batch_size": 512, "lr": 0.3, "lr_rule": "linear", "temperature": 0.2},
 }
 _GPU_SCHEDULE = {"epochs": 100, "warmup_epochs": 10}
-# CPU: the cifar10_cpu preset's narrow ResNet and square-root rule for small batches.
-_CPU = {"arch": "resnet_mini", "batch_size": 256, "lr": 0.075, "lr_rule": "sqrt", "temperature": 0.2}
-_CPU_SCHEDULE = {"epochs": 20, "warmup_epochs": 1}
-_CPU_SIZE = {"large": {"image_size": 96}}  # the medium band's size: 224 px is a GPU's
+# CPU: the cifar10_cpu preset's narrow ResNet and square-root rule for small batches, a schedule of
+# CPU_BUDGET_MINUTES (``train/budget.py`` times a few steps and runs the epochs that fit; ``--epochs``
+# replaces it), and colour strength 0.5 in every band: minutes of training on a few thousand images do
+# not learn the cues that replace colour, and strength 1.0 erases the colour that a random encoder keeps
+# (benchmarks/README.md, "Defaults that learn on a CPU": kNN no better than random init at 1.0, clearly
+# better at 0.5, on photo folders of 64 and 128 px).
+_CPU = {
+    "arch": "resnet_mini",
+    "batch_size": 256,
+    "lr": 0.075,
+    "lr_rule": "sqrt",
+    "temperature": 0.2,
+    "color_strength": 0.5,
+    "epochs": 100,  # the bound of the budgeted schedule
+    "budget_minutes": CPU_BUDGET_MINUTES,
+    "warmup_epochs": 1,
+}
+
+
+def image_size(side: float, gpu: bool) -> int:
+    """The training side for images whose median short side is ``side``: their own side within its band
+    (a 64-px set trains at 64, not enlarged to 96), enlarged to :data:`SMALL_MIN` at the least, 224 for
+    large images on a GPU and at most :data:`CPU_MAX_SIDE` on a CPU."""
+    own = max(SMALL_MIN, int(round(side)))
+    if band(side) == "large":
+        return 224 if gpu else CPU_MAX_SIDE
+    return own if gpu else min(own, CPU_MAX_SIDE)
 
 
 def band(side: float) -> str:
@@ -48,14 +74,16 @@ def band(side: float) -> str:
 def choose(side: float, gpu: bool) -> dict[str, object]:
     """Config values for images whose median short side is ``side`` px, on a GPU or a CPU."""
     b = band(side)
-    device = {**_GPU[b], **_GPU_SCHEDULE} if gpu else {**_CPU, **_CPU_SCHEDULE, **_CPU_SIZE.get(b, {})}
-    return {**_COMMON, **_BANDS[b], **device}
+    device = {**_GPU[b], **_GPU_SCHEDULE} if gpu else dict(_CPU)
+    return {**_COMMON, **_BANDS[b], **device, "image_size": image_size(side, gpu)}
 
 
 def describe(spec: str, side: float, sampled: int, gpu: bool, values: dict[str, object]) -> str:
     """The one stderr line that says what was chosen and how to override it."""
-    keys = ("image_size", "arch", "cifar_stem", "blur", "color_strength", "batch_size", "epochs")
-    chosen = ", ".join(f"{k}={values[k]}" for k in keys)
+    keys = ("image_size", "arch", "cifar_stem", "blur", "color_strength", "batch_size", "budget_minutes", "epochs")
+    chosen = ", ".join(f"{k}={values[k]}" for k in keys if k in values)
+    if values.get("budget_minutes"):
+        chosen = chosen.replace("epochs=", "epochs at most ")
     return (
         f"no --config: {spec} has {band(side)} images (median short side {side:g} px of {sampled} sampled), "
         f"so on this {'GPU' if gpu else 'CPU'}: {chosen}; override with --set KEY=VALUE or --config PRESET"
