@@ -2,7 +2,9 @@
 
 Each view is drawn independently: random resized crop and horizontal flip, colour jitter
 (brightness, contrast, saturation, hue in random order) with p = 0.8, grayscale with p = 0.2,
-optional Gaussian blur with p = 0.5. Every random number comes from :mod:`fastclr.method.rng`, keyed
+optional Gaussian blur with p = 0.5. Multi-crop (Caron et al. 2020, SwAV section 3.2) adds small
+low-resolution views drawn the same way from a smaller crop-area range (:func:`small_view_config`).
+Every random number comes from :mod:`fastclr.method.rng`, keyed
 on (seed, epoch, sample index, view), so one sample gets the same views on any device, batch
 composition or process count. The ops follow torchvision's definitions (same factor ranges,
 same grayscale weights, clamping after each op) but run on a whole batch [N, C, H, W] at once.
@@ -10,6 +12,7 @@ same grayscale weights, clamping after each op) but run on a whole batch [N, C, 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -56,6 +59,27 @@ class AugmentConfig:
     blur: bool = False  # ImageNet-size images only
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+
+def small_view_size(image_size: int, setting: int = 0) -> int:
+    """The side of multi-crop's small views: ``setting``, or 0 for 3/7 of ``image_size`` (SwAV's 96 of
+    224, Caron et al. 2020 section 3.2), at least 8 pixels."""
+    return setting or max(8, round(image_size * 3 / 7))
+
+
+def small_view_config(cfg: AugmentConfig, size: int, min_scale: float, max_scale: float) -> AugmentConfig:
+    """Multi-crop's small views (SwAV section 3.2): the full-size views' settings (aspect ratios, flip,
+    colour, blur) with a ``size`` x ``size`` output and a crop area fraction uniform in [min_scale, max_scale]."""
+    return dataclasses.replace(cfg, size=size, min_scale=min_scale, max_scale=max_scale)
+
+
+def views(
+    images: torch.Tensor, index: torch.Tensor, *, seed: int, epoch: int, first: int, count: int, cfg: AugmentConfig
+) -> torch.Tensor:
+    """Views ``first`` .. ``first + count - 1`` of each image, view-major: uint8 [b, C, H, W] -> float32
+    [count*b, 3, S, S] (row v*b + i is view first + v of sample i). Multi-crop's small views take the
+    view numbers after the full-size ones, so each view keeps its own keyed draws."""
+    return torch.cat([augment(images, index, seed=seed, epoch=epoch, view=first + v, cfg=cfg) for v in range(count)])
 
 
 # Slots of the keyed draws for one view; fixed so that adding an op never shifts another's numbers.

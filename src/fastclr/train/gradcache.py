@@ -23,7 +23,7 @@ Activation memory grows with ``chunk_size``, not with the batch; the cost is a s
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -63,48 +63,44 @@ def _bn_buffers(model: nn.Module) -> list[torch.Tensor]:
 
 def forward_backward(
     model: nn.Module,
-    x: torch.Tensor,
+    x: torch.Tensor | Sequence[torch.Tensor],
     loss_fn: Callable[[torch.Tensor], torch.Tensor],
     chunk_size: int,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     on_h: Callable[[torch.Tensor], None] | None = None,
-    order: torch.Tensor | None = None,
+    order: torch.Tensor | Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Gradients of ``loss_fn(model(x)[1])`` accumulated into ``.grad``, ``chunk_size`` rows at a time.
 
     Args:
         model: returns (h, z) for a batch of views; may be DDP-wrapped (gradients are then
             all-reduced once, after the last chunk).
-        x: [V*b, ...] this rank's views.
+        x: [V*b, ...] this rank's views, or several such groups of different sizes (multi-crop's
+            full-size and small views): each group is chunked on its own and their z concatenated.
         loss_fn: z [V*b, D] -> scalar loss (may gather across ranks; every rank runs the same chunks).
         chunk_size: views per forward pass.
         autocast: context for the forward passes (mixed precision).
-        on_h: receives the representations h [V*b, d] of the first pass (no gradient), rows as in x.
-        order: int64 [V*b] permutation of x's rows that defines the chunks (:func:`chunk_order`);
-            None splits x as it is. ``loss_fn`` and ``on_h`` always see x's own row order.
+        on_h: receives the representations h [V*b, d] of the first pass (no gradient) of the first
+            group, rows as in x.
+        order: int64 [V*b] permutation of x's rows that defines the chunks (:func:`chunk_order`), one
+            per group; None splits x as it is. ``loss_fn`` and ``on_h`` always see x's own row order.
     Returns:
         the loss (scalar tensor, detached).
     Stochastic layers (the dropout of text encoders) draw the same masks in both passes: each
     chunk's replay restarts the random generators where its first pass started (the paper's
     RandContext). BN running statistics are updated once per chunk, by the replay only.
     """
-    if order is None:
-        order = torch.arange(x.shape[0], device=x.device)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.shape[0], device=order.device)
-    chunks = _permute(x, order).split(chunk_size)
+    groups = [x] if isinstance(x, torch.Tensor) else list(x)
+    orders = [torch.arange(g.shape[0], device=g.device) for g in groups] if order is None else order
+    orders = [orders] if isinstance(orders, torch.Tensor) else list(orders)
+    chunks = [list(_permute(g, o).split(chunk_size)) for g, o in zip(groups, orders)]
     saved = [buf.clone() for buf in _bn_buffers(model)]
-    rng: list[tuple[torch.Tensor, torch.Tensor | None, torch.device]] = []
-    hz = []
-    with torch.no_grad(), autocast():
-        for c in chunks:
-            rng.append(_rng_get(c.device))
-            hz.append(model(c))
-    after = _rng_get(x.device)
-    z = torch.cat([zc for _, zc in hz])[inverse]  # [V*b, D], back in x's row order
+    rng, hz = _first_pass(model, [c for group in chunks for c in group], autocast)
+    after = _rng_get(groups[0].device)
+    h, z = _in_row_order(hz, [len(group) for group in chunks], orders)
     if on_h is not None:
-        on_h(torch.cat([h for h, _ in hz])[inverse])
-    del hz
+        on_h(h)
+    del hz, h
     with torch.no_grad():
         for buf, old in zip(_bn_buffers(model), saved):
             buf.copy_(old)  # the replay below updates the running statistics, once
@@ -112,10 +108,11 @@ def forward_backward(
     value = loss_fn(z)
     value.backward()
     assert z.grad is not None  # the loss depends on every row of z
-    grads = z.grad[order].split(chunk_size)  # chunk order again
+    grads = [g[o].split(chunk_size) for g, o in zip(z.grad.split([g.shape[0] for g in groups]), orders)]
+    flat = [(c, g) for cs, gs in zip(chunks, grads) for c, g in zip(cs, gs)]  # chunk order again
     no_sync = getattr(model, "no_sync", contextlib.nullcontext)
-    for i, (c, g) in enumerate(zip(chunks, grads)):
-        sync = contextlib.nullcontext() if i == len(chunks) - 1 else no_sync()
+    for i, (c, g) in enumerate(flat):
+        sync = contextlib.nullcontext() if i == len(flat) - 1 else no_sync()
         with sync:
             _rng_set(rng[i])
             with autocast():
@@ -123,6 +120,37 @@ def forward_backward(
             zc.float().backward(g)
     _rng_set(after)  # the generators continue as after the first pass, as if each chunk ran once
     return value.detach()
+
+
+def _in_row_order(
+    hz: list[tuple[torch.Tensor, torch.Tensor]], counts: list[int], orders: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first group's h [V_0*b, d] and every group's z concatenated [sum V_g*b, D], each group back in
+    its own row order (``hz`` holds the chunks of group g, ``counts[g]`` of them, in ``orders[g]``)."""
+    hs: list[torch.Tensor] = []
+    zs: list[torch.Tensor] = []
+    first = 0
+    for count, order in zip(counts, orders):
+        part = hz[first : first + count]
+        first += count
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.shape[0], device=order.device)
+        zs.append(torch.cat([zc for _, zc in part])[inverse])
+        if not hs:  # the representations of the first group only
+            hs.append(torch.cat([hc for hc, _ in part])[inverse])
+    return hs[0], torch.cat(zs)
+
+
+def _first_pass(
+    model: nn.Module, chunks: list[torch.Tensor], autocast: Callable[[], contextlib.AbstractContextManager]
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor | None, torch.device]], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """(h, z) of every chunk without activations, and the random generators' state before each."""
+    rng, hz = [], []
+    with torch.no_grad(), autocast():
+        for c in chunks:
+            rng.append(_rng_get(c.device))
+            hz.append(model(c))
+    return rng, hz
 
 
 def _rng_get(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, torch.device]:

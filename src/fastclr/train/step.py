@@ -3,6 +3,11 @@
 The step never synchronises with the host: constants reach the device once, counts come from
 shapes, and it returns the loss as a device tensor that the loop reads only every ``log_every``
 steps. tests/train/test_sync_free.py runs it under a dispatch mode that fails on any host sync.
+
+Multi-crop (Caron et al. 2020, SwAV section 3.2): ``small_crops`` extra low-resolution views per
+image (:func:`make_small_views`). Views of two sizes cannot share a tensor, so the encoder runs once
+per size group and the projections are concatenated view-major, all full-size views then all small
+ones, before the loss: every other view of an image, small or full, is a positive.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ import torch.nn.functional as F
 
 from fastclr import config
 from fastclr.data.stream import finish_views
+from fastclr.errors import UserError
 from fastclr.method import loss
-from fastclr.method.augment import AugmentConfig, augment
+from fastclr.method.augment import AugmentConfig, small_view_config, small_view_size, views
 from fastclr.method.rng import keyed_uniform
 from fastclr.text.views import TextViewConfig, make_text_views
 from fastclr.train import dist, gradcache
@@ -47,7 +53,37 @@ def make_views(
         return images
     if images.dim() == 5:
         return finish_views(images, index, seed=cfg.seed, epoch=epoch, cfg=aug)
-    return torch.cat([augment(images, index, seed=cfg.seed, epoch=epoch, view=v, cfg=aug) for v in range(cfg.views)])
+    return views(images, index, seed=cfg.seed, epoch=epoch, first=0, count=cfg.views, cfg=aug)
+
+
+def view_count(cfg: config.Config) -> int:
+    """Views per image that the loss sees: the full-size ``views`` plus multi-crop's ``small_crops``."""
+    return cfg.views + cfg.small_crops
+
+
+def small_augment_config(cfg: config.Config, aug: AugmentConfig) -> AugmentConfig:
+    """The small views' settings: ``aug`` at ``small_crop_size`` with the small crop-area range."""
+    size = small_view_size(cfg.image_size, cfg.small_crop_size)
+    return small_view_config(aug, size, cfg.small_crop_min_scale, cfg.small_crop_max_scale)
+
+
+def make_small_views(
+    images: torch.Tensor, index: torch.Tensor, epoch: int, cfg: config.Config, aug: AugmentConfig | TextViewConfig
+) -> torch.Tensor | None:
+    """Multi-crop's small views of a batch, view-major: [small_crops*b, 3, s, s] (None when off).
+
+    Keyed on view numbers ``views`` .. ``views + small_crops - 1``, after the full-size views, so a
+    sample's small views do not depend on the batch, worker or process count either.
+    """
+    if not cfg.small_crops or isinstance(aug, TextViewConfig):
+        return None
+    if images.dim() != 4 or images.is_floating_point():
+        raise UserError(
+            f"small_crops={cfg.small_crops} needs images held in memory, but these are cropped by loader workers "
+            "(images larger than image_size, shards, or over data_memory_gb): set small_crops=0 or raise data_memory_gb"
+        )
+    small = small_augment_config(cfg, aug)
+    return views(images, index, seed=cfg.seed, epoch=epoch, first=cfg.views, count=cfg.small_crops, cfg=small)
 
 
 def contrastive_loss(z: torch.Tensor, cfg: config.Config, step: int) -> torch.Tensor:
@@ -55,14 +91,15 @@ def contrastive_loss(z: torch.Tensor, cfg: config.Config, step: int) -> torch.Te
     docs/distributed.md).
 
     Args:
-        z: [V*b, D] this rank's projections, view-major (row v*b + i is view v of local sample i).
+        z: [V*b, D] this rank's projections, view-major (row v*b + i is view v of local sample i);
+            V = :func:`view_count`, the full-size views first, then multi-crop's small ones.
     Returns:
         scalar, the mean over this rank's V*b anchors. Its mean over ranks is the single-process
         loss on the global batch: the candidates are every rank's rows, put back in the
         single-process order (view-major over the global batch B = k*b); sample ids and each
         anchor's self position are global. Memory is (V*b) x (V*B), never (V*B)^2.
     """
-    k, r, v = dist.world_size(), dist.rank(), cfg.views
+    k, r, v = dist.world_size(), dist.rank(), view_count(cfg)
     b = z.shape[0] // v
     zn = F.normalize(z.float(), dim=1)  # [V*b, D], float32 as the losses require
     cand = dist.gather(zn).view(k, v, b, -1).transpose(0, 1).reshape(v * k * b, -1)  # [V*B, D], view-major
@@ -91,43 +128,71 @@ def global_rows(b: int, views: int, device: torch.device | str = "cpu") -> torch
 
 
 def forward_backward(
-    model, x: torch.Tensor, cfg: config.Config, step: int, device, precision: str, on_h=None
+    model,
+    x: torch.Tensor,
+    cfg: config.Config,
+    step: int,
+    device,
+    precision: str,
+    on_h=None,
+    small: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Loss and gradients (in ``.grad``) of one step on this rank's views x [V*b, 3, S, S].
 
+    ``small`` [small_crops*b, 3, s, s]: multi-crop's small views (:func:`make_small_views`), or None.
+    The encoder runs once on x and once on them (BN statistics per size group, as SwAV) and the
+    loss sees their projections concatenated view-major, x's first.
     With ``cfg.chunk_size`` > 0 the gradient cache of :mod:`fastclr.train.gradcache` computes the same
     gradients with activations for ``chunk_size`` views at a time, the chunks a keyed random
-    permutation of the global batch's views (:func:`fastclr.train.gradcache.chunk_order`). Under DDP the gradients are
-    averaged over ranks, which with :func:`fastclr.train.dist.gather` gives the single-process gradient.
-    Returns the global mean loss as a detached device tensor (no host sync).
-    ``on_h(h)``, if given, receives the detached representations [V*b, d] (the online probe of
-    :mod:`fastclr.eval.monitor`; with the gradient cache, those of its first, gradient-free pass).
+    permutation of the global batch's views of each size (:func:`fastclr.train.gradcache.chunk_order`).
+    Under DDP the gradients are averaged over ranks, which with :func:`fastclr.train.dist.gather` gives
+    the single-process gradient. Returns the global mean loss as a detached device tensor (no host sync).
+    ``on_h(h)``, if given, receives the detached representations [V*b, d] of the full-size views x (the
+    online probe of :mod:`fastclr.eval.monitor`; with the gradient cache, those of its first,
+    gradient-free pass).
     """
+    groups = [x] if small is None else [x, small.contiguous(memory_format=_memory_format(x))]
     if cfg.chunk_size:
+        rows = global_rows(x.shape[0] // cfg.views, view_count(cfg), x.device).split([g.shape[0] for g in groups])
         value = gradcache.forward_backward(
             model,
-            x,
+            groups,
             lambda z: contrastive_loss(z, cfg, step),
             cfg.chunk_size,
             lambda: autocast(device, precision),
             on_h,
-            gradcache.chunk_order(cfg.seed, step, global_rows(x.shape[0] // cfg.views, cfg.views, x.device)),
+            [gradcache.chunk_order(cfg.seed, step, r) for r in rows],
         )
     else:
         with autocast(device, precision):
-            h, z = model(x)
+            hz = [model(g) for g in groups]  # one pass per view size
         if on_h is not None:
-            on_h(h.detach())
-        value = contrastive_loss(z, cfg, step)
+            on_h(hz[0][0].detach())
+        value = contrastive_loss(torch.cat([z for _, z in hz]), cfg, step)
         value.backward()
     return dist.mean(value.detach())
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last where x has it (the small views follow the full-size ones), else contiguous."""
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def train_step(
-    model, optimizer, x: torch.Tensor, cfg: config.Config, step: int, device, precision: str, on_h=None
+    model,
+    optimizer,
+    x: torch.Tensor,
+    cfg: config.Config,
+    step: int,
+    device,
+    precision: str,
+    on_h=None,
+    small: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One optimisation step on views x [V*b, 3, S, S]; returns the loss as a device tensor (no sync)."""
+    """One optimisation step on views x [V*b, 3, S, S] and multi-crop's ``small`` views (or None);
+    returns the loss as a device tensor (no sync)."""
     optimizer.zero_grad(set_to_none=True)
-    value = forward_backward(model, x, cfg, step, device, precision, on_h)
+    value = forward_backward(model, x, cfg, step, device, precision, on_h, small)
     optimizer.step()
     return value
