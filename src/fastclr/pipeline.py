@@ -4,6 +4,10 @@ Training (:mod:`fastclr.train.loop`) knows nothing of evaluation; this layer joi
 builds the monitors of :mod:`fastclr.eval.monitor` as loop callbacks, runs the loop, then scores
 the encoder with kNN and the linear probe against a random-init encoder of the same
 architecture (:func:`fastclr.eval.evaluate.against_random_init`) and writes ``OUT/result.json``.
+Every image run, labelled or not, also gets the label-free figures of :mod:`fastclr.eval.quality`
+(RankMe, alignment, uniformity, view agreement) of both encoders on held-aside images: the test
+split when there is one, else a seeded subset of the training images (``label_free_source``); and,
+with ``probe_labels``, the few-shot leave-one-out kNN of :mod:`fastclr.eval.fewshot`.
 A text run is scored by :func:`fastclr.text.sts.evaluate_text` (STS-B Spearman, kNN / probe on
 labelled texts) against the encoder at its starting weights.
 """
@@ -19,10 +23,12 @@ import torch
 
 from fastclr import config, log
 from fastclr.data import evalset, tiers
-from fastclr.data.datasets import DataSplits, ImageSet
+from fastclr.data.datasets import DataSplits, ImageSet, balanced_subset
+from fastclr.eval import fewshot, quality
 from fastclr.eval.evaluate import FeatureSettings, against_random_init
 from fastclr.eval.features import all_threads
 from fastclr.eval.monitor import Monitors
+from fastclr.method.augment import AugmentConfig
 from fastclr.method.model import SimCLR
 from fastclr.train import checkpoint, dist, loop
 from fastclr.train.callbacks import Callback
@@ -54,13 +60,19 @@ def pretrain_and_evaluate(
 def _train_and_evaluate(run: loop.Run, resume: bool, callbacks: Sequence[Callback]) -> dict[str, Any]:
     cfg = run.cfg
     labels = getattr(run.images, "labels", None)
-    watched = evaluation_data(run.data, cfg, run.device) if cfg.knn_every and not config.is_text(cfg) else run.data
-    monitors = Monitors(cfg, run.model.feature_dim, watched, labels, run.device, run.precision, log.warn)
+    image = not config.is_text(cfg)
+    watched = evaluation_data(run.data, cfg, run.device) if cfg.knn_every and image else run.data
+    # checked before training, so that a bad CSV costs seconds, not a whole run
+    probe = fewshot.load(cfg.probe_labels, cfg.image_size) if cfg.probe_labels and cfg.eval and image else None
+    held = held_aside(watched, run.images, cfg, run.device) if cfg.quality_every and image and dist.is_main() else None
+    monitors = Monitors(
+        cfg, run.model.feature_dim, watched, labels, run.device, run.precision, log.warn, held[0] if held else None
+    )
     result = loop.train(run, resume, [monitors, *callbacks])
     if result.get("interrupted"):
         return result
     data = run.data
-    if cfg.eval and dist.is_main() and config.is_text(cfg):
+    if cfg.eval and dist.is_main() and not image:
         from fastclr.text.data import TextSplits
         from fastclr.text.sts import evaluate_text
 
@@ -68,7 +80,24 @@ def _train_and_evaluate(run: loop.Run, resume: bool, callbacks: Sequence[Callbac
         torch.manual_seed(cfg.seed)  # the starting weights: the file's, or the run's own random draw
         start = build_model(cfg).to(run.device)
         result["eval"] = evaluate_text(run.model, start, cast(TextSplits, data), cfg, run.device, run.precision)
-    elif cfg.eval and dist.is_main() and data.train is not None and data.test is not None:
+    elif cfg.eval and dist.is_main():
+        with all_threads():  # the other ranks have left: under torchrun (OMP_NUM_THREADS=1) take every core
+            result["eval"] = evaluate_images(run, watched, held, probe)
+    if dist.is_main():
+        (run.out / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def evaluate_images(
+    run: loop.Run, watched: DataSplits, held: tuple[ImageSet, str] | None, probe: ImageSet | None
+) -> dict[str, Any]:
+    """The result's ``eval`` entry of an image run: kNN and probe where labelled splits exist, the
+    label-free figures always, the few-shot probe with ``probe``; each beside the random-init encoder's."""
+    cfg, data = run.cfg, run.data
+    settings = FeatureSettings(cfg.image_size, run.device, cfg.eval_batch_size, run.precision, cfg.channels_last)
+    scores: dict[str, Any] = {}
+    scored = run.data
+    if data.train is not None and data.test is not None:
         scored = watched if cfg.knn_every else evaluation_data(data, cfg, run.device)
         train, test = scored.train, scored.test
         assert isinstance(train, ImageSet) and isinstance(test, ImageSet)  # eval_splits decoded both
@@ -76,23 +105,71 @@ def _train_and_evaluate(run: loop.Run, resume: bool, callbacks: Sequence[Callbac
             f"evaluating on {len(train)} train / {len(test)} test images: kNN and linear probe, "
             "SimCLR encoder and random-init baseline"
         )
-        settings = FeatureSettings(cfg.image_size, run.device, cfg.eval_batch_size, run.precision, cfg.channels_last)
-        with all_threads():  # the other ranks have left: under torchrun (OMP_NUM_THREADS=1) take every core
-            result["eval"] = against_random_init(
-                run.model,
-                lambda: random_init_like(cfg, run.device),
-                train,
-                test,
-                settings,
-                knn_k=cfg.knn_k,
-                knn_temperature=cfg.knn_temperature,
-                seed=cfg.seed,
-            )
-        result["eval"]["train_images"] = len(train)  # at most eval_max_images, class-balanced
-        result["eval"]["test_images"] = len(test)
-    if dist.is_main():
-        (run.out / "result.json").write_text(json.dumps(result, indent=2))
-    return result
+        scores = against_random_init(
+            run.model,
+            lambda: random_init_like(cfg, run.device),
+            train,
+            test,
+            settings,
+            knn_k=cfg.knn_k,
+            knn_temperature=cfg.knn_temperature,
+            seed=cfg.seed,
+        )
+        scores["train_images"] = len(train)  # at most eval_max_images, class-balanced
+        scores["test_images"] = len(test)
+    images, source = held or held_aside(scored, run.images, cfg, run.device)
+    scores.update(label_free(run, images, source, settings))
+    if probe is not None:
+        scores.update(few_shot(run, probe, settings))
+    return scores
+
+
+def held_aside(data: DataSplits, images: Any, cfg: config.Config, device: torch.device) -> tuple[ImageSet, str]:
+    """The images the label-free figures are measured on, and where they come from.
+
+    The test split (``"test"``) when there is one, else the pretraining ``images``
+    (``"train_subset"``): at most ``eval_max_images`` of them (seeded; class-balanced when labelled),
+    as evaluation views at the training size.
+    """
+    split, source = (data.test, "test") if data.test is not None else (images, "train_subset")
+    picked = balanced_subset(split, cfg.eval_max_images, cfg.seed)
+    limit = tiers.budget(cfg.data_memory_gb, device)
+    return evalset.decoded(picked, cfg.image_size, workers=cfg.workers, limit=limit), source
+
+
+def label_free(run: loop.Run, images: ImageSet, source: str, settings: FeatureSettings) -> dict[str, Any]:
+    """``label_free`` and ``random_init_label_free`` (:func:`fastclr.eval.quality.measure`), logged.
+
+    Empty (with a warning) under two images: uniformity needs a pair.
+    """
+    cfg, aug = run.cfg, run.aug
+    assert isinstance(aug, AugmentConfig)  # an image run
+    if len(images) < 2:
+        log.warn(f"{len(images)} held-aside image: the label-free figures need two or more")
+        return {}
+    seed = cfg.seed + quality.VIEW_SEED
+    ours = quality.measure(run.model, images.images, aug, settings, seed)
+    base = quality.measure(random_init_like(cfg, run.device), images.images, aug, settings, seed)
+    quality.report(ours, base, source)
+    return {"label_free": ours, "random_init_label_free": base, "label_free_source": source}
+
+
+def few_shot(run: loop.Run, probe: ImageSet, settings: FeatureSettings) -> dict[str, Any]:
+    """Leave-one-out weighted kNN top-1 on the ``probe_labels`` images, trained and random-init encoders."""
+    cfg = run.cfg
+    k, t = cfg.knn_k, cfg.knn_temperature
+    ours = fewshot.top1(run.model, probe, settings, k, t)
+    base = fewshot.top1(random_init_like(cfg, run.device), probe, settings, k, t)
+    log.info(
+        f"few-shot probe, {len(probe)} images of {probe.num_classes} classes, {fewshot.PROTOCOL} weighted kNN "
+        f"(k {min(k, len(probe) - 1)}): top-1 {ours:.3f} vs {base:.3f} at random init"
+    )
+    return {
+        "probe_knn_top1": ours,
+        "random_init_probe_knn_top1": base,
+        "probe_images": len(probe),
+        "probe_protocol": fewshot.PROTOCOL,
+    }
 
 
 def evaluation_data(data: DataSplits, cfg: config.Config, device: torch.device) -> DataSplits:

@@ -135,3 +135,57 @@ def test_knn_monitor_runs_on_rank_0_only(monkeypatch):
     for rank, scored in (("1", False), ("0", True)):
         monkeypatch.setenv("RANK", rank)  # what dist.rank() reads when no process group is started
         assert ("knn_top1" in monitors.epoch_end(model, 1)) is scored
+
+
+def monitored_run(out, *extra: str) -> list[dict]:
+    """A short digits run without the end-of-run evaluation; its metrics.jsonl records."""
+    args = ["pretrain", "--out", str(out), "--batch-size", "64", "--epochs", "2", "--max-steps", "4"]
+    for s in ("max_images=128", "image_size=8", "eval=false", "precision=fp32", *extra):
+        args += ["--set", s]
+    last_json(cli(*args))
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same(a, b, where: str = "") -> None:
+    """Nested dicts / lists of tensors and primitives are equal, bit for bit."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def test_label_free_monitor_logs_its_figures_and_leaves_training_alone(tmp_path):
+    """quality_every=1: the figures at each epoch's end; weights, optimiser, generators and losses as without it."""
+    from fastclr.data import datasets
+    from fastclr.eval import quality
+    from fastclr.eval.evaluate import FeatureSettings
+    from fastclr.eval.monitor import MONITORED
+    from fastclr.train import restore
+    from fastclr.train.step import augment_config
+
+    plain = monitored_run(tmp_path / "plain")
+    watched = monitored_run(tmp_path / "watched", "quality_every=1")
+    monitored = [r for r in watched if "rankme" in r]
+    assert [r["epoch"] for r in monitored] == [1.0, 2.0]
+    assert all(set(MONITORED) <= r.keys() for r in monitored)
+    losses = [r["loss"] for r in plain if "loss" in r]
+    assert losses and losses == [r["loss"] for r in watched if "loss" in r]
+    a, b = (torch.load(tmp_path / n / "checkpoints" / "last.pt", weights_only=True) for n in ("plain", "watched"))
+    for key in ("model", "optimizer", "rng", "step"):
+        assert_same(a[key], b[key], key)
+    # the epoch-2 figures are those of the step-4 weights saved in last.pt, on the digits' test split
+    restored = restore.load_model(tmp_path / "watched" / "checkpoints" / "last.pt")
+    cfg = restored.cfg
+    test = datasets.load(cfg.data, cfg.image_size).test
+    settings = FeatureSettings(cfg.image_size, torch.device("cpu"), cfg.eval_batch_size, "fp32")
+    figures = quality.measure(restored.model, test.images, augment_config(cfg), settings, cfg.seed + quality.VIEW_SEED)
+    for key in MONITORED:
+        assert monitored[-1][key] == pytest.approx(figures[key], rel=1e-5, abs=1e-6), key

@@ -2,6 +2,10 @@
 
 * kNN monitor (not in the paper, used by every library): weighted kNN on L2-normalised h of the
   labelled train split -> test split, every ``knn_every`` epochs.
+* Label-free monitor: RankMe, alignment, uniformity and view agreement (:mod:`fastclr.eval.quality`)
+  of the held-aside images every ``quality_every`` epochs; labels or not. It reads the encoder in
+  eval mode, without gradients, on views keyed apart from the training ones: the run's weights,
+  BN statistics and random generators are the same with it as without it.
 * Online probe: the reference code's "linear eval while pretraining" (google-research/simclr
   tf2 ``model.py``: a supervised head on ``tf.stop_gradient(h)`` trained jointly). A linear layer on
   h.detach() of every view, with the batch's labels, its own SGD optimiser and cross-entropy; it
@@ -18,9 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastclr.data.sets import ImageSet, count_classes
+from fastclr.eval import quality
 from fastclr.eval.evaluate import FeatureSettings, evaluate
+from fastclr.method.augment import AugmentConfig
 from fastclr.train import dist
 from fastclr.train.callbacks import Callback, LoopState, OnRepresentations
+from fastclr.train.step import augment_config
+
+MONITORED = ("rankme", "alignment", "uniformity", "view_agreement")  # the label-free figures in metrics.jsonl
 
 
 def global_batch(x: torch.Tensor, views: int) -> torch.Tensor:
@@ -100,12 +109,21 @@ class Monitors(Callback):
         feature_dim: width d of h.
         data: the run's DataSplits (the kNN monitor needs labelled train and test splits).
         labels: int64 [N] labels of the pretraining images (the online probe needs them), or None.
+        held: the held-aside images of the label-free monitor (``quality_every``), or None.
     """
 
     def __init__(
-        self, cfg, feature_dim: int, data, labels: torch.Tensor | None, device: torch.device, precision: str, warn=None
+        self,
+        cfg,
+        feature_dim: int,
+        data,
+        labels: torch.Tensor | None,
+        device: torch.device,
+        precision: str,
+        warn=None,
+        held: ImageSet | None = None,
     ):
-        self.cfg, self.device, self.precision = cfg, device, precision
+        self.cfg, self.device, self.precision, self.held = cfg, device, precision, held
         self.labels = labels.to(device) if labels is not None else None
         labelled = (
             data.train is not None
@@ -120,6 +138,8 @@ class Monitors(Callback):
             warn("knn_every is set but the data set has no labelled train and test splits: no kNN monitor")
         if cfg.online_probe and self.labels is None and warn:
             warn("online_probe is set but the pretraining images have no labels: no online probe")
+        if cfg.quality_every and held is None and warn and dist.is_main():
+            warn("quality_every is set but there are no held-aside images (a text run?): no label-free monitor")
         self.probe = None
         if cfg.online_probe and self.labels is not None:
             classes = count_classes(self.train.classes if self.train is not None else None, self.labels)
@@ -158,7 +178,18 @@ class Monitors(Callback):
                 linear=False,
             )
             record["knn_top1"] = scores.knn[self.cfg.knn_k]
+        if self.cfg.quality_every and epoch % self.cfg.quality_every == 0 and dist.is_main():
+            record.update(self.label_free(model))
         return record
+
+    def label_free(self, model: nn.Module) -> dict[str, float]:
+        """The label-free figures of ``model`` on the held-aside images (empty without them)."""
+        aug = augment_config(self.cfg)
+        if self.held is None or len(self.held) < 2 or not isinstance(aug, AugmentConfig):
+            return {}
+        settings = FeatureSettings(self.cfg.image_size, self.device, self.cfg.eval_batch_size, self.precision)
+        figures = quality.measure(model, self.held.images, aug, settings, self.cfg.seed + quality.VIEW_SEED)
+        return {key: figures[key] for key in MONITORED}
 
     def state_dict(self) -> dict:
         return {"online_probe": self.probe.state_dict()} if self.probe is not None else {}

@@ -184,7 +184,8 @@ def verdict(trained: dict[str, float], baseline: dict[str, float]) -> str:
         return "spread and view invariance above random init"
     if not spread and not invariance:
         return "spread and view invariance not above random init"
-    return f"spread {'above' if spread else 'not above'}, view invariance {'above' if invariance else 'not above'} random init"
+    above = {True: "above", False: "not above"}
+    return f"spread {above[spread]}, view invariance {above[invariance]} random init"
 
 
 def summary(trained: dict[str, float], baseline: dict[str, float], source: str) -> str:
