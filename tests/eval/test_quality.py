@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastclr.eval import quality
 from fastclr.eval.evaluate import FeatureSettings
@@ -236,3 +237,37 @@ def test_collapse_warning_below_the_stated_fraction(capsys):
     assert len(err) == 1 and "training (no test split) images" in err[0]
     assert quality.collapsed(figures(3.0, 0.5, images=100, dim=512))  # 3 < 5% of 100: fewer images than d
     assert not quality.collapsed(figures(3.0, 0.5, images=40, dim=512))
+
+
+# --- no host synchronisation before the figures are read ----------------------------------------------
+
+_SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "lift_fresh", "lift_fresh_copy", "item"}
+
+
+class NoHostSync(TorchDispatchMode):
+    """Fails on an operator that reads device data into Python or sizes its output by it
+    (tests/train/test_sync_free.py holds the full account)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        bool_index = name.startswith("index") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ()) or ()
+        )
+        assert name not in _SYNCING and not bool_index, f"{func} synchronises with the host"
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_figures_never_wait_on_the_host():
+    """Chunked as in a real run, every figure (and the few-shot vote) stays a device tensor until read."""
+    from fastclr.eval.fewshot import leave_one_out_scores
+
+    h1, h2 = gaussian(50, 8, 1), gaussian(50, 8, 2)
+    with NoHostSync():
+        figures = [
+            quality.rankme(h1),
+            quality.alignment(h1, h2),
+            quality.uniformity(h1, chunk=7),
+            quality.view_agreement(h1, h2, chunk=7),
+            leave_one_out_scores(h1, torch.arange(50) % 3, 3, 5, 0.1, chunk=7),
+        ]
+    assert all(isinstance(f, torch.Tensor) for f in figures)

@@ -117,8 +117,9 @@ def leave_one_out_scores(
     sim, idx = nearest(f, f, k + 1, chunk)  # [n, k + 1]
     is_self = idx == torch.arange(n, device=f.device)[:, None]
     drop = torch.where(is_self.any(1), is_self.int().argmax(1), k)  # [n] the column to leave out
-    keep = torch.ones_like(is_self).scatter_(1, drop[:, None], False)
-    sim, idx = sim[keep].view(n, k), idx[keep].view(n, k)
+    cols = torch.arange(k, device=f.device)[None, :]  # [1, k]
+    keep = cols + (cols >= drop[:, None]).long()  # [n, k] every column but ``drop``, in order (no host sync)
+    sim, idx = sim.gather(1, keep), idx.gather(1, keep)
     labels = labels.to(f.device)
     votes = torch.zeros(n, num_classes, device=f.device)
     return votes.scatter_add_(1, labels[idx], (sim / temperature).exp())

@@ -82,9 +82,8 @@ def uniformity(z: torch.Tensor, t: float = UNIFORMITY_T, chunk: int = 1024) -> t
     for lo in range(0, n, chunk):
         rows = u[lo : lo + chunk]  # [c, D]
         sq = (2 - 2 * rows @ u.T).clamp_min(0)  # [c, n] squared distances of unit vectors
-        own = torch.arange(rows.shape[0], device=u.device)
         logits = -t * sq
-        logits[own, own + lo] = -math.inf  # i != j
+        logits.diagonal(lo).fill_(-math.inf)  # row i of the chunk is row lo + i: i != j
         parts.append(torch.logsumexp(logits, dim=1))  # [c]
     return (torch.logsumexp(torch.cat(parts), 0) - math.log(n * (n - 1))).float()
 
