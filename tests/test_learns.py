@@ -1,5 +1,6 @@
 """The method learns: the default pretraining on digits (40 epochs of 11 steps) gives an encoder whose
-kNN and linear-probe accuracies beat those of the random-init encoder of the same architecture."""
+kNN and linear-probe accuracies beat those of the random-init encoder of the same architecture by real
+margins, not by noise."""
 
 import pytest
 import torch
@@ -19,5 +20,6 @@ def test_pretraining_on_digits_beats_the_random_init_encoder(tmp_path):
         torch.set_num_threads(threads)
     ev = result["eval"]
     assert result["steps"] == 40 * 11  # 1437 images, batch 128, 40 epochs
-    assert ev["knn_top1"] > ev["random_init_knn_top1"] + 0.01, ev
-    assert ev["linear_top1"] > ev["random_init_linear_top1"] + 0.005, ev
+    # the README's run gains about 0.15 in both (0.964 vs 0.806 kNN, 0.978 vs 0.831 linear): half of it at least
+    assert ev["knn_top1"] >= ev["random_init_knn_top1"] + 0.08, ev
+    assert ev["linear_top1"] >= ev["random_init_linear_top1"] + 0.05, ev

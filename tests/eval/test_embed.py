@@ -60,13 +60,14 @@ def test_shards_cover_every_row_once():
 def _gather_worker(n: int, path: str) -> None:
     """Each rank embeds its shard as rows f(i) = [i, -2i]; rank 0 saves the gathered table."""
     mine = embed.shard(n, dist.rank(), dist.world_size())
-    rows = torch.stack([mine.float(), -2 * mine.float()], 1)
-    full = embed.gather_in_order(rows, mine, n, torch.device("cpu"))
+    rows = torch.stack([mine.float(), -2 * mine.float()], 1) if len(mine) else torch.zeros(0, 0)  # as embed_rows
+    full = embed.gather_in_order(rows, mine, n, torch.device("cpu"), width=2)
     if dist.is_main():
         torch.save(full, path)
 
 
-@pytest.mark.parametrize("n", [7, 8])  # uneven shards pad with index -1; even shards do not
+# uneven shards pad with index -1; even shards do not; with 1 image rank 1 has no rows (and gathers the model's width)
+@pytest.mark.parametrize("n", [7, 8, 1])
 def test_two_processes_gather_every_row_at_its_index(tmp_path, n):
     run_ranks(2, _gather_worker, n, str(tmp_path / "full.pt"))
     full = torch.load(tmp_path / "full.pt", weights_only=True)

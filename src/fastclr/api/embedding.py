@@ -64,7 +64,8 @@ def embed(
     enc.eval()
     rows, ids = [], []
     for pixels, chunk_ids in _batches(data, enc.preprocess, batch_size, split):
-        rows.append(extract(fn, pixels, enc.image_size, device, batch_size=batch_size, precision=precision).numpy())
+        h = extract(fn, pixels, enc.image_size, device, batch_size=batch_size, precision=precision)
+        rows.append(h.cpu().numpy())  # extract leaves h on the encoder's device
         ids += chunk_ids
     if not rows:
         with torch.no_grad():

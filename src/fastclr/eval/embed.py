@@ -52,7 +52,9 @@ def embed_rows(
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
-def gather_in_order(rows: torch.Tensor, index: torch.Tensor, n: int, device: torch.device) -> torch.Tensor | None:
+def gather_in_order(
+    rows: torch.Tensor, index: torch.Tensor, n: int, device: torch.device, width: int | None = None
+) -> torch.Tensor | None:
     """All processes' rows placed at their dataset indices: [n, d] on rank 0, None elsewhere.
 
     Every process pads to the longest shard with index -1; the gather carries (index, row) pairs,
@@ -63,10 +65,11 @@ def gather_in_order(rows: torch.Tensor, index: torch.Tensor, n: int, device: tor
         full[index] = rows
         return full
     longest = -(-n // dist.world_size())
-    d = rows.shape[1]
+    d = rows.shape[1] if width is None else width  # the model's width: a rank with no rows has shape [0, 0]
     pad_rows = torch.zeros(longest, d, device=device)
     pad_index = torch.full((longest,), -1, dtype=torch.int64, device=device)
-    pad_rows[: rows.shape[0]] = rows.to(device)
+    if rows.shape[0]:
+        pad_rows[: rows.shape[0]] = rows.to(device)
     pad_index[: index.shape[0]] = index.to(device)
     all_rows = [torch.empty_like(pad_rows) for _ in range(dist.world_size())]
     all_index = [torch.empty_like(pad_index) for _ in range(dist.world_size())]
@@ -151,7 +154,7 @@ def embed_files(
         h = extract(fn, images[good], size, device, batch_size=batch_size, precision=precision)
         if rows is None:
             rows = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(len(data), h.shape[1]))
-        rows[len(ids) : len(ids) + h.shape[0]] = h.numpy()
+        rows[len(ids) : len(ids) + h.shape[0]] = h.cpu().numpy()  # h stays on the device until here
         ids.extend(str(data.files[int(index[k])]) for k in good)
         bar.update(index.shape[0])
     bar.close()
@@ -220,8 +223,9 @@ def run(
     else:
         images = restore.in_memory(images, "embed")
         rows = embed_rows(fn, images.images, mine, cfg.image_size, dev, batch_size, precision, progress=dist.is_main())
-    full = gather_in_order(rows, mine, len(images), dev)
-    result: dict = {"out": out, "count": len(images), "dim": int(rows.shape[1])}
+    width = cfg.proj_dim if projection else model.feature_dim
+    full = gather_in_order(rows, mine, len(images), dev, width)
+    result: dict = {"out": out, "count": len(images), "dim": width}
     if dist.is_main() and full is not None:
         result["files"] = write(out, full, list(images.ids))
     dist.barrier()

@@ -330,8 +330,9 @@ def loop(run: Run, step: int, saved: Path, callbacks: Sequence[Callback]) -> tup
                 tally.stopping = stop.agreed(run.world, run.device, sync_point=log_now)
                 if tally.stopping or checkpoint_due(tally.step, cfg.checkpoint_every, s):
                     with tally.aside(run.device):
-                        if int(tally.bad_step) >= 0 or not all_finite(run.model):  # never overwrite good weights
-                            bad = max(int(tally.bad_step), tally.step)
+                        broken = int(tally.bad_step) >= 0 or not all_finite(run.model)
+                        if dist.largest(float(broken), run.device) > 0:  # every rank stops, none waits in a collective
+                            bad = max(int(tally.bad_step), tally.step)  # never overwrite good weights
                             raise UserError(nonfinite_message(bad, cfg, run.precision, tally.saved))
                         tally.saved = (tally.step, save(run, tally.step, callbacks))
                 if tally.step >= s.run_steps or tally.stopping:
