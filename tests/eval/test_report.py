@@ -332,7 +332,7 @@ def test_summary_reads_as_numbers_not_json(fake_page):
     assert rows["final loss"] == "4.327"
     assert rows["steps"] == "8" and rows["epochs"] == "2 of 2"
     assert rows["images/s"] == "1,235 end to end, 1,500 in the training steps alone"
-    assert rows["wall time"].startswith("\u2248 0.415 s")  # 8 steps x 64 images / 1234.5678 images/s
+    assert rows["wall time (training)"].startswith("\u2248 0.415 s")  # 8 steps x 64 images / 1234.5678 images/s
     assert rows["linear top-5"] == "99.0%" and rows["evaluation train images"] == "1,797"
     assert rows["few-shot probe images"] == "30" and rows["label-free images from"] == "test"
     assert rows["data"] == "digits" and rows["batch size"] == "64"
@@ -344,13 +344,14 @@ def test_summary_shows_the_base_and_the_peak_learning_rate(fake_run, fake_page):
     logged = max(r["lr"] for r in _metrics_lines() if "lr" in r)
     assert logged == pytest.approx(PEAK)  # the schedule's lines reach the peak at the end of warm-up
     assert lr.startswith(f"0.075 base, peak {PEAK:g} (sqrt rule")
-    assert "largest logged" not in lr
+    assert "the largest in metrics.jsonl" not in lr
     # the run itself stopped after 3 of its 4 warm-up steps: the page says how far its logged lr got
     restored = report._restore(fake_run, "cpu", [])[1]
     assert restored is not None
     early = [{"step": s, "lr": lr_at(s - 1, PEAK, STEPS_PER_EPOCH, 8)} for s in (1, 2, 3)]
     assert report.learning_rate(restored, early) == (
-        "0.075 base, peak 0.6 (sqrt rule: lr \u00d7 \u221aB, B = 64); largest logged 0.3"
+        "0.075 base, peak 0.6 (sqrt rule: lr \u00d7 \u221aB, B = 64); the largest in metrics.jsonl "
+        "(a line every step) is 0.3"
     )
 
 
@@ -388,6 +389,15 @@ def test_headline_notes_runs_without_labels_or_label_free_figures():
     assert no_eval.rows == [] and "no evaluation in result.json" in no_eval.notes[0]
     trained_only = report.headline({"eval": {"knn_top1": 0.25}})
     assert [list(r) for r in trained_only.rows] == [["kNN top-1", "25.0%", "\u2013", "\u2013", "higher"]]
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_a_broken_result_json_is_a_one_line_error(tmp_path, text, capsys):
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 5.0}) + "\n")
+    (tmp_path / "result.json").write_text(text)
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "result.json" in err[0] and "delete it or rerun the evaluation" in err[0]
 
 
 @pytest.mark.parametrize(

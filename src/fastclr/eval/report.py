@@ -472,8 +472,9 @@ def learning_rate(cfg: config.Config | None, records: list[dict]) -> str:
     peak = scaled_lr(cfg.lr, cfg.batch_size, cfg.lr_rule)
     rule = {"linear": "lr \u00d7 B/256", "sqrt": "lr \u00d7 \u221aB", "none": "no batch scaling"}.get(cfg.lr_rule, "")
     text = f"{number(cfg.lr)} base, peak {number(peak)} ({cfg.lr_rule} rule: {rule}, B = {cfg.batch_size:,})"
-    if top is not None and top < peak * (1 - 1e-6):
-        text += f"; largest logged {number(top)}"
+    if top is not None and top < peak * (1 - 1e-6):  # stopped in the warm-up, or the peak's step was not logged
+        every = "step" if cfg.log_every == 1 else f"{cfg.log_every:,} steps"
+        text += f"; the largest in metrics.jsonl (a line every {every}) is {number(top)}"
     return text
 
 
@@ -503,7 +504,7 @@ def summary_rows(
         rows.append(("epochs", number(float(result["epochs"])) + planned))
     wall = _wall_time(result, cfg)
     if wall:
-        rows.append(("wall time", wall))
+        rows.append(("wall time (training)", wall))
     if _is_number(result.get("images_per_s")):
         ips = f"{number(float(result['images_per_s']))} end to end"
         if _is_number(result.get("train_images_per_s")):
@@ -539,6 +540,7 @@ def _rest(result: dict) -> list[tuple[str, Any]]:
 
 
 def _section(title: str, png: str | None, note: str = "") -> str:
+    """One figure of the page: its title, the embedded PNG (when drawn) and the note (when there is one)."""
     body = f'<img alt="{html.escape(title)}" src="data:image/png;base64,{png}">' if png else ""
     note_html = f'<p class="note">{html.escape(note)}</p>' if note else ""
     return f"<section><h2>{html.escape(title)}</h2>{body}{note_html}</section>"
@@ -550,6 +552,7 @@ def build(
     """Write the report of ``run_dir`` to ``out`` (default RUN_DIR/report.html); returns {"out": path, ...}."""
     run = _run_folder(run_dir, method)
     _pyplot()
+    result = _result(run)
     records = tracking.read(run / tracking.FILE)
     sections = [_section(title, png, note) for title, png, note in curve_figures(records)]
     notes: list[str] = []
@@ -561,7 +564,6 @@ def build(
         if model is not None:
             sections += _representation_sections(model, cfg, data, method, queries, device, notes)
     target = Path(out) if out else run / "report.html"
-    result = _result(run)
     _write_page(target, run, headline(result), summary_rows(run, cfg, step, records, result or {}), notes, sections)
     if cfg is not None:
         _to_trackers(cfg, run, target)
