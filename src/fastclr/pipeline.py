@@ -157,18 +157,20 @@ def label_free(run: loop.Run, images: ImageSet, source: str, settings: FeatureSe
 def few_shot(run: loop.Run, probe: ImageSet, settings: FeatureSettings) -> dict[str, Any]:
     """Leave-one-out weighted kNN top-1 on the ``probe_labels`` images, trained and random-init encoders."""
     cfg = run.cfg
-    k, t = cfg.knn_k, cfg.knn_temperature
+    assert probe.labels is not None  # fewshot.load labels every image
+    k, t = fewshot.probe_k(probe.labels, cfg.knn_k), cfg.knn_temperature
     ours = fewshot.top1(run.model, probe, settings, k, t)
     base = fewshot.top1(random_init_like(cfg, run.device), probe, settings, k, t)
     log.info(
         f"few-shot probe, {len(probe)} images of {probe.num_classes} classes, {fewshot.PROTOCOL} weighted kNN "
-        f"(k {min(k, len(probe) - 1)}): top-1 {ours:.3f} vs {base:.3f} at random init"
+        f"(k {k}): top-1 {ours:.3f} vs {base:.3f} at random init"
     )
     return {
         "probe_knn_top1": ours,
         "random_init_probe_knn_top1": base,
         "probe_images": len(probe),
         "probe_protocol": fewshot.PROTOCOL,
+        "probe_k": k,
     }
 
 

@@ -132,6 +132,24 @@ def test_unlabelled_folder_gets_label_free_figures_and_the_probe(tmp_path):
             "dim",
         }
         assert ev[key]["images"] == 100
-    assert ev["probe_images"] == 24 and 0 <= ev["probe_knn_top1"] <= 1 and 0 <= ev["random_init_probe_knn_top1"] <= 1
+    assert (
+        ev["probe_k"] == 6
+        and ev["probe_images"] == 24
+        and 0 <= ev["probe_knn_top1"] <= 1
+        and 0 <= ev["random_init_probe_knn_top1"] <= 1
+    )
     assert "fastclr: label-free, 100 training (no test split) images: RankMe" in r.stderr
     assert "few-shot probe, 24 images of 3 classes, leave-one-out" in r.stderr
+
+
+def test_k_is_capped_within_the_smallest_class():
+    """With k over the whole set, leaving an image out leaves its class outvoted (below chance for featureless
+    votes); capped at the smallest class - 1, a perfectly clustered set scores 1 whatever the temperature."""
+    y = torch.arange(50) % 5  # 5 classes of 10
+    assert fewshot.probe_k(y, 200) == 9 and fewshot.probe_k(y, 3) == 3
+    assert fewshot.probe_k(torch.tensor([0, 0, 1, 1, 1]), 200) == 1
+    g = torch.Generator().manual_seed(3)
+    f = torch.eye(8)[y] + 0.01 * torch.randn(50, 8, generator=g)  # tight, orthogonal clusters
+    t = 100.0  # nearly equal vote weights: only the count of neighbours per class decides
+    assert topk_accuracy(fewshot.leave_one_out_scores(f, y, 5, fewshot.probe_k(y, 200), t), y) == 1.0
+    assert topk_accuracy(fewshot.leave_one_out_scores(f, y, 5, 49, t), y) == 0.0  # the bias the cap removes

@@ -30,7 +30,7 @@ def test_short_real_run_on_cifar_jpegs(cifar_subset, tmp_path):
     ev = result["eval"]
     assert set(ev) == {
         "knn_top1", "linear_top1", "linear_top5", "linear_l2", "random_init_knn_top1", "random_init_linear_top1",
-        "train_images", "test_images",
+        "train_images", "test_images", "label_free", "random_init_label_free", "label_free_source",
     }  # fmt: skip
     # the JPEG pipeline end to end: the reported kNN is that of the saved weights, by a hand-written vote
     # (that pretraining beats random init is tests/test_learns.py's claim, on a schedule long enough to show it)

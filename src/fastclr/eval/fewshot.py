@@ -6,6 +6,12 @@ image is classified by the weighted kNN vote of :mod:`fastclr.eval.knn` (cosine 
 weights exp(sim / T)) among all the other labelled images: leave-one-out, so every image is scored
 and none votes for itself. The trained and the random-init encoder are scored alike.
 
+k is the run's ``knn_k`` capped at the smallest class's size minus one (:func:`probe_k`). Leaving an
+image out leaves its class one short, so when k reaches most of the set every image's class is
+outvoted by the full ones and a featureless encoder scores below chance (5 classes of 10, k = 49:
+9 votes against 10 for each other class); with k within the smallest class a perfect encoder fills
+every vote with its own class.
+
 The CSV follows the data lists' conventions (``data/folders.py``): blank lines and ``#`` lines are
 skipped, and so is a first line ``path,label``. Images are decoded by :func:`fastclr.data.images.decode`
 (short side resized to the run's size, centre crop) and encoded as evaluation views.
@@ -125,8 +131,15 @@ def leave_one_out_scores(
     return votes.scatter_add_(1, labels[idx], (sim / temperature).exp())
 
 
+def probe_k(labels: torch.Tensor, k: int) -> int:
+    """``k`` capped at the smallest class's size minus one (the module docstring says why); labels int64 [n]."""
+    smallest = min(Counter(labels.tolist()).values())
+    return max(1, min(k, smallest - 1))
+
+
 def top1(model: nn.Module, probe: ImageSet, settings: FeatureSettings, k: int, temperature: float) -> float:
-    """Leave-one-out weighted-kNN top-1 of ``model.encode`` (eval mode, put back after) on the probe images."""
+    """Leave-one-out weighted-kNN top-1 of ``model.encode`` (eval mode, put back after) on the probe images,
+    with the :func:`probe_k` of ``k``."""
     assert probe.labels is not None
     s = settings
     was_training = model.training
@@ -135,4 +148,5 @@ def top1(model: nn.Module, probe: ImageSet, settings: FeatureSettings, k: int, t
         h = extract(model.encode, probe.images, s.size, s.device, s.batch_size, s.precision, s.channels_last)  # type: ignore[arg-type]
     finally:
         model.train(was_training)
-    return topk_accuracy(leave_one_out_scores(h, probe.labels, probe.num_classes, k, temperature), probe.labels)
+    scores = leave_one_out_scores(h, probe.labels, probe.num_classes, probe_k(probe.labels, k), temperature)
+    return topk_accuracy(scores, probe.labels)
