@@ -1,5 +1,7 @@
-"""``fastclr sweep``: a 3-trial search on digits writes every output, resumes after a kill without
-losing or duplicating a trial, and refuses a space with an unknown field."""
+"""``fastclr sweep``: a 3-trial search on digits writes every output and prunes the trial that cannot
+keep up, resumes after a kill without losing or duplicating a trial, and refuses a space with an
+unknown field; label-free metrics pick the best trial in their own direction and prune on the
+label-free monitor; probe_knn without probe_labels is refused."""
 
 import csv
 import json
@@ -34,12 +36,17 @@ TINY = [
     "device=cpu",
 ]
 SPACE = "temperature: {low: 0.1, high: 0.5, log: true}\nlr: [0.05, 0.1]\nmin_scale: 0.3\n"
+# A trial whose kNN bank and held-aside set hold 2 images cannot keep up: kNN predicts 2 of the 10 classes
+# (top-1 about 0.2, against about 0.7 with 200), RankMe is at most min(images, d) = 2 (against 40 or more).
+STARVED = "eval_max_images: [200, 2]\n"
 
 
-def _args(tmp_path: Path, out: Path, trials: int = 3) -> list[str]:
-    (tmp_path / "space.yaml").write_text(SPACE)
+def _args(
+    tmp_path: Path, out: Path, trials: int = 3, text: str = SPACE, seed: int = 0, flags: tuple[str, ...] = ()
+) -> list[str]:
+    (tmp_path / "space.yaml").write_text(text)
     args = ["sweep", "--space", str(tmp_path / "space.yaml"), "--trials", str(trials), "--out", str(out)]
-    args += ["--sampler-seed", "0"]
+    args += ["--sampler-seed", str(seed), *flags]
     for item in TINY:
         args += ["--set", item]
     return args
@@ -84,20 +91,31 @@ def test_unknown_field_exits_2_listing_the_valid_ones(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_sweep_completes_and_writes_every_output(tmp_path, capsys):
+    """Sampler seed 5 draws eval_max_images 200, 200, then 2: the median pruner (2 startup trials) stops
+    trial 2 after its first kNN monitor value, far below the others'."""
     out = tmp_path / "sweep"
-    assert main(_args(tmp_path, out)) == 0
+    assert main(_args(tmp_path, out, text=SPACE + STARVED, seed=5)) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(result) >= {"out", "trials", "complete", "pruned", "failed", "best"}
-    assert result["trials"] == 3 and result["complete"] + result["pruned"] == 3 and result["failed"] == 0
+    assert set(result) >= {"out", "trials", "complete", "pruned", "failed", "best", "direction", "pruned_on"}
+    assert result["trials"] == 3 and result["complete"] == 2 and result["pruned"] == 1 and result["failed"] == 0
+    assert result["direction"] == "maximize" and result["pruned_on"] == "knn_top1"
     rows = _rows(out)
     assert [r["number"] for r in rows] == ["0", "1", "2"]
+    assert [r["eval_max_images"] for r in rows] == ["200", "200", "2"] and rows[2]["state"] == "PRUNED"
+    monitor = [json.loads(x) for x in (out / "trials" / "2" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in monitor if "knn_top1" in r] == [1.0]  # stopped at its first monitor value
+    assert not (out / "trials" / "2" / "result.json").is_file() or "eval" not in json.loads(
+        (out / "trials" / "2" / "result.json").read_text()
+    )
     for r in rows:
         folder = out / "trials" / r["number"]
         assert (folder / "config.yaml").is_file() and (folder / "metrics.jsonl").is_file()
         assert (folder / "checkpoints" / "last.pt").is_file()
         if r["state"] == "COMPLETE":
-            value = json.loads((folder / "result.json").read_text())["eval"]["knn_top1"]
-            assert float(r["value"]) == pytest.approx(value)
+            scores = json.loads((folder / "result.json").read_text())["eval"]
+            assert float(r["value"]) == pytest.approx(scores["knn_top1"]) == pytest.approx(float(r["knn_top1"]))
+            assert float(r["rankme"]) == pytest.approx(scores["label_free"]["rankme"])  # read against another metric
+            assert float(r["linear_top1"]) == pytest.approx(scores["linear_top1"]) and r["metric"] == "knn_top1"
         trial_cfg = config.read_preset(str(folder / "config.yaml"))
         assert trial_cfg["temperature"] == pytest.approx(float(r["temperature"])) and trial_cfg["min_scale"] == 0.3
     best = result["best"]
@@ -105,7 +123,7 @@ def test_sweep_completes_and_writes_every_output(tmp_path, capsys):
     cfg = config.build_config(str(out / "best.yaml"), {}, [])  # loadable with --config DIR/best.yaml
     assert cfg.temperature == pytest.approx(best["params"]["temperature"]) and cfg.lr == best["params"]["lr"]
     assert "<img" in (out / "sweep.html").read_text()
-    assert main(_args(tmp_path, out)) == 0  # rerun: nothing left to do, nothing added
+    assert main(_args(tmp_path, out, text=SPACE + STARVED, seed=5)) == 0  # rerun: nothing left to do, nothing added
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["trials"] == 3
 
 
@@ -205,3 +223,125 @@ def test_contains_follows_ranges_steps_and_choices():
     assert space.contains(space.Dimension("lr", choices=(0.1, 0.2)), 0.2)
     assert not space.contains(space.Dimension("lr", choices=(0.1, 0.2)), 0.3)
     assert not space.contains(space.Dimension("lr", low=0.1, high=1.0), "0.5")
+
+
+def _result(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "flags,match",
+    [
+        (("--metric", "probe_knn"), "--metric probe_knn needs --set probe_labels=FILE"),
+        (("--metric", "top1"), "--metric 'top1': use one of knn_top1, linear_top1, rankme"),
+        (("--metric", "rankme", "--set", "eval=false"), "remove --set eval=false"),
+        (("--sampler", "grid"), "--sampler grid: temperature is a range"),
+    ],
+)
+def test_a_metric_no_trial_can_report_exits_2_in_one_line(tmp_path, capsys, flags, match):
+    out = tmp_path / "o"
+    code = main(_args(tmp_path, out, flags=flags))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and match in err[0], err
+    assert not (out / "trials").exists()
+
+
+@pytest.mark.parametrize(
+    "metric,pruner,on",
+    [
+        ("rankme", "median", "quality_every"),
+        ("alignment", "halving", "quality_every"),
+        ("knn_top1", "median", "knn_every"),
+    ]
+    + [("probe_knn", "median", None), ("rankme", "none", None)],
+)
+def test_a_trial_turns_on_the_monitor_its_pruner_reads_and_no_other(tmp_path, metric, pruner, on):
+    from fastclr.sweep import objective, run
+
+    (tmp_path / "s.yaml").write_text(SPACE)
+    spec = run.SweepSpec(None, None, str(tmp_path / "s.yaml"), metric=metric, pruner=pruner)
+    cfg = run.trial_config(spec, space.read(spec.space_file), run._Preview(), tmp_path, "s")
+    assert {f: getattr(cfg, f) for f in ("knn_every", "quality_every")} == {
+        f: int(f == on) for f in ("knn_every", "quality_every")
+    }
+    assert spec.pruned_on() == (objective.get(metric).monitor if on else None)
+
+
+@pytest.mark.parametrize(
+    "metric,done,worse,better", [("rankme", (40.0, 50.0), 10.0, 60.0), ("alignment", (0.5, 0.7), 0.9, 0.4)]
+)
+def test_pruning_reads_its_metrics_monitor_in_the_metrics_direction(metric, done, worse, better):
+    """Two finished trials set the median at epoch 1; a trial below it (RankMe lower, alignment higher)
+    is pruned, one above it is not; another monitor's value in the same record is never reported."""
+    import optuna
+
+    from fastclr.sweep import objective, run
+
+    s = optuna.create_study(direction=objective.get(metric).direction, pruner=run._pruner("median"))
+    for value in done:
+        t = s.ask()
+        run.Pruning(t, metric).on_log({"step": 4, "epoch": 1.0, metric: value})
+        s.tell(t, value)
+    for value, pruned in ((worse, True), (better, False)):
+        t = s.ask()
+        callback = run.Pruning(t, metric)
+        callback.on_log({"step": 4, "epoch": 1.0, "knn_top1": 0.0})  # the kNN monitor: not this study's
+        assert s.trials[t.number].intermediate_values == {} and not callback.should_stop()
+        callback.on_log({"step": 4, "epoch": 1.0, metric: value, "knn_top1": 0.99})
+        assert s.trials[t.number].intermediate_values == {1: value} and callback.should_stop() is pruned
+        if pruned:
+            s.tell(t, state=optuna.trial.TrialState.PRUNED)
+        else:
+            s.tell(t, value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("metric,pick", [("rankme", max), ("alignment", min)])
+def test_a_label_free_study_picks_its_best_trial_in_the_metrics_direction(tmp_path, capsys, metric, pick):
+    """best.yaml is the trial with the highest RankMe (the lowest alignment) in trials.csv, whose rows also
+    carry every other figure of the trial's result."""
+    out = tmp_path / "sweep"
+    flags = ("--metric", metric, "--sampler", "grid", "--pruner", "none", "--set", "eval_max_images=100")
+    assert main(_args(tmp_path, out, trials=2, text="temperature: [0.1, 0.5]\n", flags=flags)) == 0
+    result = _result(capsys)
+    direction = "maximize" if pick is max else "minimize"
+    assert result["complete"] == 2 and result["direction"] == direction and result["pruned_on"] is None
+    rows = _rows(out)
+    for r in rows:
+        scores = json.loads((out / "trials" / r["number"] / "result.json").read_text())["eval"]
+        assert (r["metric"], r["direction"]) == (metric, direction)
+        assert float(r["value"]) == pytest.approx(scores["label_free"][metric]) == pytest.approx(float(r[metric]))
+        assert float(r["knn_top1"]) == pytest.approx(scores["knn_top1"]) and r["view_agreement"] and r["uniformity"]
+    chosen = pick(rows, key=lambda r: float(r[metric]))
+    assert result["best"]["number"] == int(chosen["number"])
+    header = (out / "best.yaml").read_text().splitlines()[0]
+    assert header.startswith(f"# best trial {chosen['number']} ") and f"by {metric} ({direction[:-1]}ed)" in header
+    assert config.build_config(str(out / "best.yaml"), {}, []).temperature == float(chosen["temperature"])
+    assert f"{metric} ({direction[:-1]}ed)" in (out / "sweep.html").read_text()
+
+
+@pytest.mark.slow
+def test_a_label_free_study_prunes_on_the_label_free_monitor(tmp_path, capsys):
+    """The seeded grid runs 200 held-aside images, then 2: trial 1's RankMe (at most min(2, d) = 2) trails
+    trial 0's at epoch 1 and successive halving prunes it. The values optuna got are the RankMe
+    entries of metrics.jsonl, and no trial ran the kNN monitor."""
+    import optuna
+
+    from fastclr.sweep import study
+
+    out = tmp_path / "sweep"
+    flags = ("--metric", "rankme", "--sampler", "grid", "--pruner", "halving")
+    assert main(_args(tmp_path, out, trials=2, text="eval_max_images: [2, 200]\n", flags=flags)) == 0
+    result = _result(capsys)
+    rows = _rows(out)
+    assert [r["eval_max_images"] for r in rows] == ["200", "2"], "the grid's seeded order changed"
+    assert result["pruned_on"] == "rankme" and [r["state"] for r in rows] == ["COMPLETE", "PRUNED"]
+    stored = optuna.load_study(study_name="sweep", storage=study.storage(out, None))
+    for t in stored.trials:
+        folder = out / "trials" / str(t.number)
+        trial_cfg = config.read_preset(str(folder / "config.yaml"))
+        assert trial_cfg["quality_every"] == 1 and trial_cfg["knn_every"] == 0
+        records = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert t.intermediate_values == {round(r["epoch"]): r["rankme"] for r in records if "rankme" in r}
+        assert not any("knn_top1" in r for r in records)
+    assert list(stored.trials[1].intermediate_values) == [1] and stored.trials[1].intermediate_values[1] <= 2

@@ -468,19 +468,36 @@ def add_show_augment(sub) -> None:
 def add_sweep(sub) -> None:
     p = sub.add_parser(
         "sweep",
-        help="hyper-parameter search with optuna: each trial a pretraining run, pruned on the kNN monitor",
+        help="hyper-parameter search with optuna: each trial a pretraining run, pruned on its metric's monitor",
         description="Search the config fields SPACE.yaml names ({low, high[, log][, step]}, a list of choices, or a "
         "fixed value). Writes DIR/trials/N (one run folder per trial), DIR/trials.csv, DIR/best.yaml, DIR/sweep.html. "
         "Rerun the same command to resume; run it in several processes on the same DIR to search in parallel. "
-        "Needs optuna: pip install 'fastclr[sweep]'.",
+        "A folder without labels: --metric rankme (or view_agreement, alignment, uniformity), or --metric probe_knn "
+        "with --set probe_labels=FILE naming a few labelled images. Needs optuna: pip install 'fastclr[sweep]'.",
     )
     p.add_argument("--config", help="base preset name or YAML file (default: digits)")
     p.add_argument("--data", help=DATA_HELP)
     p.add_argument("--space", required=True, help="YAML file: config field -> range, choices or fixed value")
     p.add_argument("--trials", type=int, required=True, help="trials the study should hold (rerun with more to extend)")
-    p.add_argument("--metric", default="knn_top1", help="objective, maximised: knn_top1 (default) or linear_top1")
     p.add_argument(
-        "--pruner", default="median", help="median (default), halving (successive halving) or none; reads knn_every"
+        "--metric",
+        default="knn_top1",
+        help="objective; maximised: knn_top1 (default), linear_top1 (both need a labelled test split), rankme, "
+        "view_agreement, probe_knn (few-shot kNN; needs --set probe_labels=FILE); minimised: alignment, uniformity. "
+        "The label-free ones (rankme, view_agreement, alignment, uniformity) need no labels but are proxies "
+        "(benchmarks/README.md: how often each picks what kNN would); alignment alone rewards a collapsed encoder",
+    )
+    p.add_argument(
+        "--pruner",
+        default="median",
+        help="median (default), halving (successive halving) or none; prunes on the kNN monitor (knn_every) for "
+        "knn_top1 / linear_top1, the label-free monitor (quality_every) for the label-free metrics; "
+        "never for probe_knn",
+    )
+    p.add_argument(
+        "--sampler",
+        default="tpe",
+        help="tpe (default: optuna's TPE) or grid (every point of a space of choices once, no baseline trial)",
     )
     p.add_argument("--out", default="runs/sweep", help="study folder (default runs/sweep)")
     p.add_argument(

@@ -1,4 +1,8 @@
-"""What a sweep writes into DIR: ``trials.csv``, ``best.yaml``, ``sweep.html``, and its result line."""
+"""What a sweep writes into DIR: ``trials.csv``, ``best.yaml``, ``sweep.html``, and its result line.
+
+Each names the metric and its direction. trials.csv also carries every figure a finished trial's
+result holds (kNN, linear, few-shot probe, the label-free ones): one study read against another metric.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from fastclr.sweep.objective import FIGURES, Metric, describe, get
 
 
 def _atomic(path: Path, text: str) -> None:
@@ -25,20 +31,25 @@ def _seconds(trial: Any) -> float | None:
     return round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1)
 
 
-def write_csv(trials: list[Any], path: Path) -> None:
-    """One row per trial: number, state, every parameter, the metric, seconds (start to end)."""
+def write_csv(trials: list[Any], metric: Metric, path: Path) -> None:
+    """One row per trial: number, state, every parameter, the metric's name, direction and value, every
+    figure of :data:`fastclr.sweep.objective.FIGURES` the trial's result holds, seconds (start to end), folder."""
     names = sorted({k for t in trials for k in t.params})
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["number", "state", *names, "value", "seconds", "folder"])
+    writer.writerow(["number", "state", *names, "metric", "direction", "value", *FIGURES, "seconds", "folder"])
     for t in trials:
         params = [t.params.get(k, "") for k in names]
+        figures = t.user_attrs.get("figures") or {}
         writer.writerow(
             [
                 t.number,
                 t.state.name,
                 *params,
+                metric.name,
+                metric.direction,
                 "" if t.value is None else t.value,
+                *(figures.get(name, "") for name in FIGURES),
                 _seconds(t) or "",
                 t.user_attrs.get("folder", ""),
             ]
@@ -46,12 +57,15 @@ def write_csv(trials: list[Any], path: Path) -> None:
     _atomic(path, buffer.getvalue())
 
 
-def write_best(best: Any, metric: str, path: Path) -> None:
+def write_best(best: Any, metric: Metric, path: Path) -> None:
     """The best trial's resolved config, ``out`` pointed at DIR/best: ``fastclr pretrain --config DIR/best.yaml``."""
     folder = Path(best.user_attrs["folder"])
     values = yaml.safe_load((folder / "config.yaml").read_text())
     values["out"] = str(path.parent / "best")
-    header = f"# best trial {best.number} ({folder}): {metric} = {best.value:.4f}; params {best.params}\n"
+    header = (
+        f"# best trial {best.number} ({folder}) by {describe(metric)}: {metric.name} = {best.value:.4f}; "
+        f"params {best.params}\n"
+    )
     _atomic(path, header + yaml.safe_dump(values, sort_keys=False))
 
 
@@ -92,10 +106,12 @@ def write_html(study: Any, summary: dict[str, Any], path: Path) -> None:
         f"<td>{'' if t.value is None else f'{t.value:.4f}'}</td></tr>"
         for t in study.get_trials(deepcopy=False)
     )
+    goal = describe(get(summary["metric"]))
     text = (
         f"<!doctype html><meta charset='utf-8'><title>fastclr sweep {html.escape(study.study_name)}</title>"
-        f"<h1>fastclr sweep: {html.escape(study.study_name)}</h1><pre>{html.escape(yaml.safe_dump(summary))}</pre>"
+        f"<h1>fastclr sweep: {html.escape(study.study_name)}, {goal}</h1>"
+        f"<pre>{html.escape(yaml.safe_dump(summary))}</pre>"
         f"{history}{importance}<h2>Trials</h2><table border=1><tr><th>number</th><th>state</th><th>params</th>"
-        f"<th>value</th></tr>{rows}</table>"
+        f"<th>{goal}</th></tr>{rows}</table>"
     )
     _atomic(path, text)
