@@ -211,6 +211,14 @@ def test_step_loss_is_the_loss_of_both_groups_concatenated():
     assert len(seen) == 1 and seen[0].shape == (2 * B, 8)  # on_h: the full-size views' h only
 
 
+def test_step_refuses_views_that_do_not_match_the_config():
+    x, small = step_inputs()
+    with pytest.raises(ValueError, match="small views missing"):
+        forward_backward(NoBN(), x, cfg_with(), 0, torch.device("cpu"), "fp32")
+    with pytest.raises(ValueError, match="small views given"):
+        forward_backward(NoBN(), x, cfg_with(small_crops=0), 0, torch.device("cpu"), "fp32", None, small)
+
+
 @pytest.mark.parametrize("chunk_size", [3, 8])
 def test_gradient_cache_equals_one_pass_with_small_views(chunk_size):
     cfg = cfg_with(max_negatives=9)

@@ -151,6 +151,8 @@ def forward_backward(
     online probe of :mod:`fastclr.eval.monitor`; with the gradient cache, those of its first,
     gradient-free pass).
     """
+    if (small is None) != (cfg.small_crops == 0):  # shapes only: no host sync
+        raise ValueError(f"small_crops={cfg.small_crops} but small views {'missing' if small is None else 'given'}")
     groups = [x] if small is None else [x, small.contiguous(memory_format=_memory_format(x))]
     if cfg.chunk_size:
         rows = global_rows(x.shape[0] // cfg.views, view_count(cfg), x.device).split([g.shape[0] for g in groups])
