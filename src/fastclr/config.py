@@ -45,7 +45,7 @@ class Config:
     # model
     # encoder: resnet_mini (CPU demos), resnet18 ... resnet152, resnet50x2/x4, torchvision models, timm:NAME
     arch: str = "resnet_mini"
-    # YAML mapping for the torchvision/timm constructor, e.g. "{img_size: 32, patch_size: 4}"
+    # YAML mapping for the torchvision/timm constructor, e.g. "{img_size: 32, patch_size: 4}"; hf: config.json fields
     arch_kwargs: str = ""
     freeze_patch_embed: bool = False  # ViTs: keep the random patch projection fixed (MoCo v3 section 4.2)
     # start the encoder from a torchvision/timm state dict or .safetensors file ("": random init); keys checked exactly

@@ -109,3 +109,33 @@ def test_gradient_cache_replays_the_dropout_masks(tiny_arch, tokenizer, tmp_path
     assert len(got) == len(want) > 0
     for a, b in zip(got, want, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_arch_kwargs_replace_config_fields_and_refuse_unknown_ones(tiny_arch):
+    one = load_backbone(tiny_arch, random_init=True, overrides={"num_hidden_layers": 1})
+    assert len(one.encoder.layer) == 1
+    loaded = load_backbone(tiny_arch, random_init=False).state_dict()
+    first = load_backbone(tiny_arch, random_init=False, overrides={"num_hidden_layers": 1}).state_dict()
+    assert set(first) < set(loaded)  # the file's first layer, its second left out
+    assert all(torch.equal(first[k], loaded[k]) for k in first)
+    with pytest.raises(UserError, match="no_such_field"):
+        load_backbone(tiny_arch, random_init=True, overrides={"no_such_field": 3})
+
+
+def test_frozen_word_embeddings_stay_bit_identical_while_the_rest_trains(tiny_arch, tokenizer, tmp_path):
+    cfg = config.Config(
+        data=f"text:{tmp_path}/x.txt", arch=tiny_arch, hf_random_init=True, freeze_word_embed=True, proj_dim=8
+    )
+    model = restore.build_model(cfg).train()
+    words = model.encoder.backbone.get_input_embeddings().weight
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    tokens = tokenize(tokenizer, SENTENCES[:6], 32)[0]
+    x = step.make_views(tokens, torch.arange(6), 0, cfg, step.augment_config(cfg))
+    step.forward_backward(model, x, cfg, 0, torch.device("cpu"), "fp32")
+    opt.step()
+    assert not words.requires_grad and words.grad is None
+    name = "encoder.backbone.embeddings.word_embeddings.weight"
+    assert torch.equal(model.state_dict()[name], start[name])
+    moved = [k for k, v in model.state_dict().items() if not torch.equal(v, start[k])]
+    assert any("position_embeddings" in k for k in moved) and any("encoder.layer.0" in k for k in moved)

@@ -107,3 +107,12 @@ def test_bad_text_input_exits_2_with_one_line(tiny_arch, tmp_path, capsys):
     assert "text encoder" in capsys.readouterr().err
     assert cli.main(["pretrain", "--data", f"text:{junk}", "--out", str(tmp_path / "s")]) == 2
     assert "image encoder" in capsys.readouterr().err
+
+
+def test_a_run_from_random_weights_says_what_to_expect(tiny_arch, tmp_path, capsys):
+    data = f"stsb:{stsb_folder(tmp_path / 'sts')}"
+    pretrain(_cfg(tiny_arch, data, tmp_path / "r", max_steps=1))
+    lines = [line for line in capsys.readouterr().err.splitlines() if "hf_random_init=true" in line]
+    assert len(lines) == 1 and lines[0].startswith("fastclr: warning: ")
+    pretrain(_cfg(tiny_arch, data, tmp_path / "w", max_steps=1, hf_random_init=False))
+    assert "hf_random_init=true" not in capsys.readouterr().err

