@@ -90,8 +90,12 @@ def pretrain(spec: str, out: Path, extra: list[str]) -> tuple[dict, float, str]:
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+        raise RunFailed(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
     return json.loads(done.stdout.strip().splitlines()[-1]), seconds, done.stderr
+
+
+class RunFailed(Exception):
+    """A run that exited non-zero: its last stderr line (a refusal such as multi-crop on streamed files)."""
 
 
 def row(name: str, variant: str, result: dict, seconds: float) -> dict:
@@ -147,7 +151,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     extra = shlex.split(args.extra)
-    rows = []
+    rows: list[dict] = []
+    notes: list[str] = []
     for name in args.sets.split(","):
         if name != "digits" and not SHARED.is_dir():
             print(f"skipping {name}: {SHARED} is absent")
@@ -157,12 +162,17 @@ def main() -> None:
         if args.multicrop:
             variants.append((f"2 + {args.multicrop} small", ["--set", f"small_crops={args.multicrop}"]))
         for label, flags in variants:
-            result, seconds, _ = pretrain(spec, out / "runs" / f"{name}-{len(flags)}", [*extra, *flags])
+            try:
+                result, seconds, _ = pretrain(spec, out / "runs" / f"{name}-{len(flags)}", [*extra, *flags])
+            except RunFailed as e:
+                print(f"{name}, {label}: {e}", flush=True)
+                notes.append(f"- {name}, {label}: {e}")
+                continue
             rows.append(row(name, label, result, seconds))
             print(table(rows[-1:]), flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     header = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load:.1f}\n\n"
-    text = header + table(rows)
+    text = header + table(rows) + ("\n" + "\n".join(notes) + "\n" if notes else "")
     (out / "quality.md").write_text(text)
     (out / "quality.json").write_text(json.dumps(rows, indent=2))
     print(text)
