@@ -238,7 +238,15 @@ def _sampler(name: str, dims: list[space.Dimension], trials: int, seed: int | No
         raise UserError(
             f"--trials {trials}: the grid of --space has {points if grid else 0} points; ask for at most that"
         )
-    return optuna.samplers.GridSampler(grid, seed=seed)
+
+    class Grid(optuna.samplers.GridSampler):  # type: ignore[name-defined]
+        """optuna's grid (seeded order), less its ``study.stop()`` once every point ran: that works only inside
+        ``study.optimize``, and the sweep's own loop stops at --trials."""
+
+        def after_trial(self, *args: Any) -> None:
+            return None
+
+    return Grid(grid, seed=seed)
 
 
 def baseline_params(spec: SweepSpec, dims: list[space.Dimension]) -> dict[str, Any] | None:
