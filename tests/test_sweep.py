@@ -345,3 +345,23 @@ def test_a_label_free_study_prunes_on_the_label_free_monitor(tmp_path, capsys):
         assert t.intermediate_values == {round(r["epoch"]): r["rankme"] for r in records if "rankme" in r}
         assert not any("knn_top1" in r for r in records)
     assert list(stored.trials[1].intermediate_values) == [1] and stored.trials[1].intermediate_values[1] <= 2
+
+
+def test_the_grid_runs_every_point_once_in_its_seeded_order_and_tells_the_last_one(tmp_path):
+    """optuna's GridSampler calls study.stop() once its last point is told, which raises outside
+    study.optimize; the sweep's grid lets its own loop stop at --trials instead."""
+    import optuna
+
+    from fastclr.sweep import run
+
+    (tmp_path / "s.yaml").write_text("temperature: [0.1, 0.5]\nlr: [0.05, 0.1]\nmin_scale: 0.3\n")
+    dims = space.read(tmp_path / "s.yaml")
+    s = optuna.create_study(sampler=run._sampler("grid", dims, 4, 0))
+    seen = []
+    for _ in range(4):
+        t = s.ask()
+        seen.append(tuple(space.suggest(t, dims).values()))
+        s.tell(t, 0.5)  # the last tell must not raise
+    assert sorted(seen) == [(a, b, 0.3) for a in (0.1, 0.5) for b in (0.05, 0.1)]
+    with pytest.raises(UserError, match="the grid of --space has 4 points"):
+        run._sampler("grid", dims, 5, 0)
