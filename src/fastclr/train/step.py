@@ -80,7 +80,8 @@ def make_small_views(
     if images.dim() != 4 or images.is_floating_point():
         raise UserError(
             f"small_crops={cfg.small_crops} needs images held in memory, but these are cropped by loader workers "
-            "(images larger than image_size, shards, or over data_memory_gb): set small_crops=0 or raise data_memory_gb"
+            "(images larger than image_size, shards, or over data_memory_gb): set small_crops=0, or decode them once "
+            f"with `fastclr prepare DATA --size {cfg.image_size} --out DIR` and train on --data prepared:DIR"
         )
     small = small_augment_config(cfg, aug)
     return views(images, index, seed=cfg.seed, epoch=epoch, first=cfg.views, count=cfg.small_crops, cfg=small)
