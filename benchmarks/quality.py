@@ -45,28 +45,34 @@ PHOTO_SETS = {  # name: (side, classes, train per class, val per class)
 
 
 def make_photos(root: Path, side: int, classes: tuple[str, ...], n_train: int, n_val: int) -> Path:
-    """CIFAR-10 JPEGs enlarged (bicubic) to ``side`` px in ``root/{train,val}/<class>/`` (once)."""
+    """CIFAR-10 JPEGs enlarged (bicubic) to ``side`` px in ``root/{train,val}/<class>/`` (once).
+
+    The archive is read twice in order (an xz stream cannot seek back): the names, then the chosen files.
+    """
     from PIL import Image
 
     if (root / "done").exists():
         return root
-    members: dict[tuple[str, str], list[tarfile.TarInfo]] = {}
+    members: dict[tuple[str, str], list[str]] = {}
     with tarfile.open(CIFAR) as tar:
-        for m in tar.getmembers():
-            parts = Path(m.name).parts
-            if m.isfile() and len(parts) >= 3 and parts[-2] in classes and parts[-3] in ("train", "test"):
-                members.setdefault((parts[-3], parts[-2]), []).append(m)
-        rng = random.Random(0)
-        for (split, cls), found in sorted(members.items()):
-            found.sort(key=lambda m: m.name)
-            rng.shuffle(found)
-            target = root / ("train" if split == "train" else "val") / cls
-            target.mkdir(parents=True, exist_ok=True)
-            for m in found[: n_train if split == "train" else n_val]:
-                fh = tar.extractfile(m)
-                assert fh is not None
-                image = Image.open(fh).convert("RGB").resize((side, side), Image.BICUBIC)
-                image.save(target / Path(m.name).name, quality=90)
+        for name in tar.getnames():
+            parts = Path(name).parts
+            if len(parts) >= 3 and parts[-2] in classes and parts[-3] in ("train", "test") and "." in parts[-1]:
+                members.setdefault((parts[-3], parts[-2]), []).append(name)
+    rng, chosen = random.Random(0), {}
+    for (split, cls), names in sorted(members.items()):
+        names.sort()
+        rng.shuffle(names)
+        for name in names[: n_train if split == "train" else n_val]:
+            chosen[name] = root / ("train" if split == "train" else "val") / cls / Path(name).name
+    with tarfile.open(CIFAR, "r|xz") as stream:
+        for m in stream:
+            target = chosen.get(m.name)
+            fh = stream.extractfile(m) if target is not None else None
+            if fh is None or target is None:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.open(fh).convert("RGB").resize((side, side), Image.BICUBIC).save(target, quality=90)
     (root / "done").touch()
     return root
 

@@ -315,9 +315,9 @@ def test_a_label_free_study_picks_its_best_trial_in_the_metrics_direction(tmp_pa
     chosen = pick(rows, key=lambda r: float(r[metric]))
     assert result["best"]["number"] == int(chosen["number"])
     header = (out / "best.yaml").read_text().splitlines()[0]
-    assert header.startswith(f"# best trial {chosen['number']} ") and f"by {metric} ({direction[:-1]}ed)" in header
+    assert header.startswith(f"# best trial {chosen['number']} ") and f"by {metric} ({direction[:-2]}sed)" in header
     assert config.build_config(str(out / "best.yaml"), {}, []).temperature == float(chosen["temperature"])
-    assert f"{metric} ({direction[:-1]}ed)" in (out / "sweep.html").read_text()
+    assert f"{metric} ({direction[:-2]}sed)" in (out / "sweep.html").read_text()
 
 
 @pytest.mark.slow
