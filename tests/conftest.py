@@ -21,6 +21,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (bit-exact comparisons use the same kernels; no fight over the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def cifar_subset(tmp_path_factory):
     """A small class-balanced subset of the CIFAR-10 JPEGs from ../shared/data: train/ and test/ folders

@@ -30,12 +30,7 @@ def cfg_for(out, **kw) -> config.Config:
     return config.build_config(None, {"out": str(out)}, [f"{k}={v}" for k, v in values.items()])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize(

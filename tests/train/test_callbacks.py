@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from fastclr import config
 from fastclr.method.lars import scaled_lr
@@ -31,12 +30,7 @@ SMALL = [
 STEPS_PER_EPOCH = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def build(out: Path, *sets: str, max_steps: int = 0) -> config.Config:

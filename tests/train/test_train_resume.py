@@ -46,13 +46,7 @@ def cli_args(out: Path, max_steps: int = STEPS, extra: tuple[str, ...] = ()) -> 
     return [*args, *extra]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Same kernels in every run (bit-exact comparisons) and no fight over the 2 shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def run(out: Path, max_steps: int, **kw) -> dict:
