@@ -39,7 +39,7 @@ class Config:
     data_memory_gb: float = (
         0.0  # decoded images a run may hold (data/tiers.py); 0: a quarter of RAM and of the GPU's memory
     )
-    decode: str = "auto"  # where shard JPEGs are decoded (data/gpu_decode.py): auto (GPU on CUDA), cpu or gpu
+    decode: str = "auto"  # where shard JPEGs are decoded (data/gpu_decode.py): auto (the CPU for now), cpu or gpu
     text_column: str = "text"  # text data (text:FILE .csv/.tsv/.jsonl): the column holding the texts
     max_length: int = 32  # text: tokens per text, [CLS] and [SEP] included; longer texts are truncated
     # model
