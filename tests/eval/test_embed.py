@@ -1,5 +1,6 @@
 """Embeddings come out in dataset order with their ids: one process, the gather with indices, and torchrun."""
 
+import json
 import os
 import subprocess
 import sys
@@ -100,6 +101,58 @@ def test_torchrun_two_processes_same_file(setup, tmp_path):
     array, ids = embed.read(out)
     assert ids == data.pretrain.ids
     np.testing.assert_allclose(array, _reference(model, data.pretrain.images).numpy(), atol=1e-5)
+
+
+def _torchrun_embed(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd = [*run, "-m", "fastclr", "embed"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=240, check=False)
+
+
+def test_torchrun_file_set_each_rank_decodes_its_own_rows(tmp_path):
+    """Photos larger than the model's size are a file set: under torchrun each rank decodes only its
+    shard (a spy counts the decodes per rank), an unreadable file is left out, and the rows equal one
+    process's, in file order."""
+    from PIL import Image
+
+    from makeimages import pixels
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(9):
+        Image.fromarray(pixels(i, 40, 36)).save(folder / f"img{i:02d}.png")
+    (folder / "img04.png").write_bytes(b"not an image")
+    ckpt, _ = make_checkpoint(tmp_path / "last.pt", str(folder), max_bad_fraction=0.5)
+    one = last_json(cli("embed", "--checkpoint", str(ckpt), "--out", str(tmp_path / "one.npy")))
+    spy = tmp_path / "spy"
+    spy.mkdir()
+    sitecustomize = tmp_path / "site" / "sitecustomize.py"  # every process counts its own decodes
+    sitecustomize.parent.mkdir()
+    sitecustomize.write_text(
+        "import os\n"
+        "from fastclr.data import evalset\n"
+        "_decode = evalset.decode\n"
+        "def counted(path, *a, **k):\n"
+        f"    with open(os.path.join({str(spy)!r}, os.environ.get('RANK', 'x')), 'a') as f:\n"
+        "        f.write(str(path) + '\\n')\n"
+        "    return _decode(path, *a, **k)\n"
+        "evalset.decode = counted\n"
+    )
+    os.environ["PYTHONPATH"] = f"{sitecustomize.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    try:
+        r = _torchrun_embed("--checkpoint", str(ckpt), "--out", str(tmp_path / "two.npy"), "--batch-size", "4")
+    finally:
+        os.environ["PYTHONPATH"] = os.environ["PYTHONPATH"].split(os.pathsep, 1)[1]
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert one["count"] == 8 and json.loads(r.stdout.splitlines()[-1])["count"] == 8
+    a, ids_a = embed.read(tmp_path / "one.npy")
+    b, ids_b = embed.read(tmp_path / "two.npy")
+    assert ids_a == ids_b and not any(i.endswith("img04.png") for i in ids_b)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    decoded = {rank: (spy / rank).read_text().split() for rank in ("0", "1")}
+    assert sorted(decoded["0"] + decoded["1"]) == sorted(str(p) for p in folder.iterdir())  # each file once
+    assert not set(decoded["0"]) & set(decoded["1"])
 
 
 def test_embed_joins_the_process_group_before_touching_the_device(tmp_path, monkeypatch):

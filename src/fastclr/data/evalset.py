@@ -12,7 +12,6 @@ that cannot be decoded is left out and reported (``badfiles.py``).
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ from fastclr.data.sets import FileSet
 from fastclr.data.shard_loader import eval_batches as shard_eval_batches
 from fastclr.data.shards import ShardSet
 from fastclr.data.tiers import decoded_bytes
-from fastclr.data.workers import in_order
+from fastclr.data.workers import in_order, worker_cap
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]
 
@@ -57,7 +56,7 @@ class _Chunks(torch.utils.data.Dataset):
 
 def batches(data: FileSet, size: int, batch_size: int = 256, workers: int = 0) -> Iterator[Batch]:
     """(index [b], evaluation views uint8 [b, 3, S, S], bad files) of every file, in dataset order."""
-    workers = min(workers, os.cpu_count() or 1)
+    workers = worker_cap(workers)  # this process's share of the node's cores under torchrun
     if isinstance(data, ShardSet):  # tar shards: read sequentially (shard_loader.py)
         yield from shard_eval_batches(data, size, batch_size, workers)
         return

@@ -26,6 +26,7 @@ import numpy as np
 from fastclr import log
 from fastclr.data.images import BadImage, decode
 from fastclr.data.listing import cached_scan
+from fastclr.data.workers import worker_cap
 from fastclr.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -164,7 +165,7 @@ def iter_decode(
     if workers <= 0 or len(jobs) < 64:
         yield from map(_decode_one, jobs)
         return
-    with ProcessPoolExecutor(min(workers, os.cpu_count() or 1)) as pool:
+    with ProcessPoolExecutor(max(1, worker_cap(workers))) as pool:  # this rank's share of the node's cores
         yield from pool.map(_decode_one, jobs, chunksize=64)
 
 

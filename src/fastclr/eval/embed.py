@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
+from fastclr.config import Config
 from fastclr.data import evalset, tiers
 from fastclr.data.sets import FileSet
 from fastclr.errors import UserError, require_positive
@@ -52,18 +53,21 @@ def embed_rows(
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
-def gather_in_order(
+def gather_rows(
     rows: torch.Tensor, index: torch.Tensor, n: int, device: torch.device, width: int | None = None
-) -> torch.Tensor | None:
-    """All processes' rows placed at their dataset indices: [n, d] on rank 0, None elsewhere.
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """All processes' rows and their dataset indices, sorted by index: ([m, d], [m]) on rank 0, None elsewhere.
 
-    Every process pads to the longest shard with index -1; the gather carries (index, row) pairs,
-    so padding can never land on a real row. One process: the rows scattered by index.
+    Every process pads to the longest possible shard (ceil(n / world)) with index -1; the gather carries
+    (index, row) pairs, so padding can never land on a real row. Rows a process left out (unreadable
+    files) are simply absent. One process: its rows sorted by index.
+
+    Raises:
+        RuntimeError: an index gathered twice.
     """
     if dist.world_size() == 1:
-        full = torch.empty(n, rows.shape[1])
-        full[index] = rows
-        return full
+        order = index.argsort()
+        return rows.cpu()[order], index[order]
     longest = -(-n // dist.world_size())
     d = rows.shape[1] if width is None else width  # the model's width: a rank with no rows has shape [0, 0]
     pad_rows = torch.zeros(longest, d, device=device)
@@ -80,11 +84,29 @@ def gather_in_order(
     idx = torch.cat(all_index).cpu()
     vals = torch.cat(all_rows).cpu()
     keep = idx >= 0
-    if int(keep.sum()) != n or not torch.equal(idx[keep].sort().values, torch.arange(n)):
+    idx, vals = idx[keep], vals[keep]
+    order = idx.argsort()
+    idx, vals = idx[order], vals[order]
+    if idx.numel() > 1 and bool((idx[1:] == idx[:-1]).any()):
+        raise RuntimeError("distributed embedding: a data set index was gathered twice")
+    return vals, idx
+
+
+def gather_in_order(
+    rows: torch.Tensor, index: torch.Tensor, n: int, device: torch.device, width: int | None = None
+) -> torch.Tensor | None:
+    """All processes' rows placed at their dataset indices: [n, d] on rank 0, None elsewhere (:func:`gather_rows`).
+
+    Raises:
+        RuntimeError: the gathered indices do not cover 0..n-1 exactly once.
+    """
+    got = gather_rows(rows, index, n, device, width)
+    if got is None:
+        return None
+    vals, idx = got
+    if not torch.equal(idx, torch.arange(n)):
         raise RuntimeError("distributed embedding: the gathered indices do not cover the data set exactly once")
-    full = torch.empty(n, d)
-    full[idx[keep]] = vals[keep]
-    return full
+    return vals
 
 
 def write(out: str | Path, embeddings: torch.Tensor, ids: list[str]) -> list[str]:
@@ -213,8 +235,9 @@ def run(
         )
         dist.cleanup()
         return {"out": out, "count": count, "dim": dim, "files": files}
-    if isinstance(images, FileSet):
-        images = evalset.decoded(images, cfg.image_size, workers=cfg.workers, limit=tiers.budget(cfg.data_memory_gb))
+    width = cfg.proj_dim if projection else model.feature_dim
+    if isinstance(images, FileSet):  # torchrun: every rank decodes only its own rows
+        return _embed_file_shards(fn, images, out, cfg, dev, width, batch_size, precision)
     mine = shard(len(images), dist.rank(), dist.world_size())
     if hasattr(images, "tokens"):  # texts: token ids through the text encoder
         from fastclr.text.sts import encode_tokens
@@ -223,11 +246,44 @@ def run(
     else:
         images = restore.in_memory(images, "embed")
         rows = embed_rows(fn, images.images, mine, cfg.image_size, dev, batch_size, precision, progress=dist.is_main())
-    width = cfg.proj_dim if projection else model.feature_dim
     full = gather_in_order(rows, mine, len(images), dev, width)
     result: dict = {"out": out, "count": len(images), "dim": width}
     if dist.is_main() and full is not None:
         result["files"] = write(out, full, list(images.ids))
+    dist.barrier()
+    dist.cleanup()
+    return result
+
+
+def _embed_file_shards(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    files: FileSet,
+    out: str,
+    cfg: Config,
+    device: torch.device,
+    width: int,
+    batch_size: int,
+    precision: str,
+) -> dict:
+    """``fastclr embed`` of a file set under torchrun: each rank decodes and embeds only its shard of the
+    files, rank 0 gathers the rows in file order and writes them; unreadable files are left out (reported)."""
+    mine = shard(len(files), dist.rank(), dist.world_size())
+    own = files.subset(mine)
+    part = evalset.decoded(
+        own, cfg.image_size, workers=cfg.workers, limit=tiers.budget(cfg.data_memory_gb), bad=files.bad
+    )
+    readable = set(part.ids)
+    kept = mine[torch.tensor([str(f) in readable for f in own.files], dtype=torch.bool)]
+    part = restore.in_memory(part, "embed")
+    rows = embed_rows(fn, part.images, torch.arange(len(part)), cfg.image_size, device, batch_size, precision,
+                      progress=dist.is_main())  # fmt: skip
+    got = gather_rows(rows, kept, len(files), device, width)
+    result: dict = {"out": out, "count": 0, "dim": width}
+    if got is not None:
+        vals, idx = got
+        ids = files.ids
+        result["count"] = int(idx.numel())
+        result["files"] = write(out, vals, [ids[i] for i in idx.tolist()])
     dist.barrier()
     dist.cleanup()
     return result

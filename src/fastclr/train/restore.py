@@ -152,7 +152,7 @@ def load_data(cfg: config.Config, spec: str | None) -> datasets.DataSplits:
 
         tokenizer = load_tokenizer(cfg.arch)
         return text_data.load(spec or cfg.data, tokenizer, cfg.max_length, column=cfg.text_column)  # type: ignore[return-value]
-    data = datasets.load(spec or cfg.data, cfg.image_size, workers=cfg.workers)
+    data = datasets.load(spec or cfg.data, cfg.image_size, workers=cfg.workers, max_bad_fraction=cfg.max_bad_fraction)
     return evalset.eval_splits(data, cfg.image_size, workers=cfg.workers, limit=tiers.budget(cfg.data_memory_gb))
 
 
