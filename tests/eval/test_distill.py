@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from evalkit import cli, digit_folder, last_json, make_checkpoint, one_line_error
 from fastclr.data import datasets
@@ -23,6 +24,18 @@ def test_loss_matches_reference():
             ps = [math.exp(v / tau) for v in s[i].tolist()]
             ref -= sum(a / sum(pt) * math.log(b / sum(ps)) for a, b in zip(pt, ps))
         assert float(distillation_loss(s, t, tau)) == pytest.approx(ref / 5, rel=1e-5)
+
+
+def test_labelled_cross_entropy_counts_only_labelled_rows():
+    from fastclr.eval.distill import labelled_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4, generator=g)
+    labels = torch.tensor([2, -1, 0, -1, 3, 1])
+    known = labels >= 0
+    assert torch.allclose(labelled_cross_entropy(logits, labels), F.cross_entropy(logits[known], labels[known]))
+    none = labelled_cross_entropy(logits.requires_grad_(), torch.full((6,), -1))
+    assert float(none) == 0.0 and none.requires_grad  # still part of the graph
 
 
 def test_loss_is_minimal_at_the_teacher():

@@ -101,6 +101,8 @@ CASES = [
         "max_negatives": {"max_negatives": 5},
         "chunked": {"chunk_size": 4},
         "chunked_max_negatives": {"chunk_size": 4, "max_negatives": 5},
+        "margin_triplet": {"loss": "margin_triplet"},
+        "nt_logistic": {"loss": "nt_logistic"},
     }.items()
 ]
 

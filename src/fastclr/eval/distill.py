@@ -63,12 +63,21 @@ def distill(
         loss = distillation_loss(logits, target, temperature)
         if alpha > 0 and y is not None:
             yb = y[index]
-            known = yb >= 0
-            sup = F.cross_entropy(logits[known], yb[known]) if bool(known.any()) else logits.sum() * 0
+            sup = labelled_cross_entropy(logits, yb)
             loss = (1 - alpha) * loss + alpha * sup
         return loss
 
     return recipe.fit(student, student.trainable(), images, loss_fn, desc="distill")
+
+
+def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the rows with a label (>= 0); 0 when none has one.
+
+    Written as a masked mean, not by selecting the labelled rows: no host synchronisation on a GPU.
+    """
+    known = (labels >= 0).float()
+    per_row = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
+    return (per_row * known).sum() / known.sum().clamp_min(1)
 
 
 def check_settings(temperature: float, alpha: float, epochs: int, batch_size: int, lr: float) -> None:

@@ -16,6 +16,13 @@ from fastclr.method.augment import eval_view
 from fastclr.train.precision import autocast
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device`` without blocking the host: a CPU batch bound for CUDA goes through pinned memory."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device, non_blocking=True)
+
+
 @torch.no_grad()
 def extract(
     fn: Callable[[torch.Tensor], torch.Tensor],
@@ -36,7 +43,7 @@ def extract(
     """
     out = []
     for lo in range(0, images.shape[0], batch_size):
-        x = eval_view(images[lo : lo + batch_size].to(device, non_blocking=True), size)
+        x = eval_view(to_device(images[lo : lo + batch_size], device), size)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):

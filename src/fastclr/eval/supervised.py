@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from fastclr.data.sets import ImageSet
+from fastclr.eval.features import to_device
 from fastclr.eval.knn import topk_accuracy
 from fastclr.method import augment as _augment
 from fastclr.method.augment import AugmentConfig, augment
@@ -62,6 +63,9 @@ def batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor
     return list(perm.split(batch_size))
 
 
+SHOW_EVERY = 50  # steps between the progress bar's loss readings (each one a host synchronisation)
+
+
 def fit(
     forward: Callable[[torch.Tensor], torch.Tensor],
     params: list[torch.nn.Parameter],
@@ -96,27 +100,26 @@ def fit(
     opt = torch.optim.SGD(params, lr=peak, momentum=0.9, nesterov=True, weight_decay=0.0)
     steps_per_epoch = -(-images.shape[0] // batch_size)
     total = epochs * steps_per_epoch
-    step, last = 0, float("nan")
+    step, last = 0, None
     bar = tqdm(total=total, file=sys.stderr, desc=desc, leave=False, disable=None, dynamic_ncols=True)
     for epoch in range(epochs):
         for index in batches(images.shape[0], batch_size, seed, epoch):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, peak, 0, total)
-            x = augment(
-                images[index.to(images.device)].to(device), index.to(device), seed=seed, epoch=epoch, view=0, cfg=aug
-            )
+            batch, on_device = to_device(images[index.to(images.device)], device), to_device(index, device)
+            x = augment(batch, on_device, seed=seed, epoch=epoch, view=0, cfg=aug)
             with autocast(device, precision):
                 logits = forward(x)
-            loss = loss_fn(logits.float(), index.to(device), x)
+            loss = loss_fn(logits.float(), on_device, x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            step += 1
+            step, last = step + 1, loss.detach()
             bar.update(1)
-        last = float(loss.detach())
-        bar.set_postfix(loss=f"{last:.4f}", refresh=False)
+            if step % SHOW_EVERY == 0:  # reading the loss waits for the device: not every step
+                bar.set_postfix(loss=f"{float(last):.4f}", refresh=False)
     bar.close()
-    return last
+    return float("nan") if last is None else float(last)
 
 
 @torch.no_grad()
@@ -129,14 +132,17 @@ def predict(
     batch_size: int = 512,
     crop: float = 1.0,
 ) -> torch.Tensor:
-    """Logits [N, C] (float32, CPU) of the evaluation view (:func:`eval_view` with ``crop``) of every image."""
+    """Logits [N, C] (float32, CPU) of the evaluation view (:func:`eval_view` with ``crop``) of every image.
+
+    The logits stay on the device until the last batch: one copy to the host, not one per batch.
+    """
     device = torch.device(device)
     out = []
     for lo in range(0, images.shape[0], batch_size):
-        x = eval_view(images[lo : lo + batch_size].to(device), size, crop)
+        x = eval_view(to_device(images[lo : lo + batch_size], device), size, crop)
         with autocast(device, precision):
-            out.append(forward(x).float().cpu())
-    return torch.cat(out)
+            out.append(forward(x).float())
+    return torch.cat(out).cpu()
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

@@ -144,14 +144,19 @@ def nt_logistic(
     return nt_logistic_terms(sim, pos, neg, temperature).mean()
 
 
-def margin_triplet_terms(sim: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float) -> torch.Tensor:
+def margin_triplet_terms(
+    sim: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float, slots: int | None = None
+) -> torch.Tensor:
     """Per-anchor margin triplet: mean over (positive, negative) pairs of max(s_n - s_p + m, 0). Returns [A].
 
     One [A, C] hinge per positive slot (V - 1 of them with V views), each summed over the negatives
     at once, so memory is O(A x C), never the A x C x C of all (anchor, positive, negative) triples.
+    ``slots``: the positives per anchor (V - 1), known to the caller; None reads it from ``pos`` (a host
+    synchronisation on an accelerator).
     """
     n_pos = pos.sum(1)  # [A]
-    slots = int(n_pos.max()) if n_pos.numel() else 0
+    if slots is None:
+        slots = int(n_pos.max()) if n_pos.numel() else 0
     pos_index = pos.to(torch.uint8).topk(max(slots, 1), dim=1).indices  # [A, P] columns of the positives first
     total = sim.new_zeros(sim.shape[0])  # [A]
     for j in range(slots):
@@ -178,7 +183,7 @@ def margin_triplet(
     """
     z, sample, rows, cand, cand_sample = _local_all(views)
     sim, pos, neg = contrastive_terms(z, sample, rows, cand, cand_sample, max_negatives, generator)
-    return margin_triplet_terms(sim, pos, neg, margin).mean()
+    return margin_triplet_terms(sim, pos, neg, margin, slots=len(views) - 1).mean()
 
 
 def analytic_uniform_nt_xent(num_views: int, batch: int) -> float:

@@ -118,7 +118,7 @@ def contrastive_loss(z: torch.Tensor, cfg: config.Config, step: int) -> torch.Te
         return loss.nt_xent_terms(sim, pos, neg, cfg.temperature).mean()
     if cfg.loss == "nt_logistic":
         return loss.nt_logistic_terms(sim, pos, neg, cfg.temperature).mean()
-    return loss.margin_triplet_terms(sim, pos, neg, cfg.margin).mean()
+    return loss.margin_triplet_terms(sim, pos, neg, cfg.margin, slots=v - 1).mean()  # v - 1 positives: no sync
 
 
 def global_rows(b: int, views: int, device: torch.device | str = "cpu") -> torch.Tensor:
