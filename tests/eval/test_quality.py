@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastclr.eval import quality
 from fastclr.eval.evaluate import FeatureSettings
 from fastclr.method.augment import AugmentConfig
 from fastclr.method.model import SimCLR
+from synckit import NoHostSync
 
 
 def gaussian(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -240,21 +240,6 @@ def test_collapse_warning_below_the_stated_fraction(capsys):
 
 
 # --- no host synchronisation before the figures are read ----------------------------------------------
-
-_SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "lift_fresh", "lift_fresh_copy", "item"}
-
-
-class NoHostSync(TorchDispatchMode):
-    """Fails on an operator that reads device data into Python or sizes its output by it
-    (tests/train/test_sync_free.py holds the full account)."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        bool_index = name.startswith("index") and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ()) or ()
-        )
-        assert name not in _SYNCING and not bool_index, f"{func} synchronises with the host"
-        return func(*args, **(kwargs or {}))
 
 
 def test_the_figures_never_wait_on_the_host():

@@ -30,7 +30,7 @@ from fastclr.train.step import (
     small_augment_config,
     view_count,
 )
-from train.test_sync_free import NoHostSync
+from synckit import NoHostSync
 
 B, SIDE = 8, 16
 

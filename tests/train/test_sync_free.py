@@ -1,10 +1,9 @@
 """The training step never synchronises with the host (benchmarks/README.md, "host synchronisation").
 
 A host synchronisation stalls the CPU until the GPU has drained its queue, so the CPU can never run
-ahead. Nothing in the step may read a device value into Python (``aten::_local_scalar_dense``: item,
-int, float, bool), size an output by its data (``nonzero``, boolean-mask indexing, ``masked_select``)
-or build a tensor from Python data (``torch.tensor(list)``: a blocking host-to-device copy). A
-``TorchDispatchMode`` sees every operator the step runs, forward and backward, and fails on those.
+ahead. Nothing in the step may read a device value into Python, size an output by its data or build a
+tensor from Python data (tests/synckit.py); a dispatch mode sees every operator the step runs, forward
+and backward, and fails on those.
 On a CPU the colour ops may gather the samples that drew them (a ``nonzero``, free there), so the CPU
 run takes the accelerator's choice (``augment.gathers`` False); where CUDA exists the step also runs
 on the GPU under ``torch.cuda.set_sync_debug_mode("error")``.
@@ -16,7 +15,6 @@ import contextlib
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastclr import config
 from fastclr.data.stream import crop_views
@@ -24,33 +22,9 @@ from fastclr.method import augment
 from fastclr.method.lars import build_optimizer, set_lr
 from fastclr.train.restore import build_model
 from fastclr.train.step import augment_config, make_views, train_step
+from synckit import HostSyncError, NoHostSync
 
-_SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "lift_fresh", "lift_fresh_copy", "item"}
-_INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_"}
 B, SIDE = 8, 8
-
-
-class HostSyncError(AssertionError):
-    """An operator that would synchronise with the host ran inside the step."""
-
-
-class NoHostSync(TorchDispatchMode):
-    """Fails on any operator that reads a tensor's data into Python or builds a tensor from it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if name in _SYNCING:
-            raise HostSyncError(f"{func} inside the step")
-        if name in _INDEXING and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ()) or ()
-        ):
-            raise HostSyncError(f"{func} with a boolean mask inside the step")
-        self.ops += 1
-        return func(*args, **(kwargs or {}))
 
 
 def small_config(**sets) -> config.Config:

@@ -8,6 +8,8 @@ any device with no host synchronisation and no generator state to save or restor
 
 from __future__ import annotations
 
+from typing import overload
+
 import torch
 
 _MASK = 0xFFFFFFFF
@@ -17,8 +19,12 @@ _M2 = 0x2C1B3C6D
 _GOLDEN = 0x1E3779B9
 
 
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    """Avalanche 32-bit values held in int64 (a lowbias32-style integer hash)."""
+@overload
+def _mix(x: int) -> int: ...
+@overload
+def _mix(x: torch.Tensor) -> torch.Tensor: ...
+def _mix(x):
+    """Avalanche 32-bit values held in int64 tensors or Python ints (a lowbias32-style integer hash)."""
     x = x & _MASK
     x = x ^ (x >> 16)
     x = (x * _M1) & _MASK
@@ -45,10 +51,13 @@ def keyed_uniform(seed: int, epoch: int, index: torch.Tensor, view: int, draws: 
 
 
 def keyed_generator(seed: int, *keys: int) -> torch.Generator:
-    """A CPU torch.Generator seeded from (seed, *keys), for host-side draws such as shuffling."""
+    """A CPU torch.Generator seeded from (seed, *keys), for host-side draws such as shuffling.
+
+    The hash runs on Python ints (the same values as on tensors): no tensor is made for it.
+    """
     value = seed & _MASK
     for k in keys:
-        value = int(_mix(torch.tensor([value ^ int(_mix(torch.tensor([k + _GOLDEN])).item())]))[0])
+        value = _mix(value ^ _mix(k + _GOLDEN))
     g = torch.Generator()
     g.manual_seed(value)
     return g
