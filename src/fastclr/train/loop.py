@@ -366,8 +366,9 @@ def one_step(
 def log_step(run: Run, tally: Tally, value: torch.Tensor, lr: float, write: Any, progress: Progress) -> None:
     """Read the loss (a host sync, every ``log_every`` steps), stop on a non-finite one, write the metrics line."""
     tally.last_loss = float(value)
-    if int(tally.bad_step) >= 0:
-        raise UserError(nonfinite_message(int(tally.bad_step), run.cfg, run.precision, tally.saved))
+    bad = int(dist.largest(float(tally.bad_step), run.device))  # any rank's: every rank stops, none waits
+    if bad >= 0:
+        raise UserError(nonfinite_message(bad, run.cfg, run.precision, tally.saved))
     now = time.perf_counter()
     ips = tally.images_log / max(now - tally.t_log, 1e-9)
     tally.t_log, tally.images_log = now, 0
