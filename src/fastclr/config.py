@@ -97,8 +97,11 @@ class Config:
     channels_last: bool = True
     compile: bool = False  # torch.compile the model (off by default until measured to pay on the device at hand)
     log_every: int = 10  # steps between metrics.jsonl lines (the only host syncs of the step)
-    # steps between checkpoints (also at each epoch's end, at the end and on SIGTERM/SIGINT)
+    # steps between checkpoints (also at the end, on SIGTERM/SIGINT, and at an epoch's end per checkpoint_minutes)
     checkpoint_every: int = 500
+    # an epoch's end writes a checkpoint when this many minutes passed since the last one (0: at every epoch's
+    # end); a 100-epoch CIFAR run on a GPU would otherwise write 100 checkpoints
+    checkpoint_minutes: float = 5.0
     keep_checkpoints: int = 3  # newest checkpoints kept in OUT/checkpoints (last.pt is the newest)
     sync_bn: bool = True  # global BN over all processes when k > 1 (paper section 2.2); off: per-process BN
     chunk_size: int = 0  # gradient cache: forward this many views at a time (0: the whole batch); BN is then per chunk
@@ -296,6 +299,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("precision", lambda v: v in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
     ("log_every", lambda v: v >= 1, ">= 1"),
     ("checkpoint_every", lambda v: v >= 1, ">= 1"),
+    ("checkpoint_minutes", lambda v: v >= 0, ">= 0 (0: at every epoch's end)"),
     ("keep_checkpoints", lambda v: v >= 1, ">= 1"),
     ("seed", lambda v: v >= 0, ">= 0"),
     ("chunk_size", lambda v: v == 0 or v >= 2, "0 (off) or >= 2 (BN needs 2 views per chunk)"),

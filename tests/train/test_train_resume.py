@@ -129,6 +129,14 @@ def test_no_resume_says_so_and_starts_over(tmp_path, capsys):
     assert not (tmp_path / "checkpoints" / "step-00000005.pt").exists()
 
 
+@pytest.mark.parametrize("minutes,steps", [(0, [0, 8, 16, 20]), (60, [0, 20])])  # 0: the start
+def test_epoch_ends_write_a_checkpoint_only_after_checkpoint_minutes(tmp_path, minutes, steps):
+    """8 steps an epoch: with checkpoint_minutes=0 every epoch's end is saved; with an hour none is in a
+    short run (a 100-epoch GPU run then writes a checkpoint every few minutes, not every epoch)."""
+    run(tmp_path, 20, checkpoint_every=100, keep_checkpoints=10, checkpoint_minutes=minutes)
+    assert [int(p.stem.split("-")[1]) for p in checkpoint.step_files(tmp_path / "checkpoints")][::-1] == steps
+
+
 def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(UserError) as e:
         run(tmp_path, 20, optimizer="sgd", lr=1e30, checkpoint_every=2, log_every=5)

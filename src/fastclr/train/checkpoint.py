@@ -352,6 +352,7 @@ FREE_KEYS = {
     "max_steps",
     "log_every",
     "checkpoint_every",
+    "checkpoint_minutes",
     "keep_checkpoints",
     "eval",
     "knn_k",

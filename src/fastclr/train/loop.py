@@ -11,9 +11,10 @@ Faults: a run folder resumes from its newest loadable checkpoint (:mod:`fastclr.
 mid-epoch included, and ends with the same weights as an uninterrupted run: the data order and
 the augmentation are pure functions of (seed, epoch, index), the learning rate of the step, and
 every other generator's state is in the checkpoint. Checkpoints are written every
-``checkpoint_every`` steps, at each epoch's end, at the end, and on SIGTERM / SIGINT (the step in
-flight finishes first: :mod:`fastclr.train.signals`). A non-finite loss stops the run before
-anything is written, so ``last.pt`` always holds finite weights. bf16 needs no gradient scaler.
+``checkpoint_every`` steps, at an epoch's end when ``checkpoint_minutes`` passed since the last one,
+at the end, and on SIGTERM / SIGINT (the step in flight finishes first: :mod:`fastclr.train.signals`).
+A non-finite loss stops the run before anything is written, so ``last.pt`` always holds finite weights.
+bf16 needs no gradient scaler.
 """
 
 from __future__ import annotations
@@ -281,6 +282,7 @@ class Tally:
     t_log: float = field(default_factory=time.perf_counter)
     images_log: int = 0
     t_aside: float = 0.0  # seconds of checkpoints and epoch-end callbacks (monitors): not training
+    t_saved: float = field(default_factory=time.monotonic)  # when this process last wrote (or found) a checkpoint
 
     @contextlib.contextmanager
     def aside(self, device: torch.device):
@@ -330,13 +332,14 @@ def loop(run: Run, step: int, saved: Path, callbacks: Sequence[Callback]) -> tup
                 with tally.aside(run.device) if epoch_end else contextlib.nullcontext():
                     end_of_step(state, callbacks, stop)
                 tally.stopping = stop.agreed(run.world, run.device, sync_point=log_now)
-                if tally.stopping or checkpoint_due(tally.step, cfg.checkpoint_every, s):
+                if tally.stopping or checkpoint_due(tally, cfg, s, run.device):
                     with tally.aside(run.device):
                         broken = int(tally.bad_step) >= 0 or not all_finite(run.model)
                         if dist.largest(float(broken), run.device) > 0:  # every rank stops, none waits in a collective
                             bad = max(int(tally.bad_step), tally.step)  # never overwrite good weights
                             raise UserError(nonfinite_message(bad, cfg, run.precision, tally.saved))
                         tally.saved = (tally.step, save(run, tally.step, callbacks))
+                        tally.t_saved = time.monotonic()
                 if tally.step >= s.run_steps or tally.stopping:
                     break
     progress.close()
@@ -391,9 +394,18 @@ def end_of_step(state: LoopState, callbacks: Sequence[Callback], stop: StopSigna
             break
 
 
-def checkpoint_due(step: int, every: int, s: Schedule) -> bool:
-    """Every ``every`` steps, at each epoch's end and at the run's last step."""
-    return step % every == 0 or step % s.steps_per_epoch == 0 or step == s.run_steps
+def checkpoint_due(tally: Tally, cfg: config.Config, s: Schedule, device: torch.device) -> bool:
+    """Every ``checkpoint_every`` steps, at the run's last step, and at an epoch's end when
+    ``checkpoint_minutes`` passed since the last checkpoint (rank 0's clock: every rank agrees)."""
+    step = tally.step
+    if step % cfg.checkpoint_every == 0 or step == s.run_steps:
+        return True
+    if step % s.steps_per_epoch:
+        return False
+    waited = time.monotonic() - tally.t_saved >= 60 * cfg.checkpoint_minutes
+    if dist.world_size() == 1:
+        return waited
+    return dist.largest(float(waited and dist.is_main()), device) > 0
 
 
 # --- finish -------------------------------------------------------------------------------------
