@@ -184,6 +184,11 @@ CASES = {
         pretrain("--set", "min_scale=0.01", "--set", "eval=false"),
         "min_scale=0.01 crops 0.8 px from the 8x8 images of digits: must be in [0.0625, 1]",
     ),
+    "arch too small": Case(
+        "`--arch vgg11_bn` on 8x8 images",
+        pretrain("--arch", "vgg11_bn", "--set", "cifar_stem=false", *TINY),
+        "--arch vgg11_bn cannot take 8x8 images (image_size=8): set image_size=32 or larger",
+    ),
     "batch > data": Case(
         "`--batch-size 5000` on 1,437 images",
         pretrain("--batch-size", "5000"),
@@ -254,12 +259,24 @@ def test_bad_input_exits_2_with_one_line(name, tmp_path, monkeypatch, capsys):
     line = one_line_error(case.build(tmp_path, monkeypatch), capsys)
     assert case.needle in line
     assert not (tmp_path / "pwned").exists()  # the malicious checkpoint's code never ran
+    row = table_row(case, line, str(tmp_path))
+    assert row in DOC, f"docs/errors.md does not show the live message (python tests/test_errors.py):\n{row}"
 
 
-def test_the_docs_table_lists_every_case():
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
-    for case in CASES.values():
-        assert case.what in doc, case.what
+DOC = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
+
+
+def table_row(case: Case, message: str, tmp: str) -> str:
+    """docs/errors.md's row for ``case``: the message with the temporary folder as TMP."""
+    shown = message.replace(tmp, "TMP").replace("|", "\\|")
+    return f"| {case.what} | `{shown}` |"
+
+
+def test_the_docs_table_has_no_other_rows():
+    rows = [
+        line for line in DOC.splitlines() if line.startswith("| ") and not line.startswith(("| bad input", "| ---"))
+    ]
+    assert len(rows) == len(CASES), "docs/errors.md has rows no test checks"
 
 
 if __name__ == "__main__":  # print docs/errors.md's table from the real messages
@@ -274,5 +291,5 @@ if __name__ == "__main__":  # print docs/errors.md's table from the real message
             err = io.StringIO()
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
                 cli.main(case.build(Path(d), mp))
-            msg = err.getvalue().strip().replace(d, "TMP").replace("|", "\\|")
-            print(f"| {case.what} | `{msg}` |")
+            lines = err.getvalue().strip().splitlines()
+            print(table_row(case, lines[-1] if lines else "", d))

@@ -95,9 +95,37 @@ def test_wide_resnet_small_forward_with_cifar_stem():
     assert model.encoder.conv1.out_channels == 128 and model.encoder.conv1.kernel_size == (3, 3)
 
 
+def test_the_cifar_stem_follows_the_architecture(capsys):
+    """The small-image presets set cifar_stem; a backbone without a ResNet stem keeps its own, with a
+    note said once, and is the same network as without the setting."""
+    torch.manual_seed(0)
+    with_stem, _ = build_encoder("vgg11_bn", cifar_stem=True)
+    build_encoder("vgg11_bn", cifar_stem=True)
+    plain, _ = build_encoder("vgg11_bn", cifar_stem=False)
+    shapes = {k: v.shape for k, v in plain.state_dict().items()}
+    assert {k: v.shape for k, v in with_stem.state_dict().items()} == shapes
+    notes = [line for line in capsys.readouterr().err.splitlines() if "cifar_stem does not apply" in line]
+    assert len(notes) <= 1  # once per process (none when an earlier test already noted it)
+
+
+def test_simclr_defaults_to_the_imagenet_stem():
+    model = SimCLR("resnet50x2", proj_dim=8)  # the Python API needs no cifar_stem argument
+    assert model.encoder.conv1.kernel_size == (7, 7) and model.feature_dim == 4096
+
+
+@pytest.mark.parametrize("arch,smallest", [("vgg11_bn", 32), ("resnet18", 8), ("resnet_mini", 8)])
+def test_too_small_images_are_refused_with_the_smallest_size(arch, smallest):
+    from fastclr.train.preflight import input_size
+
+    encoder, _ = build_encoder(arch, cifar_stem=False)
+    input_size(encoder, smallest, arch)  # accepted
+    if smallest > 8:
+        with pytest.raises(UserError, match=f"cannot take 8x8 images .* image_size={smallest} or larger"):
+            input_size(encoder, 8, arch)
+    assert encoder.training  # the check leaves the mode as it found it
+
+
 def test_bad_arch_inputs_are_user_errors():
-    with pytest.raises(UserError, match="CIFAR stem applies to ResNets"):
-        build_encoder("vgg11_bn", cifar_stem=True)
     with pytest.raises(UserError, match="takes no arch_kwargs"):
         build_encoder("resnet_mini", cifar_stem=True, kwargs={"x": 1})
     with pytest.raises(UserError, match="YAML mapping"):

@@ -22,6 +22,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from fastclr import log
 from fastclr.errors import UserError
 from fastclr.method import wide_resnet
 
@@ -98,11 +99,27 @@ def _strip_classifier(model: nn.Module) -> int:
     raise UserError(f"--arch {type(model).__name__}: cannot find its classifier to remove; use a ResNet")
 
 
+def has_resnet_stem(model: nn.Module) -> bool:
+    """Whether ``model`` has the stem the CIFAR variant replaces: a ``conv1`` and a ``maxpool``."""
+    return isinstance(getattr(model, "conv1", None), nn.Conv2d) and hasattr(model, "maxpool")
+
+
+_NOTED: set[str] = set()
+
+
 def _cifar_stem(model: nn.Module, arch: str) -> None:
-    """Swap a ResNet's 7x7 stride-2 stem and max-pool for a 3x3 stride-1 conv (the paper's Appendix B.9)."""
-    conv1 = getattr(model, "conv1", None)
-    if not isinstance(conv1, nn.Conv2d) or not hasattr(model, "maxpool"):
-        raise UserError(f"--arch {arch}: the CIFAR stem applies to ResNets only; set cifar_stem=false")
+    """Swap a ResNet's 7x7 stride-2 stem and max-pool for a 3x3 stride-1 conv (the paper's Appendix B.9).
+
+    Other architectures keep their own stem: ``cifar_stem`` (on in the small-image presets) is then
+    ignored with a note, once per architecture and process.
+    """
+    if not has_resnet_stem(model):
+        if arch not in _NOTED:
+            _NOTED.add(arch)
+            log.info(f"note: --arch {arch} has no ResNet stem; cifar_stem does not apply and is ignored")
+        return
+    conv1 = model.conv1
+    assert isinstance(conv1, nn.Conv2d)
     model.conv1 = nn.Conv2d(3, conv1.out_channels, 3, 1, 1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     model.maxpool = nn.Identity()

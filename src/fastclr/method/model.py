@@ -14,7 +14,8 @@ class SimCLR(nn.Module):
 
     Args:
         arch: encoder name (see :func:`fastclr.method.encoder.build_encoder`).
-        cifar_stem: 3x3 stride-1 stem without max-pool, for 32x32-scale images.
+        cifar_stem: 3x3 stride-1 stem without max-pool, for 32x32-scale images (ResNets; default: the
+            ImageNet stem, as the paper's ImageNet models).
         head_layers: 2 (v1) or 3 (v2).
         head_hidden: hidden width of the head; None uses d, the width of h (as the paper).
         proj_dim: width of z.
@@ -26,7 +27,7 @@ class SimCLR(nn.Module):
     def __init__(
         self,
         arch: str,
-        cifar_stem: bool,
+        cifar_stem: bool = False,
         head_layers: int = 2,
         head_hidden: int | None = None,
         proj_dim: int = 128,

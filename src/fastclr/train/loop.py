@@ -175,6 +175,8 @@ def load_images(cfg: config.Config, out: Path, limit: int) -> tuple[datasets.Dat
 def build_network(cfg: config.Config, device: torch.device, out: Path) -> tuple[SimCLR, nn.Module]:
     """The bare SimCLR network on its device, and the module the step runs (DDP, compiled)."""
     model = build_model(cfg)
+    if not config.is_text(cfg):
+        preflight.input_size(model.encoder, cfg.image_size, cfg.arch)  # before any data is read or step run
     if cfg.init:  # before global BN and DDP, so every rank starts from the file's weights
         from fastclr.train.weights import init_encoder
 

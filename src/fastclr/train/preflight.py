@@ -76,6 +76,38 @@ def against_data(cfg: Config, count: int, side: int | None, name: str) -> None:
         )
 
 
+def input_size(encoder: torch.nn.Module, size: int, arch: str) -> None:
+    """The encoder accepts ``size`` x ``size`` images: a forward of two blank images (eval mode, no grad)
+    before any training. Where it does not, the smallest side that it accepts (looked for by doubling,
+    up to :data:`LARGEST_TRIED`) goes in the one-line error."""
+    if _accepts(encoder, size):
+        return
+    bigger = size
+    while bigger < LARGEST_TRIED:
+        bigger *= 2
+        if _accepts(encoder, bigger):
+            hint = f"set image_size={bigger} or larger, or choose a backbone for small images (resnet_mini)"
+            raise UserError(f"--arch {arch} cannot take {size}x{size} images (image_size={size}): {hint}")
+    raise UserError(f"--arch {arch} cannot take {size}x{size} images (image_size={size}), nor any side up to "
+                    f"{LARGEST_TRIED}: check arch_kwargs")  # fmt: skip
+
+
+LARGEST_TRIED = 1024
+
+
+def _accepts(encoder: torch.nn.Module, size: int) -> bool:
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            encoder(torch.zeros(2, 3, size, size))
+        return True
+    except (RuntimeError, AssertionError, ValueError):  # an output below 1 pixel, a fixed-size ViT, ...
+        return False
+    finally:
+        encoder.train(was_training)
+
+
 def checkpoint_bytes(model: torch.nn.Module, optimizer: str) -> int:
     """Estimated size of one checkpoint: weights and buffers, plus the optimizer's per-weight slots."""
     params = sum(p.numel() * p.element_size() for p in model.parameters())
