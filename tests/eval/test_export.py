@@ -86,3 +86,49 @@ def test_safetensors_round_trip_through_init(tmp_path):
 def test_torchvision_helper_is_the_plain_constructor():
     m = torchvision_model("resnet18", True)
     assert isinstance(m.maxpool, torch.nn.Identity) and m.conv1.kernel_size == (3, 3) and m.fc.out_features == 1000
+
+
+# Every backbone of the README's table in every format it claims (tests/eval/test_export_backbones.py also
+# pretrains two of them first): the export gives the PyTorch encoder's h on a batch it was not traced with.
+EVERY_BACKBONE = [
+    pytest.param("resnet_mini", True, 16, None, id="resnet_mini"),
+    pytest.param("resnet18", True, 32, None, id="resnet18-cifar_stem"),
+    pytest.param("vgg11_bn", False, 32, None, id="vgg11_bn"),
+    pytest.param("timm:vit_tiny_patch16_224", False, 32, {"img_size": 32, "patch_size": 8, "depth": 2}, id="vit"),
+    pytest.param("resnet50x2", True, 16, None, id="resnet50x2", marks=pytest.mark.slow),
+]
+
+
+def _exported_features(fmt: str, path, model: SimCLR, arch: str, kwargs, size: int) -> torch.Tensor:
+    x = torch.randn(5, 3, size, size, generator=torch.Generator().manual_seed(7))
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    if fmt == "torchscript":
+        with torch.no_grad():
+            return torch.jit.load(str(path))(x)
+    fresh = SimCLR(arch, arch != "vgg11_bn" and not arch.startswith("timm:"), arch_kwargs=kwargs).eval()
+    init_encoder(fresh.encoder, path)  # safetensors: into a freshly built encoder
+    with torch.no_grad():
+        return fresh.encode(x)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is deprecated upstream
+@pytest.mark.parametrize("fmt", ["safetensors", "onnx", "torchscript"])
+@pytest.mark.parametrize("arch,cifar_stem,size,kwargs", EVERY_BACKBONE)
+def test_every_backbone_exports_in_every_format(tmp_path, arch, cifar_stem, size, kwargs, fmt):
+    if arch.startswith("timm:"):
+        pytest.importorskip("timm")
+    pytest.importorskip({"onnx": "onnxruntime", "safetensors": "safetensors"}.get(fmt, "torch"))
+    torch.manual_seed(0)
+    model = SimCLR(arch, cifar_stem, arch_kwargs=kwargs).eval()
+    out = tmp_path / f"enc.{fmt}"
+    res = export(model, arch, cifar_stem, size, fmt, out, arch_kwargs=kwargs)
+    assert res["feature_dim"] == model.feature_dim
+    got = _exported_features(fmt, out, model, arch, kwargs, size)
+    x = torch.randn(5, 3, size, size, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        expected = model.encode(x)
+    assert float((got - expected).abs().max()) < 1e-4
