@@ -1,96 +1,117 @@
 #!/usr/bin/env bash
-# Every GPU check of fastclr in one command (budget: under 9 minutes on one H100):
-#   1. the CUDA-only tests (`pytest -m cuda`): the training step under torch.cuda.set_sync_debug_mode("error"),
-#      GPU vs CPU augmentation, kNN on the GPU, resume of a CUDA run, SyncBatchNorm over NCCL under torchrun;
-#   2. throughput of cifar10_resnet18: fastclr's step vs the per-image reference pipeline feeding the same
-#      step (same precision, same channels_last), MFU against a matmul peak measured in the same run;
-#   3. a 100-epoch cifar10_resnet18 pretraining on the CIFAR-10 JPEGs with --no-resume (a rerun starts over),
-#      with kNN and linear evaluation;
-#   4. a table: training images/s (steps only: no checkpoint, monitor or evaluation time) beside the
-#      end-to-end figure and the wall time.
+# The GPU check of fastclr, in phases that each fit one command of a short GPU loan (benchmarks/README.md,
+# "On a lent GPU", gives the one-time preparation and the exact calls).
 #
-# Usage, from the repository root:   bash benchmarks/gpu_check.sh [EPOCHS]
-# The CIFAR-10 JPEG archive is looked for at $CIFAR_ARCHIVE, shared-data/, shared/data/ and ../shared/data/.
-# Results land in ${OUT:-/tmp/fastclr-gpu}: gpu.txt, cuda_tests.txt, throughput.json, pretrain.json, summary.txt.
-# Overrides (a CPU dry run of the script uses them): DEVICE (cuda), CONFIG (cifar10_resnet18),
-# PRETRAIN_SETS ("key=value ..." added to the pretraining), THROUGHPUT_ARGS, REPEATS (20), WORKERS (8),
-# COMPILE=1 (also time torch.compile: about a minute more), SKIP_TESTS=1.
-set -euo pipefail
-EPOCHS=${1:-100}
-OUT=${OUT:-/tmp/fastclr-gpu}
-DATA=${DATA:-/tmp/cifar10}
+#   bash benchmarks/gpu_check.sh [--dry-run] [a] [b] [c] [all]        (no phase named: all)
+#
+# a (<= 4 min on one H100): `pytest -m cuda`, then every command on a CUDA checkpoint: a synthetic JPEG folder
+#   (48-96 px images in nested class folders, a few large ones), `fastclr pretrain` for 1 epoch, `embed` of a
+#   flat folder, `knn`, `linear` (SGD and --features), `finetune`, `distill`, and the text path offline (a
+#   tiny local BERT: pretrain for 3 steps, then `sts`);
+# b (<= 5 min): `throughput.py --config cifar10_resnet18` (eager), a cifar10_resnet18 pretraining of EPOCHS_B
+#   (30) epochs on the CIFAR-10 JPEGs with kNN / linear evaluation (fewer epochs when the step speed just
+#   measured says they would not fit), then `throughput.py --compile` in the time left;
+# c (<= 2 min): `gpu_decode.py`: ResNet-50 images/s with CPU vs GPU JPEG decode on synthetic shards.
+#
+# Results, at most 8 small files directly in $OUT (default /tmp/fastclr-gpu): gpu.txt (machine), summary.txt
+# (one line per command), log.txt (progress, the stderr tail of each failure), tests_tail.txt (end of the
+# pytest output), a.json, b.json, c.json (each command's line, exit code, seconds, key figure, error). Run
+# folders, logs and data go to $WORK (default /tmp/fastclr-gpu-work). A failed command fails its phase (exit
+# 1 at the end), and the phase goes on with the commands that do not need its output.
+#
+# --dry-run (or DEVICE=cpu): every phase on the CPU at CI size (a few dozen images, 1 epoch, tiny batches, 2
+# repeats; no torch.compile; the CPU decode path alone), so the script cannot rot before a GPU is lent
+# (tests/test_gpu_check.py runs it).
+#
+# Data: the CIFAR-10 JPEG archive at $CIFAR_ARCHIVE, .gpu/cifar10-jpeg.tar.xz or ../shared/data/ (a dry run
+# reads 20 + 10 images per class from it, or synthesises a CIFAR-like folder without it). Packages: when
+# `import webdataset, braceexpand` fails, the wheels in .gpu/whl (or .whl) are installed into $SITE
+# (/tmp/site) and put on PYTHONPATH. Overrides: PYTHON (python3, or .venv/bin/python when there is one),
+# OUT, WORK, EPOCHS_B, PHASE_B_SECONDS (270), WORKERS (8), JOBS (commands side by side in phase a: 4; dry 2).
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
+ROOT=$PWD
+
+phases=()
+dry=0
+for arg in "$@"; do
+    case $arg in
+        --dry-run) dry=1 ;;
+        a | b | c) phases+=("$arg") ;;
+        all) phases+=(a b c) ;;
+        -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "gpu_check.sh: unknown argument '$arg' (phases: a b c all; --dry-run)" >&2; exit 2 ;;
+    esac
+done
+[ "${#phases[@]}" -gt 0 ] || phases=(a b c)
+# each phase once, in the order a b c
+run_phases=()
+for p in a b c; do
+    case " ${phases[*]} " in *" $p "*) run_phases+=("$p") ;; esac
+done
+
+if [ "$dry" = 1 ]; then DEVICE=cpu; fi
 DEVICE=${DEVICE:-cuda}
-CONFIG=${CONFIG:-cifar10_resnet18}
-REPEATS=${REPEATS:-20}
-WORKERS=${WORKERS:-8}
-mkdir -p "$OUT" "$DATA"
-export PYTHONUNBUFFERED=1
-export PYTHONPATH=$PWD/src:${PYTHONPATH:-}  # this checkout's code, whatever is installed
-status=0
+[ "$DEVICE" = cpu ] && dry=1
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+PYTHON=$(command -v "$PYTHON") || { echo "gpu_check.sh: no Python at '$PYTHON'" >&2; exit 2; }
+OUT=${OUT:-/tmp/fastclr-gpu}
+WORK=${WORK:-/tmp/fastclr-gpu-work}
+mkdir -p "$OUT" "$WORK"
+OUT=$(cd "$OUT" && pwd)
+WORK=$(cd "$WORK" && pwd)
+rm -f "$OUT/log.txt" "$OUT/summary.txt"
+for p in "${run_phases[@]}"; do rm -f "$OUT/$p.json"; done
 
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"; } | tee "$OUT/gpu.txt"
-python3 -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'python', sys.version.split()[0])" | tee -a "$OUT/gpu.txt"
+export OUT WORK
+export GPU_CHECK_DEVICE=$DEVICE GPU_CHECK_DRY=$dry
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1  # offline there
+export FASTCLR_CACHE=$WORK/cache  # listing caches
 
-if [ ! -d "$DATA/train" ]; then
-    ARCHIVE=""
-    for a in "${CIFAR_ARCHIVE:-}" shared-data/cifar10-jpeg.tar.xz shared/data/cifar10-jpeg.tar.xz ../shared/data/cifar10-jpeg.tar.xz; do
-        if [ -n "$a" ] && [ -f "$a" ]; then ARCHIVE=$a; break; fi
+log() { echo "$*" | tee -a "$OUT/log.txt"; }
+
+# packages the machine lacks travel as wheels: install them when their import fails
+if ! "$PYTHON" -c "import webdataset, braceexpand" 2>/dev/null; then
+    for dir in .gpu/whl .whl; do
+        if compgen -G "$dir/*.whl" >/dev/null; then
+            SITE=${SITE:-/tmp/site}
+            if "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+                --target "$SITE" "$dir"/*.whl >>"$OUT/log.txt" 2>&1; then
+                export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+                log "installed $(cd "$dir" && echo *.whl) into $SITE"
+            else
+                log "could not install the wheels of $dir (see above)"
+            fi
+            break
+        fi
     done
-    [ -n "$ARCHIVE" ] || { echo "CIFAR-10 JPEG archive not found: set CIFAR_ARCHIVE" >&2; exit 2; }
-    tar -xJf "$ARCHIVE" -C "$DATA"
+fi
+export PYTHONPATH=$ROOT/src${PYTHONPATH:+:$PYTHONPATH}  # this checkout's code, whatever is installed
+
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    "$PYTHON" -c "import os, sys, torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'python', \
+sys.version.split()[0], 'cpus', os.cpu_count(), 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() \
+else None)"
+    echo "commit $(git describe --always --dirty 2>/dev/null || echo unknown), phases ${run_phases[*]}," \
+        "device $DEVICE, dry run $dry, $(date -u +%FT%TZ)"
+} >"$OUT/gpu.txt" 2>&1
+cat "$OUT/gpu.txt"
+if [ "$DEVICE" != cpu ] && ! "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+    log "gpu_check.sh: torch sees no CUDA GPU here; run with --dry-run for the CPU check"
+    exit 2
 fi
 
-# 1. CUDA-only tests (they skip on a machine without CUDA)
-if [ "${SKIP_TESTS:-0}" != 1 ]; then
-    set +e
-    python3 -m pytest -q -m cuda -p no:cacheprovider tests > "$OUT/cuda_tests.txt" 2>&1
-    tests_rc=$?
-    set -e
-    tail -n 3 "$OUT/cuda_tests.txt"
-    [ "$tests_rc" = 0 ] || status=1
-fi
-
-# 2. throughput: the lean step vs the reference pipeline feeding the same step
-# shellcheck disable=SC2086
-python3 benchmarks/throughput.py --config "$CONFIG" --device "$DEVICE" --repeats "$REPEATS" --workers "$WORKERS" \
-    ${COMPILE:+--compile} ${THROUGHPUT_ARGS:-} --json "$OUT/throughput.json" > /dev/null
-
-# 3. pretraining from step 0 (--no-resume), then kNN and linear evaluation
-sets=(--set log_every=50)
-for kv in ${PRETRAIN_SETS:-}; do sets+=(--set "$kv"); done
-start=$(date +%s)
-python3 -m fastclr pretrain --config "$CONFIG" --data "$DATA" --device "$DEVICE" --epochs "$EPOCHS" --out "$OUT/run" \
-    --no-resume "${sets[@]}" | tail -n 1 > "$OUT/pretrain.json"
-end=$(date +%s)
-
-# 4. the table
-python3 - "$OUT" "$((end - start))" "${tests_rc:-skipped}" <<'PY' | tee "$OUT/summary.txt"
-import json, sys
-out, wall, tests = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-t = json.load(open(f"{out}/throughput.json"))
-p = json.loads(open(f"{out}/pretrain.json").read())
-e = p.get("eval", {})
-nan = float("nan")
-summary = "skipped"
-if tests != "skipped":
-    lines = [ln for ln in open(f"{out}/cuda_tests.txt").read().splitlines() if ln.strip()]
-    summary = (lines[-1] if lines else "no output") + ("" if tests == "0" else f" (exit {tests})")
-rows = [
-    ("device", t["device"]), ("torch", t["torch"]), ("commit", t["commit"]),
-    ("CUDA tests (pytest -m cuda)", summary),
-    ("augment views/s (fastclr / reference)", f"{t['aug_ours_views_per_s']:.0f} / {t['aug_reference_views_per_s']:.0f} ({t['aug_ratio']:.1f}x)"),
-    (f"step views/s (fastclr / reference, both {t['precision']} channels_last)",
-     f"{t['views'] * t['step_ours_images_per_s']:.0f} / {t['views'] * t['step_reference_images_per_s']:.0f} ({t['step_ratio']:.1f}x)"),
-    ("step views/s with torch.compile", f"{t['views'] * t.get('step_compiled_images_per_s', nan):.0f}"),
-    ("MFU", f"{100 * t['mfu']:.1f}% of {t['peak_flops'] / 1e12:.3g} TFLOP/s ({t['peak_source']})"),
-    ("pretrain epochs / wall s (incl. startup, eval)", f"{p.get('epochs', nan):.0f} / {wall}"),
-    ("pretrain images/s: training steps only", f"{p.get('train_images_per_s', nan):.0f}"),
-    ("pretrain images/s: end to end (checkpoints incl.)", f"{p.get('images_per_s', nan):.0f}"),
-    ("kNN top-1 (k=200) / random init", f"{e.get('knn_top1', nan):.4f} / {e.get('random_init_knn_top1', nan):.4f}"),
-    ("linear top-1 / random init", f"{e.get('linear_top1', nan):.4f} / {e.get('random_init_linear_top1', nan):.4f}"),
-]
-for k, v in rows:
-    print(f"{k:60s} {v}")
-PY
-python3 benchmarks/gpu_decode.py --images 6400 --steps 40 --json "$OUT/gpu_decode.json"  # shards: ResNet-50 img/s with CPU vs GPU JPEG decode
+status=0
+for p in "${run_phases[@]}"; do
+    start=$(date +%s)
+    "$PYTHON" "benchmarks/gpu_check/phase_$p.py" || status=1
+    [ -f "$OUT/$p.json" ] || { log "phase $p wrote no $p.json"; status=1; }
+    log "phase $p: $(($(date +%s) - start)) s wall"
+done
+"$PYTHON" benchmarks/gpu_check/summary.py "$OUT" >/dev/null || status=1
+cat "$OUT/summary.txt"
 exit "$status"

@@ -10,7 +10,9 @@ pretraining step included), so it is what training gets.
 
     python benchmarks/gpu_decode.py --images 12800 --steps 60 --workers 8 --json /tmp/gpu_decode.json
 
-``benchmarks/gpu_check.sh`` calls it at its end.
+``benchmarks/gpu_check.sh`` runs it as its phase c. Its dry run on a CPU times the CPU path alone at CI size:
+``--device cpu --modes cpu --arch resnet_micro --image-size 32 --pool 8 --images 32 --steps 2``. Exits 1 when
+a run fails.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build(root: Path, count: int, classes: int = 100) -> Path:
-    """``count`` ImageNet-size JPEGs (200 distinct) in ``root/src/train/<class>/``, as shards in ``root/shards``."""
+def build(root: Path, count: int, classes: int = 100, distinct: int = 200) -> Path:
+    """``count`` ImageNet-size JPEGs (``distinct`` different ones) in ``root/src/train/<class>/``, as shards in
+    ``root/shards``."""
     from PIL import Image
 
     shards = root / "shards"
@@ -38,7 +41,7 @@ def build(root: Path, count: int, classes: int = 100) -> Path:
         return shards
     rng = np.random.default_rng(0)
     pool = []
-    for _ in range(200):
+    for _ in range(distinct):
         h = int(rng.integers(375, 501))
         w = int(h * rng.uniform(1.2, 1.5))
         small = rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)
@@ -58,12 +61,21 @@ def build(root: Path, count: int, classes: int = 100) -> Path:
     return shards
 
 
-def run(shards: Path, decode: str, steps: int, batch: int, workers: int) -> dict:
+def run(
+    shards: Path,
+    decode: str,
+    steps: int,
+    batch: int,
+    workers: int,
+    device: str = "cuda",
+    arch: str = "resnet50",
+    image_size: int = 224,
+) -> dict:
     """One short pretraining run; its final JSON line."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "fastclr", "pretrain", "--data", f"shards:{shards}", "--out", out, "--no-resume"]
-        cmd += ["--max-steps", str(steps), "--batch-size", str(batch), "--device", "cuda"]
-        for s in ("arch=resnet50", "cifar_stem=false", "image_size=224", "eval=false", f"workers={workers}",
+        cmd += ["--max-steps", str(steps), "--batch-size", str(batch), "--device", device]
+        for s in (f"arch={arch}", "cifar_stem=false", f"image_size={image_size}", "eval=false", f"workers={workers}",
                   f"decode={decode}", "precision=bf16", "channels_last=true", "log_every=10"):  # fmt: skip
             cmd += ["--set", s]
         env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
@@ -82,14 +94,25 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--root", default=str(Path(tempfile.gettempdir()) / "fastclr_gpu_decode"))
     p.add_argument("--json", default="", help="also write the results here")
+    p.add_argument("--device", default="cuda", help="training device (cpu: a dry run of the CPU path)")
+    p.add_argument("--modes", default="cpu,gpu", help="decode paths to time, comma separated")
+    p.add_argument("--arch", default="resnet50")
+    p.add_argument("--image-size", type=int, default=224, dest="image_size")
+    p.add_argument("--pool", type=int, default=200, help="distinct JPEGs the images repeat")
     args = p.parse_args()
     import torch
 
-    shards = build(Path(args.root), args.images)
-    rows = [run(shards, mode, args.steps, args.batch, args.workers) for mode in ("cpu", "gpu")]
+    shards = build(Path(args.root), args.images, distinct=args.pool)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    rows = [
+        run(shards, mode, args.steps, args.batch, args.workers, args.device, args.arch, args.image_size)
+        for mode in modes
+    ]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     info = {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "device": torch.cuda.get_device_name()
+        if args.device.startswith("cuda") and torch.cuda.is_available()
+        else "cpu",
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
         "workers": args.workers,
@@ -98,10 +121,13 @@ def main() -> None:
     }
     for row in rows:
         print(json.dumps({**info, **row}), flush=True)
-    if all("images_per_s" in r for r in rows):
-        print(f"gpu / cpu decode: {rows[1]['images_per_s'] / rows[0]['images_per_s']:.2f}x", flush=True)
+    speed = {r["decode"]: r["images_per_s"] for r in rows if "images_per_s" in r}
+    if "cpu" in speed and "gpu" in speed:
+        print(f"gpu / cpu decode: {speed['gpu'] / speed['cpu']:.2f}x", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({**info, "runs": rows}, indent=2))
+    if len(speed) < len(rows):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
