@@ -47,3 +47,30 @@ def test_yaml_file_preset(tmp_path):
     f.write_text("bogus: 1\n")
     with pytest.raises(UserError, match="unknown config key 'bogus'"):
         config.build_config(str(f), {}, [])
+
+
+def test_a_field_is_declared_in_one_place():
+    """A field's range, resume policy and flag sit beside its default: a new field declared once is
+    validated, classified for resume and offered as a flag with no other list to edit."""
+    import dataclasses
+
+    from fastclr.config import Config, at_least, flag_fields, ranges, resume_keys, setting, validate
+
+    @dataclasses.dataclass
+    class Extended(Config):
+        new_knob: int = setting(3, valid=at_least(1), resume="free", flag=True)
+
+    assert ("new_knob", "new_knob") in [(n, n) for n, _ in ranges(Extended)]
+    assert "new_knob" in resume_keys("free", Extended) and "new_knob" in flag_fields(Extended)
+    with pytest.raises(UserError, match=r"new_knob=0 is out of range: must be >= 1"):
+        validate(Extended(new_knob=0))
+    validate(Extended())
+
+
+def test_resume_policies_partition_the_fields():
+    from fastclr.config import FIELDS, RESUME, resume_keys
+
+    groups = [set(resume_keys(p)) for p in RESUME]
+    assert set().union(*groups) == set(FIELDS) and sum(map(len, groups)) == len(FIELDS)
+    assert {"arch", "proj_dim", "head_layers", "cifar_stem"} <= set(resume_keys("shape"))
+    assert {"out", "log_every", "device"} <= set(resume_keys("free")) and "temperature" in resume_keys("same")

@@ -6,6 +6,12 @@ import pytest
 from PIL import Image
 
 from fastclr import config, defaults
+from fastclr.data.chosen import preset_from_data
+
+
+def from_data(flags: dict, sets: list[str]) -> config.Config:
+    """What ``fastclr pretrain`` builds without --config: the values chosen from the data, flags and --set on top."""
+    return config.build_config(None, flags, sets, base=preset_from_data(config.given(flags, sets)))
 
 
 def _folder(root, side, count=6):
@@ -23,7 +29,7 @@ def _folder(root, side, count=6):
 )
 def test_folder_defaults_by_image_size(tmp_path, capsys, side, size, stem, blur, strength):
     data = str(_folder(tmp_path / "imgs", side))
-    cfg = config.build_config(None, {"data": data, "device": "cpu"}, [], from_data=True)
+    cfg = from_data({"data": data, "device": "cpu"}, [])
     config.validate(cfg)
     assert (cfg.image_size, cfg.cifar_stem, cfg.blur, cfg.color_strength) == (size, stem, blur, strength)
     assert cfg.flip is True and cfg.min_scale == 0.08 and cfg.arch == "resnet_mini" and cfg.data == data
@@ -35,10 +41,10 @@ def test_folder_defaults_by_image_size(tmp_path, capsys, side, size, stem, blur,
 
 def test_flags_and_set_override_the_chosen_values(tmp_path, capsys):
     data = str(_folder(tmp_path / "imgs", 300))
-    cfg = config.build_config(None, {"data": data, "epochs": 3}, ["image_size=64", "data=" + data], from_data=True)
+    cfg = from_data({"data": data, "epochs": 3}, ["image_size=64", "data=" + data])
     assert cfg.image_size == 64 and cfg.epochs == 3 and cfg.blur is True
     assert cfg.budget_minutes == 0  # --epochs replaces the budget
-    cfg = config.build_config(None, {"data": data}, ["epochs=5", "budget_minutes=2"], from_data=True)
+    cfg = from_data({"data": data}, ["epochs=5", "budget_minutes=2"])
     assert cfg.epochs == 5 and cfg.budget_minutes == 2  # both given: the budget, bounded by the epochs
 
 
@@ -57,10 +63,10 @@ def test_gpu_gets_a_standard_resnet():
 
 
 def test_digits_stays_the_default_and_presets_win(tmp_path, capsys):
-    assert config.build_config(None, {}, [], from_data=True).data == "digits"
-    assert config.build_config(None, {}, [], from_data=True).image_size == 8  # the digits preset
+    assert from_data({}, []).data == "digits"
+    assert from_data({}, []).image_size == 8  # the digits preset
     data = str(_folder(tmp_path / "imgs", 300))
-    cfg = config.build_config("cifar10_cpu", {"data": data}, [], from_data=True)
+    cfg = config.build_config("cifar10_cpu", {"data": data}, [])  # a preset: the data is not looked at
     assert cfg.image_size == 32 and capsys.readouterr().err == ""
 
 
@@ -75,7 +81,7 @@ def test_shards_get_the_defaults_of_their_images(tmp_path, capsys, indexed):
     if not indexed:
         (tmp_path / "sh" / "index.json").unlink()
     spec = f"shards:{tmp_path / 'sh'}" if indexed else f"shards:{tmp_path / 'sh' / '*.tar'}"
-    cfg = config.build_config(None, {"data": spec, "device": "cpu"}, [], from_data=True)
+    cfg = from_data({"data": spec, "device": "cpu"}, [])
     assert (cfg.image_size, cfg.cifar_stem, cfg.blur, cfg.data) == (96, False, True, spec)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.search(r"large images \(median short side 302(\.5)? px of 12 sampled\)", err[0])

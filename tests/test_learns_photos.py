@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fastclr import config
+from fastclr.data.chosen import preset_from_data
 from fastclr.pipeline import pretrain_and_evaluate
 
 TINY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyimagenet-dev"
@@ -39,7 +40,7 @@ def test_pretraining_on_photos_beats_the_random_init_encoder(tmp_path, capsys):
     try:
         flags = {"data": data, "out": str(tmp_path / "run"), "epochs": 30, "device": "cpu"}
         sets = ["image_size=32", "cifar_stem=true", "batch_size=128", "workers=0", "trackers=none"]
-        cfg = config.build_config(None, flags, sets, from_data=True)
+        cfg = config.build_config(None, flags, sets, base=preset_from_data(config.given(flags, sets)))
         assert cfg.color_strength == 0.5 and cfg.budget_minutes == 0  # the folder's settings; --epochs given
         result = pretrain_and_evaluate(cfg)
     finally:

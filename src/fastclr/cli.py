@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any
 
 from fastclr import __version__
-from fastclr.config import describe_fields
+from fastclr.config import describe_fields, flag_fields
 from fastclr.errors import UserError
 
 DATA_HELP = (
@@ -165,19 +165,7 @@ def add_pretrain(sub) -> None:
     p.set_defaults(func=run_pretrain)
 
 
-PRETRAIN_FLAGS = (
-    "data",
-    "out",
-    "arch",
-    "epochs",
-    "batch_size",
-    "max_steps",
-    "seed",
-    "device",
-    "chunk_size",
-    "download",
-    "init",
-)
+PRETRAIN_FLAGS = flag_fields()  # the config fields with a flag of their own (config.py, ``flag=True``)
 
 
 def run_pretrain(args) -> dict:

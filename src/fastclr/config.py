@@ -18,6 +18,52 @@ import yaml
 
 from fastclr.errors import UserError
 
+# --- one place per fact: each field's range, resume policy and CLI flag sit beside its default ----------
+
+
+@dataclass(frozen=True)
+class Valid:
+    """A field's valid values: the test, and how the error message says it."""
+
+    ok: typing.Callable[[Any], bool]
+    text: str
+
+
+def at_least(low: float, note: str = "") -> Valid:
+    return Valid(lambda v: v >= low, f">= {low}{note}")
+
+
+def above(low: float) -> Valid:
+    return Valid(lambda v: v > low, f"> {low}")
+
+
+def within(low: float, high: float, *, lo_open: bool = False, hi_open: bool = False) -> Valid:
+    """In the interval from ``low`` to ``high``, each end closed unless said open: "in (0, 1]"."""
+    text = f"in {'(' if lo_open else '['}{low}, {high}{')' if hi_open else ']'}"
+    return Valid(lambda v: (v > low if lo_open else v >= low) and (v < high if hi_open else v <= high), text)
+
+
+def count(low: int, high: int, note: str = "") -> Valid:
+    return Valid(lambda v: low <= v <= high, f"{low} to {high}{note}")
+
+
+def one_of(*names: str) -> Valid:
+    return Valid(lambda v: v in names, f"{', '.join(names[:-1])} or {names[-1]}")
+
+
+def _is_device(v: str) -> bool:
+    return v in ("auto", "cpu", "cuda") or v.startswith("cuda:")
+
+
+RESUME = ("same", "shape", "free")  # changed on resume: a warning; must match the weights (an error); no effect
+
+
+def setting(default: Any, *, valid: Valid | None = None, resume: str = "same", flag: bool = False) -> Any:
+    """A Config field: its default, its valid values, what a change on resume means (:data:`RESUME`), and
+    whether ``fastclr pretrain`` has a flag of its name (``--batch-size`` for ``batch_size``)."""
+    assert resume in RESUME, resume
+    return dataclasses.field(default=default, metadata={"valid": valid, "resume": resume, "flag": flag})
+
 
 @dataclass
 class Config:
@@ -30,105 +76,151 @@ class Config:
     """
 
     # data
-    data: str = "digits"  # data spec: digits, a folder, ... (see `fastclr pretrain --help`)
-    image_size: int = 16  # side of the training views in pixels
-    max_images: int = 0  # use only this many training images (0: all); a seeded class-balanced subset
-    download: bool = False  # fetch a missing cifar10 / cifar100 / stl10 into its ROOT (needs internet)
-    max_bad_fraction: float = 0.01  # stop before training when more of a folder's files than this cannot be decoded
-    workers: int = 4  # CPU processes that decode images (folders, lists, the large-image stream); 0: the main process
-    data_memory_gb: float = (
-        0.0  # decoded images a run may hold (data/tiers.py); 0: a quarter of RAM and of the GPU's memory
-    )
-    decode: str = "auto"  # where shard JPEGs are decoded (data/gpu_decode.py): auto (the CPU for now), cpu or gpu
+    data: str = setting("digits", flag=True)  # data spec: digits, a folder, ... (see `fastclr pretrain --help`)
+    image_size: int = setting(16, valid=at_least(8))  # side of the training views in pixels
+    # use only this many training images (0: all); a seeded class-balanced subset
+    max_images: int = setting(0, valid=at_least(0))
+    # fetch a missing cifar10 / cifar100 / stl10 into its ROOT (needs internet)
+    download: bool = setting(False, resume="free", flag=True)
+    # stop before training when more of a folder's files than this cannot be decoded
+    max_bad_fraction: float = setting(0.01, valid=within(0, 1), resume="free")
+    # CPU processes that decode images (folders, lists, the large-image stream); 0: the main process
+    workers: int = setting(4, valid=count(0, 256), resume="free")
+    # decoded images a run may hold (data/tiers.py); 0: a quarter of RAM and of the GPU's memory
+    data_memory_gb: float = setting(0.0, valid=at_least(0, " (0: automatic)"), resume="free")
+    # where shard JPEGs are decoded (data/gpu_decode.py): auto (the CPU for now), cpu or gpu
+    decode: str = setting("auto", valid=one_of("auto", "cpu", "gpu"))
     text_column: str = "text"  # text data (text:FILE .csv/.tsv/.jsonl): the column holding the texts
-    max_length: int = 32  # text: tokens per text, [CLS] and [SEP] included; longer texts are truncated
+    # text: tokens per text, [CLS] and [SEP] included; longer texts are truncated
+    max_length: int = setting(32, valid=count(3, 4096, " (special tokens included)"))
     # model
     # encoder: resnet_mini (CPU demos), resnet18 ... resnet152, resnet50x2/x4, torchvision models, timm:NAME
-    arch: str = "resnet_mini"
+    arch: str = setting("resnet_mini", resume="shape", flag=True)
     # YAML mapping for the torchvision/timm constructor, e.g. "{img_size: 32, patch_size: 4}"; hf: config.json fields
-    arch_kwargs: str = ""
+    arch_kwargs: str = setting("", resume="shape")
     freeze_patch_embed: bool = False  # ViTs: keep the random patch projection fixed (MoCo v3 section 4.2)
     # start the encoder from a torchvision/timm state dict or .safetensors file ("": random init); keys checked exactly
-    init: str = ""
-    cifar_stem: bool = True  # 3x3 stride-1 first conv and no max-pool: right for images of 64 px or less
-    head_layers: int = 2  # 2 for SimCLR v1, 3 for v2
-    head_hidden: int = 0  # hidden width of the head (0: the encoder's width d, as the paper)
-    proj_dim: int = 128  # width of z
-    pooling: str = "mean"  # text encoders (arch hf:PATH / hf:minilm): mean of the token states, or cls
+    init: str = setting("", flag=True)
+    # 3x3 stride-1 first conv and no max-pool: right for images of 64 px or less
+    cifar_stem: bool = setting(True, resume="shape")
+    head_layers: int = setting(2, valid=count(1, 4), resume="shape")  # 2 for SimCLR v1, 3 for v2
+    # hidden width of the head (0: the encoder's width d, as the paper)
+    head_hidden: int = setting(0, valid=at_least(0), resume="shape")
+    proj_dim: int = setting(128, valid=at_least(1), resume="shape")  # width of z
+    # text encoders (arch hf:PATH / hf:minilm): mean of the token states, or cls
+    pooling: str = setting("mean", valid=one_of("mean", "cls"))
     hf_random_init: bool = False  # text encoders: keep the architecture, draw fresh weights (the baseline)
     freeze_word_embed: bool = False  # text encoders: keep the token embeddings fixed (for random weights)
     # augmentation (Chen et al. 2020, Appendix A)
-    min_scale: float = 0.08  # smallest crop area fraction
-    color_strength: float = 0.5  # s: 0.5 for CIFAR, 1.0 for ImageNet
+    min_scale: float = setting(0.08, valid=within(0, 1, lo_open=True))  # smallest crop area fraction
+    color_strength: float = setting(0.5, valid=within(0, 2))  # s: 0.5 for CIFAR, 1.0 for ImageNet
     blur: bool = False  # Gaussian blur: ImageNet-size images only
     flip: bool = True  # horizontal flip: off for digits and text
-    views: int = 2  # views per image; every other view of an image is a positive
+    views: int = setting(2, valid=at_least(2))  # views per image; every other view of an image is a positive
     # multi-crop (Caron et al. 2020, SwAV section 3.2): extra low-resolution views, each a positive of every other
-    small_crops: int = 0  # low-resolution views added to the `views` full-size ones (0: off)
-    small_crop_size: int = 0  # their side in pixels (0: 3/7 of image_size, SwAV's 96 of 224, at least 8)
-    small_crop_min_scale: float = 0.05  # their crop area fraction is uniform in [min, max]
-    small_crop_max_scale: float = 0.14
+    # low-resolution views added to the `views` full-size ones (0: off)
+    small_crops: int = setting(0, valid=count(0, 16))
+    # their side in pixels (0: 3/7 of image_size, SwAV's 96 of 224, at least 8)
+    small_crop_size: int = setting(0, valid=Valid(lambda v: v == 0 or v >= 8, "0 (automatic) or >= 8"))
+    # their crop area fraction is uniform in [min, max]
+    small_crop_min_scale: float = setting(0.05, valid=within(0, 1, lo_open=True))
+    small_crop_max_scale: float = setting(0.14, valid=within(0, 1, lo_open=True))
     # text views (dropout noise alone when all are 0, as unsupervised SimCSE)
-    word_delete: float = 0.0  # each word of a text view is deleted with this probability
-    span_crop: float = 0.0  # fraction of a text's words cut away, keeping one contiguous span
-    word_reorder: float = 0.0  # probability that a text view's words are shuffled
+    # each word of a text view is deleted with this probability
+    word_delete: float = setting(0.0, valid=within(0, 1, hi_open=True))
+    # fraction of a text's words cut away, keeping one contiguous span
+    span_crop: float = setting(0.0, valid=within(0, 1, hi_open=True))
+    word_reorder: float = setting(0.0, valid=within(0, 1))  # probability that a text view's words are shuffled
     # loss
-    loss: str = "nt_xent"  # nt_xent | nt_logistic | margin_triplet
-    temperature: float = 0.5  # 0.5 for CIFAR (0.2 small batches), 0.1 for ImageNet at batch 4096
-    margin: float = 1.0  # margin of the triplet loss
-    max_negatives: int = 0  # cap on negatives per anchor (0: the whole batch), an ablation
+    # nt_xent | nt_logistic | margin_triplet
+    loss: str = setting("nt_xent", valid=one_of("nt_xent", "nt_logistic", "margin_triplet"))
+    # 0.5 for CIFAR (0.2 small batches), 0.1 for ImageNet at batch 4096
+    temperature: float = setting(0.5, valid=above(0))
+    margin: float = setting(1.0, valid=at_least(0))  # margin of the triplet loss
+    max_negatives: int = setting(0, valid=at_least(0))  # cap on negatives per anchor (0: the whole batch), an ablation
     # optimisation (paper section 2.2, Appendix B.1)
-    optimizer: str = "lars"  # lars | sgd | adamw
-    lr: float = 0.3  # base learning rate before lr_rule
-    lr_rule: str = "linear"  # linear: lr * B/256; sqrt: lr * sqrt(B); none
-    weight_decay: float = 1e-6  # 1e-6 (v1), 1e-4 (v2)
-    momentum: float = 0.9
-    trust_coefficient: float = 0.001  # LARS eta
-    warmup_epochs: float = 10.0  # linear warm-up, then cosine decay to zero
-    epochs: int = 100
+    # lars | sgd | adamw
+    optimizer: str = setting("lars", valid=one_of("lars", "sgd", "adamw"), resume="shape")
+    lr: float = setting(0.3, valid=above(0))  # base learning rate before lr_rule
+    # linear: lr * B/256; sqrt: lr * sqrt(B); none
+    lr_rule: str = setting("linear", valid=one_of("linear", "sqrt", "none"))
+    weight_decay: float = setting(1e-6, valid=at_least(0))  # 1e-6 (v1), 1e-4 (v2)
+    momentum: float = setting(0.9, valid=within(0, 1, hi_open=True))
+    trust_coefficient: float = setting(0.001, valid=above(0))  # LARS eta
+    warmup_epochs: float = setting(10.0, valid=at_least(0))  # linear warm-up, then cosine decay to zero
+    epochs: int = setting(100, valid=at_least(1), flag=True)
     # training minutes: time a few steps first, then run the epochs that fit (0: off, `epochs` as given)
-    budget_minutes: float = 0.0
-    batch_size: int = 256  # global batch B (the paper's), split across processes
-    max_steps: int = 0  # stop after this many steps (0: run all epochs); the schedule still spans all epochs
-    seed: int = 0
+    budget_minutes: float = setting(0.0, valid=at_least(0, " (0: off)"))
+    batch_size: int = setting(256, valid=at_least(2), flag=True)  # global batch B (the paper's), split across processes
+    # stop after this many steps (0: run all epochs); the schedule still spans all epochs
+    max_steps: int = setting(0, valid=at_least(0), resume="free", flag=True)
+    seed: int = setting(0, valid=at_least(0), flag=True)
     # execution
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 where supported) | bf16 | fp32
-    channels_last: bool = True
-    compile: bool = False  # torch.compile the model (off by default until measured to pay on the device at hand)
-    log_every: int = 10  # steps between metrics.jsonl lines (the only host syncs of the step)
+    # auto | cpu | cuda
+    device: str = setting("auto", valid=Valid(_is_device, "auto, cpu or cuda"), resume="free", flag=True)
+    # auto (bf16 where supported) | bf16 | fp32
+    precision: str = setting("auto", valid=one_of("auto", "bf16", "fp32"))
+    channels_last: bool = setting(True, resume="free")
+    # torch.compile the model (off by default until measured to pay on the device at hand)
+    compile: bool = setting(False, resume="free")
+    # steps between metrics.jsonl lines (the only host syncs of the step)
+    log_every: int = setting(10, valid=at_least(1), resume="free")
     # steps between checkpoints (also at the end, on SIGTERM/SIGINT, and at an epoch's end per checkpoint_minutes)
-    checkpoint_every: int = 500
+    checkpoint_every: int = setting(500, valid=at_least(1), resume="free")
     # an epoch's end writes a checkpoint when this many minutes passed since the last one (0: at every epoch's
     # end); a 100-epoch CIFAR run on a GPU would otherwise write 100 checkpoints
-    checkpoint_minutes: float = 5.0
-    keep_checkpoints: int = 3  # newest checkpoints kept in OUT/checkpoints (last.pt is the newest)
+    checkpoint_minutes: float = setting(5.0, valid=at_least(0, " (0: at every epoch's end)"), resume="free")
+    # newest checkpoints kept in OUT/checkpoints (last.pt is the newest)
+    keep_checkpoints: int = setting(3, valid=at_least(1), resume="free")
     sync_bn: bool = True  # global BN over all processes when k > 1 (paper section 2.2); off: per-process BN
-    chunk_size: int = 0  # gradient cache: forward this many views at a time (0: the whole batch); BN is then per chunk
-    # evaluation at the end of pretraining (paper section 4, Appendix B.5; kNN: Wu et al. 2018)
-    eval: bool = True
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    eval_batch_size: int = 512
-    eval_max_images: int = 10000  # train images in the end-of-run kNN bank and probe: seeded, class-balanced (0: all)
-    knn_every: int = 0  # kNN monitor every N epochs during pretraining, into metrics.jsonl (0: off; needs labels)
-    # label-free figures (RankMe, alignment, uniformity, view agreement) every N epochs into metrics.jsonl (0: off)
-    quality_every: int = 0
-    # a CSV of path,label for a few images (5-20 a class): few-shot kNN of the trained and random-init encoders
-    probe_labels: str = ""
-    # linear classifier on detached h trained alongside (the reference's "linear eval while pretraining")
-    online_probe: bool = False
-    # output
-    out: str = "runs/fastclr"
-    trackers: str = (
-        "auto"  # any of tensorboard,wandb,mlflow (comma list or [a,b]); auto: TensorBoard if installed; none
+    # gradient cache: forward this many views at a time (0: the whole batch); BN is then per chunk
+    chunk_size: int = setting(
+        0, valid=Valid(lambda v: v == 0 or v >= 2, "0 (off) or >= 2 (BN needs 2 views per chunk)"), flag=True
     )
-    tracker_project: str = "fastclr"  # W&B project and MLflow experiment
-    tracker_group: str = ""  # W&B group and MLflow tag "group" (a sweep groups its trials under the study's name)
-    tracker_dir: str = ""  # folder of W&B's offline runs and the MLflow file store ("": OUT); MLFLOW_TRACKING_URI wins
+    # evaluation at the end of pretraining (paper section 4, Appendix B.5; kNN: Wu et al. 2018)
+    eval: bool = setting(True, resume="free")
+    knn_k: int = setting(200, valid=at_least(1), resume="free")
+    knn_temperature: float = setting(0.1, valid=above(0), resume="free")
+    eval_batch_size: int = setting(512, valid=at_least(1), resume="free")
+    # train images in the end-of-run kNN bank and probe: seeded, class-balanced (0: all)
+    eval_max_images: int = setting(10000, valid=at_least(0, " (0: all)"), resume="free")
+    # kNN monitor every N epochs during pretraining, into metrics.jsonl (0: off; needs labels)
+    knn_every: int = setting(0, valid=at_least(0, " (0: off)"), resume="free")
+    # label-free figures (RankMe, alignment, uniformity, view agreement) every N epochs into metrics.jsonl (0: off)
+    quality_every: int = setting(0, valid=at_least(0, " (0: off)"), resume="free")
+    # a CSV of path,label for a few images (5-20 a class): few-shot kNN of the trained and random-init encoders
+    probe_labels: str = setting("", resume="free")
+    # linear classifier on detached h trained alongside (the reference's "linear eval while pretraining")
+    online_probe: bool = setting(False, resume="free")
+    # output
+    out: str = setting("runs/fastclr", resume="free", flag=True)
+    # any of tensorboard,wandb,mlflow (comma list or [a,b]); auto: TensorBoard if installed; none
+    trackers: str = setting("auto", resume="free")
+    tracker_project: str = setting("fastclr", resume="free")  # W&B project and MLflow experiment
+    # W&B group and MLflow tag "group" (a sweep groups its trials under the study's name)
+    tracker_group: str = setting("", resume="free")
+    # folder of W&B's offline runs and the MLflow file store ("": OUT); MLFLOW_TRACKING_URI wins
+    tracker_dir: str = setting("", resume="free")
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def ranges(cls: type = Config) -> list[tuple[str, Valid]]:
+    """Every field of ``cls`` with a range, and the range."""
+    return [(f.name, f.metadata["valid"]) for f in dataclasses.fields(cls) if f.metadata.get("valid")]
+
+
+def resume_keys(policy: str, cls: type = Config) -> tuple[str, ...]:
+    """The fields of ``cls`` whose resume policy is ``policy`` (:data:`RESUME`; a plain field is "same")."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("resume", "same") == policy)
+
+
+def flag_fields(cls: type = Config) -> tuple[str, ...]:
+    """The fields ``fastclr pretrain`` takes as flags of their own."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("flag"))
+
+
 PRESETS_DIR = "configs"
 
 
@@ -200,56 +292,26 @@ def read_preset(name_or_file: str) -> dict:
     return values
 
 
-def build_config(preset: str | None, overrides: dict[str, object], sets: list[str], from_data: bool = False) -> Config:
-    """Defaults, then the preset, then explicit flags, then --set key=value (last wins).
-
-    Args:
-        from_data: with no preset, base the values on the data (``defaults.py``) when the data is a
-            folder, a list or shards of images; the CLI's behaviour without --config. Otherwise the digits preset.
-    """
-    values: dict[str, Any] = {}
-    chosen: dict[str, object] = {}
+def given(overrides: dict[str, object], sets: list[str]) -> dict[str, Any]:
+    """The values set explicitly, each parsed once: ``overrides`` (flags; None: not given), then ``--set
+    key=value`` on top (last wins)."""
+    values = {k: parse_value(k, v) for k, v in overrides.items() if v is not None}
     for item in sets:
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        chosen[key.strip()] = parse_value(key.strip(), raw)
-    for key, flag in overrides.items():
-        if flag is not None:
-            chosen.setdefault(key, parse_value(key, flag))
-    base = read_preset(preset or "digits")
-    if preset is None and from_data:
-        base = _data_defaults(str(chosen.get("data", "digits")), str(chosen.get("device", "auto"))) or base
-        if "epochs" in chosen and "budget_minutes" not in chosen:
-            base = {k: v for k, v in base.items() if k != "budget_minutes"}  # --epochs replaces the budget
-    for k, v in base.items():
-        values[k] = parse_value(k, v)
-    for k, v in overrides.items():
-        if v is not None:
-            values[k] = parse_value(k, v)
-    for item in sets:
-        k, v = item.split("=", 1)
-        values[k.strip()] = parse_value(k.strip(), v)
-    return Config(**values)
-
-
-def _data_defaults(spec: str, device: str) -> dict[str, object] | None:
-    """Values chosen from a folder, list or shards spec's images (None for any other spec); says so on stderr."""
-    import sys
-
-    import torch
-
-    from fastclr import defaults
-    from fastclr.data import datasets
-
-    found = datasets.median_side(spec)
-    if found is None:
-        return None
-    side, sampled = found
-    gpu = device != "cpu" and torch.cuda.is_available()
-    values = {"data": spec, **defaults.choose(side, gpu)}
-    print(f"fastclr: {defaults.describe(spec, side, sampled, gpu, values)}", file=sys.stderr, flush=True)
+        values[key.strip()] = parse_value(key.strip(), raw)
     return values
+
+
+def build_config(
+    preset: str | None, overrides: dict[str, object], sets: list[str], base: dict[str, Any] | None = None
+) -> Config:
+    """Defaults, then the preset (``base`` instead when given: values chosen from the data, see
+    ``data/chosen.py``; neither: the digits preset), then explicit flags, then ``--set key=value`` (last wins)."""
+    chosen = given(overrides, sets)
+    values = {k: parse_value(k, v) for k, v in (base if base is not None else read_preset(preset or "digits")).items()}
+    return Config(**{**values, **chosen})
 
 
 def to_dict(cfg: Config) -> dict:
@@ -263,60 +325,6 @@ def from_dict(values: dict) -> Config:
 
 def save(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-_RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
-    ("image_size", lambda v: v >= 8, ">= 8"),
-    ("max_images", lambda v: v >= 0, ">= 0"),
-    ("max_bad_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("workers", lambda v: 0 <= v <= 256, "0 to 256"),
-    ("head_layers", lambda v: 1 <= v <= 4, "1 to 4"),
-    ("head_hidden", lambda v: v >= 0, ">= 0"),
-    ("proj_dim", lambda v: v >= 1, ">= 1"),
-    ("min_scale", lambda v: 0 < v <= 1, "in (0, 1]"),
-    ("color_strength", lambda v: 0 <= v <= 2, "in [0, 2]"),
-    ("views", lambda v: v >= 2, ">= 2"),
-    ("small_crops", lambda v: 0 <= v <= 16, "0 to 16"),
-    ("small_crop_size", lambda v: v == 0 or v >= 8, "0 (automatic) or >= 8"),
-    ("small_crop_min_scale", lambda v: 0 < v <= 1, "in (0, 1]"),
-    ("small_crop_max_scale", lambda v: 0 < v <= 1, "in (0, 1]"),
-    ("loss", lambda v: v in ("nt_xent", "nt_logistic", "margin_triplet"), "nt_xent, nt_logistic or margin_triplet"),
-    ("temperature", lambda v: v > 0, "> 0"),
-    ("margin", lambda v: v >= 0, ">= 0"),
-    ("max_negatives", lambda v: v >= 0, ">= 0"),
-    ("optimizer", lambda v: v in ("lars", "sgd", "adamw"), "lars, sgd or adamw"),
-    ("lr", lambda v: v > 0, "> 0"),
-    ("lr_rule", lambda v: v in ("linear", "sqrt", "none"), "linear, sqrt or none"),
-    ("weight_decay", lambda v: v >= 0, ">= 0"),
-    ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("trust_coefficient", lambda v: v > 0, "> 0"),
-    ("warmup_epochs", lambda v: v >= 0, ">= 0"),
-    ("epochs", lambda v: v >= 1, ">= 1"),
-    ("budget_minutes", lambda v: v >= 0, ">= 0 (0: off)"),
-    ("batch_size", lambda v: v >= 2, ">= 2"),
-    ("max_steps", lambda v: v >= 0, ">= 0"),
-    ("device", lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "auto, cpu or cuda"),
-    ("precision", lambda v: v in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
-    ("log_every", lambda v: v >= 1, ">= 1"),
-    ("checkpoint_every", lambda v: v >= 1, ">= 1"),
-    ("checkpoint_minutes", lambda v: v >= 0, ">= 0 (0: at every epoch's end)"),
-    ("keep_checkpoints", lambda v: v >= 1, ">= 1"),
-    ("seed", lambda v: v >= 0, ">= 0"),
-    ("chunk_size", lambda v: v == 0 or v >= 2, "0 (off) or >= 2 (BN needs 2 views per chunk)"),
-    ("knn_k", lambda v: v >= 1, ">= 1"),
-    ("knn_temperature", lambda v: v > 0, "> 0"),
-    ("eval_batch_size", lambda v: v >= 1, ">= 1"),
-    ("eval_max_images", lambda v: v >= 0, ">= 0 (0: all)"),
-    ("data_memory_gb", lambda v: v >= 0, ">= 0 (0: automatic)"),
-    ("decode", lambda v: v in ("auto", "cpu", "gpu"), "auto, cpu or gpu"),
-    ("knn_every", lambda v: v >= 0, ">= 0 (0: off)"),
-    ("quality_every", lambda v: v >= 0, ">= 0 (0: off)"),
-    ("max_length", lambda v: 3 <= v <= 4096, "3 to 4096 (special tokens included)"),
-    ("pooling", lambda v: v in ("mean", "cls"), "mean or cls"),
-    ("word_delete", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("span_crop", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("word_reorder", lambda v: 0 <= v <= 1, "in [0, 1]"),
-]
 
 
 def arch_kwargs(cfg: Config) -> dict:
@@ -341,12 +349,12 @@ def is_text(cfg: Config) -> bool:
 
 def validate(cfg: Config) -> None:
     """Check every value against its valid range; raise UserError naming field, value and range."""
-    for name, ok, valid in _RANGES:
+    for name, valid in ranges(type(cfg)):
         value = getattr(cfg, name)
         if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"{name}={value!r} is not a finite number: must be {valid}")
-        if not ok(value):
-            raise UserError(f"{name}={value!r} is out of range: must be {valid}")
+            raise UserError(f"{name}={value!r} is not a finite number: must be {valid.text}")
+        if not valid.ok(value):
+            raise UserError(f"{name}={value!r} is out of range: must be {valid.text}")
     arch_kwargs(cfg)
     if cfg.small_crop_min_scale > cfg.small_crop_max_scale:
         raise UserError(
@@ -357,10 +365,6 @@ def validate(cfg: Config) -> None:
     if cfg.min_scale > 1.0:
         raise UserError(f"min_scale={cfg.min_scale} must be <= 1")
     _validate_modality(cfg)
-    if cfg.loss == "margin_triplet" and cfg.batch_size > 1024:
-        raise UserError(
-            f"loss=margin_triplet builds a batch^3 hinge tensor; use batch_size <= 1024, not {cfg.batch_size}"
-        )
 
 
 def _validate_modality(cfg: Config) -> None:

@@ -23,6 +23,7 @@ import torch
 
 from fastclr import config, log
 from fastclr.data import evalset, tiers
+from fastclr.data.chosen import preset_from_data
 from fastclr.data.datasets import DataSplits, ImageSet, balanced_subset
 from fastclr.eval import fewshot, quality
 from fastclr.eval.evaluate import FeatureSettings, against_random_init
@@ -197,7 +198,8 @@ def resolve_config(preset: str | None, flags: dict[str, Any], sets: list[str], r
         saved = Path(out) / "config.yaml"
         if checkpoint.existing(Path(out) / "checkpoints") and saved.is_file():
             base = str(saved)  # resuming: the run's own settings, flags on top
-    cfg = config.build_config(base, flags, sets, from_data=True)
+    from_data = preset_from_data(config.given(flags, sets)) if base is None else None
+    cfg = config.build_config(base, flags, sets, base=from_data)
     if out is None and not any(s.startswith("out=") for s in sets):
         cfg.out = str(Path("runs") / Path(preset or "digits").stem)  # one folder per preset
     return cfg

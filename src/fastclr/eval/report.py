@@ -29,6 +29,7 @@ import torch
 
 from fastclr import config
 from fastclr.data import datasets, evalset, tiers
+from fastclr.data.chosen import preset_from_data
 from fastclr.errors import UserError
 from fastclr.eval.evaluate import FeatureSettings, split_features
 from fastclr.method.augment import MEAN, STD, AugmentConfig, augment
@@ -736,6 +737,7 @@ def run_show_augment(
     :func:`show_augment`."""
     if not 1 <= count <= 64:
         raise UserError(f"--count {count}: must be 1 to 64")
-    cfg = config.build_config(preset, {"data": data}, sets, from_data=True)
+    from_data = preset_from_data(config.given({"data": data}, sets)) if preset is None else None
+    cfg = config.build_config(preset, {"data": data}, sets, base=from_data)
     config.validate(cfg)
     return show_augment(cfg.data, out, cfg, count, epoch)

@@ -345,36 +345,10 @@ def set_rng_state(state: dict) -> None:
 
 # --- a pretraining run's checkpoint: assembly and resume ------------------------------------------
 
-# Config fields a checkpoint's weights must match, and fields whose change does not alter the run.
-SHAPE_KEYS = ("arch", "arch_kwargs", "cifar_stem", "head_layers", "head_hidden", "proj_dim", "optimizer")
-FREE_KEYS = {
-    "out",
-    "max_steps",
-    "log_every",
-    "checkpoint_every",
-    "checkpoint_minutes",
-    "keep_checkpoints",
-    "eval",
-    "knn_k",
-    "knn_temperature",
-    "eval_batch_size",
-    "quality_every",
-    "probe_labels",
-    "device",
-    "workers",
-    "download",
-    "max_bad_fraction",
-    "data_memory_gb",
-    "eval_max_images",
-    "channels_last",
-    "knn_every",
-    "online_probe",
-    "compile",
-    "trackers",
-    "tracker_project",
-    "tracker_group",
-    "tracker_dir",
-}
+# Config fields a checkpoint's weights must match, and fields whose change does not alter the run
+# (each field's ``resume`` in config.py).
+SHAPE_KEYS = config.resume_keys("shape")
+FREE_KEYS = set(config.resume_keys("free"))
 
 
 def assemble(
