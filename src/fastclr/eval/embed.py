@@ -219,7 +219,11 @@ def run(
     batch_size: int = 512,
     device: str | None = None,
 ) -> dict:
-    """``fastclr embed``: h (or z with ``projection``) of every image of a split, written by rank 0 in dataset order."""
+    """``fastclr embed``: h (or z with ``projection``) of every image of a split, written by rank 0 in dataset order.
+
+    Rows come in dataset order with their ids (file paths, dataset ids or ``SHARD/KEY``), written to
+    FILE.npy + FILE.ids.json or one FILE.parquet table; under torchrun each rank embeds its share.
+    """
     require_positive(batch_size=batch_size)
     restored, dev, precision = restore.open_for_command(checkpoint, device, join=True)
     model = restored.model.eval()

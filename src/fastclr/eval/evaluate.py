@@ -151,7 +151,8 @@ def run_knn(
 ) -> dict:
     """``fastclr knn``: weighted kNN top-1 of a checkpoint's encoder for every k, train split -> test split.
 
-    ``batch_size`` test images are compared with the bank at a time (bounds memory).
+    Weighted kNN on L2-normalised h: votes exp(sim / T) of the k nearest training images (DINO's
+    protocol). ``batch_size`` test images are compared with the bank at a time (bounds memory).
     """
     if not ks or min(ks) < 1 or temperature <= 0 or batch_size < 1:
         raise UserError("--k values must be >= 1, --temperature > 0 and --batch-size >= 1")

@@ -191,7 +191,10 @@ def _write_torchscript(enc: nn.Module, probe: Probe, out: Path) -> float:
 
 
 def run(checkpoint: str, fmt: str, out: str | Path) -> dict:
-    """``fastclr export``: the encoder of a checkpoint; a fine-tuned classifier on h exports with its fc."""
+    """``fastclr export``: the encoder of a checkpoint; a fine-tuned classifier on h exports with its fc.
+
+    Every export is checked numerically against PyTorch; FILE.json beside it describes the input.
+    """
     from fastclr.eval.finetune import load_classifier
     from fastclr.train import restore
 

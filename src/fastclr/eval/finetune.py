@@ -194,7 +194,10 @@ def run(
 ) -> dict:
     """``fastclr finetune``: label subset -> fine-tuned classifier -> test accuracy.
 
-    Writes OUT/labels.txt and OUT/finetuned.pt. ``epochs`` None: :func:`default_epochs`.
+    Fine-tunes the encoder (and with ``from_head_layer`` 1 the head's first layer, as SimCLRv2) plus a
+    new linear layer on a class-balanced, seeded ``fraction`` of the labels; Nesterov SGD, crop and flip
+    only, no weight decay. Writes OUT/labels.txt (the labelled files) and OUT/finetuned.pt (a teacher
+    for ``fastclr distill``). ``epochs`` None: :func:`default_epochs` (60 up to 1% of the labels, else 30).
     """
     epochs = default_epochs(fraction) if epochs is None else epochs
     require_positive(batch_size=batch_size, lr=lr, epochs=epochs)

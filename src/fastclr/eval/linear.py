@@ -150,9 +150,12 @@ def run(
 ) -> dict:
     """``fastclr linear``: the SGD protocol (default) or the L-BFGS transfer protocol (``features``).
 
-    The SGD protocol's views do not depend on the pretraining config: crop area ``min_scale``-1
-    and ``flip`` for training (paper: 0.08, on), evaluation centre crop ``crop`` (None: 0.875 for
-    images of 96 px and more, else the whole image).
+    Linear evaluation (SimCLR Appendix B.6): the encoder frozen with its BN statistics, a linear layer
+    trained with Nesterov SGD and no weight decay on the paper's views, whatever the pretraining used:
+    random resized crop (area ``min_scale``-1, paper 0.08) + ``flip`` for training, resize + centre crop
+    ``crop`` for testing (None: 0.875 for images of 96 px and more, else the whole image). ``features``:
+    L-BFGS logistic regression on cached h, the L2 penalty chosen among 45 values from 1e-6 to 1e5 on
+    held-out train images (the transfer protocol, Appendix B.5; fast on a CPU).
     """
     check_settings(epochs, batch_size, lr, min_scale, crop)
     opened = restore.open_labelled("linear", checkpoint, data, device, random_init, seed)

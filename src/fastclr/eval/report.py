@@ -550,7 +550,13 @@ def _section(title: str, png: str | None, note: str = "") -> str:
 def build(
     run_dir: str | Path, out: str | Path | None = None, method: str = "pca", queries: int = 5, device: str = "cpu"
 ) -> dict:
-    """Write the report of ``run_dir`` to ``out`` (default RUN_DIR/report.html); returns {"out": path, ...}."""
+    """``fastclr report``: write the report of ``run_dir`` to ``out`` (default RUN_DIR/report.html).
+
+    One self-contained page (images embedded, opens offline): loss, learning-rate and throughput curves,
+    kNN / online-probe accuracy over time, augmented view pairs, a 2-D map of test representations
+    (``method``: pca or tsne) and nearest-neighbour retrievals. Needs matplotlib: pip install
+    'fastclr[report]'. Returns {"out": path, ...}.
+    """
     run = _run_folder(run_dir, method)
     _pyplot()
     result = _result(run)
@@ -733,8 +739,9 @@ img {{ max-width: 100%; }}
 def run_show_augment(
     preset: str | None, data: str, sets: list[str], out: str | Path, count: int = 8, epoch: int = 0
 ) -> dict:
-    """``fastclr show-augment``: the preset (plus ``--set`` values) whose augmentation to draw, then
-    :func:`show_augment`."""
+    """``fastclr show-augment``: draw each of ``count`` images with two of its augmented views, exactly as
+    pretraining draws them (:func:`show_augment`), with the preset (plus ``--set`` values) you will train
+    with; no preset: the one pretraining would choose for ``data``."""
     if not 1 <= count <= 64:
         raise UserError(f"--count {count}: must be 1 to 64")
     from_data = preset_from_data(config.given({"data": data}, sets)) if preset is None else None

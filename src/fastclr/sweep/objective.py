@@ -64,6 +64,15 @@ FIGURES = {
 }
 
 
+HELP = (
+    "objective; maximised: knn_top1, linear_top1 (both need a labelled test split), rankme, view_agreement, "
+    "probe_knn (few-shot kNN; needs --set probe_labels=FILE); minimised: alignment, uniformity. The label-free ones "
+    "(rankme, view_agreement, alignment, uniformity) need no labels but are proxies (benchmarks/README.md: how often "
+    "each picks what kNN would); alignment and view_agreement are measured on each trial's own views, so they "
+    "favour milder augmentation: do not search color_strength with them"
+)
+
+
 def get(name: str) -> Metric:
     """The metric called ``name``; UserError listing the valid ones otherwise."""
     if name not in METRICS:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -318,3 +319,32 @@ def write_outputs(the_study: Any, metric: str, out: Path, pruned_on: str | None 
         summary["baseline"] = {"number": base[0].number, "value": base[0].value, "params": base[0].params}
     outputs.write_html(the_study, summary, out / "sweep.html")
     return summary
+
+
+def command(
+    space: str,
+    trials: int,
+    config: str | None = None,
+    data: str | None = None,
+    *,
+    metric: str = "knn_top1",
+    pruner: str = "median",
+    sampler: str = "tpe",
+    out: str = "runs/sweep",
+    storage: str | None = None,
+    baseline: bool = True,
+    study_name: str | None = None,
+    sampler_seed: int | None = None,
+    sets: Sequence[str] = (),
+) -> dict[str, Any]:
+    """``fastclr sweep``: search the config fields the YAML file ``space`` names ({low, high[, log][, step]},
+    a list of choices, or a fixed value), each trial a pretraining run of the ``config`` preset.
+
+    Writes OUT/trials/N (one run folder per trial), OUT/trials.csv, OUT/best.yaml, OUT/sweep.html. Rerun
+    the same command to resume; run it in several processes on the same OUT (and ``storage``) to search in
+    parallel. A folder without labels: metric rankme (or view_agreement, alignment, uniformity), or
+    probe_knn with --set probe_labels=FILE naming a few labelled images. Needs optuna: pip install
+    'fastclr[sweep]'.
+    """
+    spec = SweepSpec(config, data, space, metric, pruner, tuple(sets), baseline, sampler)
+    return sweep(spec, trials, out, storage, study_name, sampler_seed)

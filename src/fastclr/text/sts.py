@@ -154,7 +154,11 @@ def sts_command(
     batch_size: int = 256,
     seed: int = 0,
 ) -> dict:
-    """``fastclr sts``: Spearman x 100 of the encoder on an STS-B split (see the module docstring)."""
+    """``fastclr sts``: Spearman x 100 of the encoder on an STS-B split (see the module docstring).
+
+    Semantic textual similarity (SemEval-2017 STS Benchmark): Spearman x 100 between the cosine of the
+    two sentence embeddings h and the gold score; the projection head is not used.
+    """
     from fastclr.errors import UserError, require_positive
     from fastclr.text.data import read_stsb
     from fastclr.train.precision import pick_device, resolve
