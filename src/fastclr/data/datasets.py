@@ -23,14 +23,13 @@ in memory, at S. A sample's identity is its index in a sorted, stable listing.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fastclr import log
 from fastclr.data import cache, folders, standard, survey, tiers
 from fastclr.data.badfiles import BadFiles
 from fastclr.data.listing import PathList
@@ -135,7 +134,7 @@ def _splits(name, train_list, test_list, size, *, out_dir, max_bad_fraction, wor
     side, _ = survey.median_short_side(train_list.files)
     count = len(train_list.files)
     tier = tiers.folder_tier(count, size, side, limit)
-    log(tiers.describe(tier, count, size, limit, workers))
+    log.info(tiers.describe(tier, count, size, limit, workers))
     if tier == tiers.MEMORY:
         return _decode_splits(
             name, train_list, test_list, size, out_dir=out_dir, max_bad_fraction=max_bad_fraction, workers=workers
@@ -325,16 +324,6 @@ def balanced_subset(data, count: int, seed: int):
     else:
         pick = balanced_indices(data.labels, count, seed)
     return data.subset(pick)
-
-
-def warn(msg: str) -> None:
-    print(f"fastclr: warning: {msg}", file=sys.stderr)
-
-
-def log(msg: str) -> None:
-    """A data-layer line on stderr (rank 0 only under torchrun)."""
-    if os.environ.get("RANK", "0") == "0":
-        print(f"fastclr: {msg}", file=sys.stderr, flush=True)
 
 
 def median_side(spec: str) -> tuple[float, int] | None:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as tdist
 
 from fastclr.config import Config
 from fastclr.data import evalset, tiers
@@ -75,10 +74,7 @@ def gather_rows(
     if rows.shape[0]:
         pad_rows[: rows.shape[0]] = rows.to(device)
     pad_index[: index.shape[0]] = index.to(device)
-    all_rows = [torch.empty_like(pad_rows) for _ in range(dist.world_size())]
-    all_index = [torch.empty_like(pad_index) for _ in range(dist.world_size())]
-    tdist.all_gather(all_rows, pad_rows)
-    tdist.all_gather(all_index, pad_index)
+    all_rows, all_index = dist.gather_all(pad_rows), dist.gather_all(pad_index)
     if not dist.is_main():
         return None
     idx = torch.cat(all_index).cpu()

@@ -18,13 +18,13 @@ import contextlib
 import fcntl
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fastclr import log as fastclr_log
 from fastclr.errors import UserError
 
 BEAT_S = 30.0  # heartbeat period of a running trial
@@ -33,7 +33,8 @@ FILE = "study.journal"
 
 
 def log(msg: str) -> None:
-    print(f"fastclr: sweep: {msg}", file=sys.stderr, flush=True)
+    """A line of the sweep's own on stderr (the one logger, :mod:`fastclr.log`)."""
+    fastclr_log.info(f"sweep: {msg}")
 
 
 def import_optuna() -> Any:

@@ -111,6 +111,13 @@ def largest(value: float, device: torch.device) -> float:
     return float(t.item())
 
 
+def gather_all(x: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's ``x`` (same shape on every rank), in rank order, on every rank; no gradient."""
+    out = [torch.empty_like(x) for _ in range(world_size())]
+    tdist.all_gather(out, x)
+    return out
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sums the incoming gradient over ranks and keeps this rank's slice.
 
