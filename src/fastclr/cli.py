@@ -59,7 +59,7 @@ class Command:
 
 def target(name: str) -> Callable[..., Any]:
     """The library function behind command ``name``, imported only when a command runs (or shows --help)."""
-    from fastclr.data import prepare
+    from fastclr.data import write
     from fastclr.eval import distill, embed, evaluate, export, finetune, linear, report
     from fastclr.sweep import run as sweep
     from fastclr.text import sts
@@ -68,7 +68,7 @@ def target(name: str) -> Callable[..., Any]:
         "knn": evaluate.run_knn, "linear": linear.run, "finetune": finetune.run, "distill": distill.run,
         "embed": embed.run, "export": export.run, "sts": sts.sts_command, "report": report.build,
         "show-augment": report.run_show_augment, "sweep": sweep.command,
-        "prepare": prepare.command,
+        "prepare": write.command,
     }  # fmt: skip
     return commands[name]
 
