@@ -13,6 +13,13 @@ the cost of these ops):
       versus the reference pipeline feeding the same step: same model, loss, optimizer, precision
       (bf16 autocast where supported) and memory format (channels_last), so the ratio isolates the
       data pipeline.
+  (c) aten op counts, a proxy for kernel launches (on a GPU a 32-px step launches about as much time
+      as it computes): the aten operators that the augmentation of all views (``make_views`` and the
+      channels_last copy) and one whole step (those views + ``train_step``: forward, loss, backward,
+      optimizer) call, counted by a TorchDispatchMode on the CPU with the accelerator's code path
+      (``augment.gathers`` False: every sample computed and selected, all views in one batch, no
+      ``nonzero``). ``aten_kernel_ops_*`` leaves out the view ops (view, select, unsqueeze, ...), which
+      launch nothing. Deterministic, and the same at any batch size; ``--ops-only`` prints just these.
 Each figure is the median over repeats after a warm-up. MFU = counted FLOPs of the step / time /
 the peak measured in the same run by large matrix products in the step's precision (on a GPU too:
 a datasheet peak is a ceiling no kernel reaches). Prints machine, torch version and commit.
@@ -28,11 +35,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
 
 from fastclr import config as C
+from fastclr.method import augment as augment_module
 from fastclr.method.augment import MEAN, STD, augment
 from fastclr.method.lars import build_optimizer, scaled_lr
 from fastclr.train.precision import autocast, pick_device, resolve
@@ -138,6 +148,53 @@ def matmul_peak(device, precision, n: int | None = None) -> tuple[float, str]:
     return 2 * n**3 / min(timed(lambda: a @ b, device, 3, reps)), f"measured {precision} matmul {n}x{n}"
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts every aten operator call below autograd (forward, backward and optimizer ops alike)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+        self.view_ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        self.view_ops += bool(getattr(func, "is_view", False))
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(cfg, precision: str) -> dict[str, int]:
+    """aten op counts of the augmentation (all views) and of one step, on the CPU, accelerator code path.
+
+    ``augment.gathers`` is forced False (the choice on a GPU), so the colour ops take their sync-free
+    form; one untimed step first, so constants already sit on the device as in a training run.
+    """
+    cpu = torch.device("cpu")
+    B = cfg.batch_size
+    images = torch.randint(0, 256, (B, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    index = torch.arange(B)
+    aug = augment_config(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg).to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, cfg.optimizer, scaled_lr(cfg.lr, B, cfg.lr_rule), cfg.weight_decay)
+
+    def views():
+        return make_views(images, index, 0, cfg, aug).contiguous(memory_format=torch.channels_last)
+
+    def step(i):
+        train_step(model, opt, views(), cfg, i, cpu, precision)
+
+    res = {}
+    with mock.patch.object(augment_module, "gathers", lambda device: False):
+        step(0)
+        for name, fn in (("augment", views), ("step", lambda: step(1))):
+            counter = OpCounter()
+            with counter:
+                fn()
+            res[f"aten_ops_{name}"] = counter.ops
+            res[f"aten_kernel_ops_{name}"] = counter.ops - counter.view_ops
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="cifar10_cpu")
@@ -150,9 +207,19 @@ def main():
     ap.add_argument(
         "--compile", action="store_true", help="also time the fastclr step with torch.compile (compilation excluded)"
     )
+    ap.add_argument("--ops-only", action="store_true", help="only count the aten ops (c), no timing")
     args = ap.parse_args()
 
     cfg = C.build_config(args.config, {"batch_size": args.batch_size}, [])
+    if args.ops_only:
+        cpu_precision = resolve(cfg.precision, torch.device("cpu"))
+        ops = {"config": args.config, "torch": torch.__version__, "batch": cfg.batch_size, "views": cfg.views}
+        ops["precision"] = cpu_precision
+        ops.update(count_ops(cfg, cpu_precision))
+        if args.json:
+            Path(args.json).write_text(json.dumps(ops, indent=2))
+        print(json.dumps(ops))
+        return
     device = pick_device(args.device)
     precision = resolve(cfg.precision, device)
     B, V = cfg.batch_size, cfg.views
@@ -213,6 +280,7 @@ def main():
         memory_format=torch.channels_last
     )
     flops = step_flops(fast, x, cfg, device, precision)
+    ops = count_ops(cfg, resolve(cfg.precision, torch.device("cpu")))
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     peak, peak_src = matmul_peak(device, precision)
 
@@ -238,6 +306,7 @@ def main():
         "mfu": flops / ours_step_s / peak,
         "peak_flops": peak,
         "peak_source": peak_src,
+        **ops,
     }
     if compiled_step_s is not None:
         res["step_compiled_images_per_s"] = B / compiled_step_s
@@ -261,6 +330,11 @@ def main():
     print(
         f"            fastclr {res['step_ours_images_per_s'] * V:10.0f} views/s, {flops / B / V / 1e9:.2f} "
         f"GFLOP/view, MFU {100 * res['mfu']:.1f}% of {peak / 1e12:.2f} TFLOP/s ({peak_src})",
+        file=sys.stderr,
+    )
+    print(
+        f"aten ops    augment {ops['aten_ops_augment']} ({ops['aten_kernel_ops_augment']} not views), "
+        f"step {ops['aten_ops_step']} ({ops['aten_kernel_ops_step']} not views): CPU, accelerator colour path",
         file=sys.stderr,
     )
     if compiled_step_s is not None:

@@ -1,10 +1,13 @@
 """Batched augmentation: same ops as torchvision, specified distributions, keyed determinism."""
 
+import itertools
 import math
+from collections import Counter
 
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.transforms import RandomResizedCrop
 
 from fastclr.method import augment as A
@@ -217,3 +220,132 @@ def test_crop_falls_back_to_torchvision_centre_crop_when_no_box_fits(h, w):
     assert p["top"].tolist() == [top] * n and p["left"].tolist() == [left] * n
     assert p["crop_h"].tolist() == [ch] * n and p["crop_w"].tolist() == [cw] * n
     assert (ch, cw) == ((4, 5) if h == 4 else (5, 4))  # the short side kept, the long side at ratio 4/3
+
+
+# --- the accelerator's colour path: fewer ops, same values ---------------------------------------
+
+
+def _old_gray(x):
+    r, g, b = x.unbind(1)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+
+
+def _old_blend(a, b, f):
+    f = f.view(-1, 1, 1, 1)
+    return (f * a + (1 - f) * b).clamp(0, 1)
+
+
+def _old_hue(x, shift):
+    r, g, b = x.unbind(1)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    minc = torch.minimum(torch.minimum(r, g), b)
+    delta = maxc - minc
+    d = delta.clamp_min(1e-12)
+    h6 = torch.where(maxc == r, (g - b) / d, torch.where(maxc == g, 2.0 + (b - r) / d, 4.0 + (r - g) / d))
+    h6 = h6 + 6.0 * shift.view(-1, 1, 1)
+    k = torch.remainder(torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1) + h6[:, None], 6.0)
+    return maxc[:, None] - delta[:, None] * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+
+
+_OLD_OPS = {
+    "brightness": lambda x, f: (x * f.view(-1, 1, 1, 1)).clamp(0, 1),
+    "contrast": lambda x, f: _old_blend(x, _old_gray(x).mean((1, 2, 3), keepdim=True), f),
+    "saturation": lambda x, f: _old_blend(x, _old_gray(x), f),
+    "hue": _old_hue,
+}
+
+
+def old_color_distort(x, p):
+    """The former accelerator path, kept as the reference: at each of the 4 positions, all 4 ops on the
+    whole batch, each selected where the sample drew it there (16 op evaluations), then grayscale."""
+    for pos in range(4):
+        for k, key in enumerate(_OLD_OPS):
+            rows = (p["jitter"] & (p["order"][:, pos] == k)).view(-1, 1, 1, 1)
+            x = torch.where(rows, _OLD_OPS[key](x, p[key]), x)
+    return torch.where(p["gray"].view(-1, 1, 1, 1), _old_gray(x).expand_as(x), x)
+
+
+def random_colour_case(n, seed):
+    """Images with grey, black, white and saturated pixels, and params with every one of the 24 orders."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 6, 6, generator=g)
+    x[:, :, 0, :] = x[:, :1, 0, :]  # a grey row (hue undefined: stays grey)
+    x[:, :, 1, 0], x[:, :, 1, 1] = 0.0, 1.0
+    x[:, 0, 2, :] = 1.0  # saturated red channel
+    perms = torch.tensor(list(itertools.permutations(range(4))))
+    p = {
+        "order": perms[torch.arange(n) % 24][torch.randperm(n, generator=g)],
+        "jitter": torch.rand(n, generator=g) < 0.8,
+        "gray": torch.rand(n, generator=g) < 0.2,
+        "brightness": 0.2 + 1.6 * torch.rand(n, generator=g),
+        "contrast": 0.2 + 1.6 * torch.rand(n, generator=g),
+        "saturation": 0.2 + 1.6 * torch.rand(n, generator=g),
+        "hue": 0.4 * torch.rand(n, generator=g) - 0.2,
+    }
+    return x, p
+
+
+@pytest.mark.parametrize("gather", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_colour_path_equals_the_sixteen_op_form(gather, seed):
+    """Both colour paths give the old 16-evaluation form's values, for every per-sample order."""
+    x, p = random_colour_case(240, seed)
+    want = old_color_distort(x.clone(), p)
+    got = A.color_distort(x, p, gather=gather)
+    torch.testing.assert_close(got, want, rtol=0, atol=5e-6)
+    assert torch.equal(x, random_colour_case(240, seed)[0])  # the input is left as it was
+
+
+def test_jitter_slots_keep_each_samples_order():
+    """The seven slots hold each sample's four ops in its drawn order, hue in slot 3; nothing without jitter."""
+    perms = torch.tensor(list(itertools.permutations(range(4))))
+    jitter = torch.arange(24) % 5 != 0
+    slots = A._jitter_slots({"order": perms, "jitter": jitter})
+    for order, row, j in zip(perms.tolist(), slots.tolist(), jitter.tolist()):
+        if not j:
+            assert row == [A._NOTHING] * A._SLOTS
+            continue
+        assert row[A._HUE] == A._HUE and [op for op in row if op != A._NOTHING] == order
+
+
+class CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_accelerator_colour_path_op_count(monkeypatch):
+    """The aten ops (kernel launches, on a GPU) of the sync-free colour path and of two views, counted
+    by a dispatch mode: 95 and 373 on torch 2.14 (the former 16-evaluation colour path: 329, and two
+    views: 1201). The bounds leave room for other torch versions' decompositions, not for a return
+    to one op per (position, op) or per view."""
+    monkeypatch.setattr(A, "gathers", lambda device: False)  # the accelerator's choice
+    imgs = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
+    cfg = A.AugmentConfig()
+    p = params(cfg, n=16)
+    x = A.crop_resize(A.to_float(imgs), p, 32)
+    A.views(imgs, torch.arange(16), seed=0, epoch=0, first=0, count=2, cfg=cfg)  # constants made once
+    colour, both = CountOps(), CountOps()
+    with colour:
+        A.color_distort(x, p)
+    with both:
+        A.views(imgs, torch.arange(16), seed=0, epoch=0, first=0, count=2, cfg=cfg)
+    assert sum(colour.ops.values()) <= 110, colour.ops
+    assert sum(both.ops.values()) <= 420, both.ops
+    assert not {"nonzero", "_local_scalar_dense", "index_select"} & set(both.ops)  # no gathering, no host sync
+
+
+@pytest.mark.parametrize("gather", [True, False])
+def test_views_in_one_batch_equal_each_view_alone(gather, monkeypatch):
+    """views() runs all views through each op together; each row is bit for bit augment() of its view."""
+    monkeypatch.setattr(A, "gathers", lambda device: gather)
+    imgs = torch.randint(0, 256, (5, 3, 20, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
+    idx = torch.tensor([3, 1, 4, 15, 9])
+    cfg = A.AugmentConfig(size=16, blur=True)
+    both = A.views(imgs, idx, seed=2, epoch=1, first=1, count=3, cfg=cfg)
+    for v in range(3):
+        assert torch.equal(both[5 * v : 5 * (v + 1)], A.augment(imgs, idx, seed=2, epoch=1, view=1 + v, cfg=cfg))

@@ -1,10 +1,12 @@
 """LARS against a hand computation of the reference update; the paper's exclusions and lr rules."""
 
 import math
+from collections import Counter
 
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastclr.method.lars import LARS, build_optimizer, lars_param_groups, scaled_lr
 
@@ -85,3 +87,89 @@ def test_lr_rules():
 def test_other_optimizers_do_not_decay_one_dimensional(name):
     opt = build_optimizer(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), name, 0.1, 0.5)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.5, 0.0]
+
+
+def reference_steps(params, grads, steps, lr, momentum, wd, eta):
+    """The reference update one parameter at a time (lars: adapted and decayed, as the paper's 2-d weights)."""
+    ws = [w.detach().clone() for w, _ in params]
+    vs = [torch.zeros_like(w) for w in ws]
+    for _ in range(steps):
+        for i, ((_, lars), g) in enumerate(zip(params, grads)):
+            g = g + wd * ws[i] if lars else g
+            trust = 1.0
+            if lars and ws[i].norm() > 0 and g.norm() > 0:
+                trust = eta * ws[i].norm() / g.norm()
+            vs[i] = momentum * vs[i] + lr * trust * g
+            ws[i] = ws[i] - vs[i]
+    return ws
+
+
+def test_several_steps_match_the_per_parameter_reference():
+    """Mixed shapes (a channels_last conv weight, a matrix, a zero matrix, 1-d parameters), both groups, with
+    momentum: the foreach update equals the per-parameter formula (up to the rounding of a fused multiply-add)."""
+    torch.manual_seed(2)
+    shapes = [((8, 3, 3, 3), True), ((5, 7), True), ((4, 4), True), ((8,), False), ((5,), False)]
+    params = [(nn.Parameter(torch.randn(*s)), lars) for s, lars in shapes]
+    params[0][0].data = params[0][0].data.contiguous(memory_format=torch.channels_last)
+    params[2][0].data.zero_()  # zero weight: unit trust
+    grads = [torch.randn(*s) for s, _ in shapes]
+    want = reference_steps(params, grads, 3, lr=0.7, momentum=0.9, wd=0.01, eta=0.02)
+    opt = LARS(
+        [
+            {"params": [w for w, lars in params if lars], "weight_decay": 0.01, "lars": True},
+            {"params": [w for w, lars in params if not lars], "weight_decay": 0.0, "lars": False},
+        ],
+        lr=0.7,
+        momentum=0.9,
+        trust_coefficient=0.02,
+    )
+    for _ in range(3):
+        for (w, _), g in zip(params, grads):
+            w.grad = g.clone()
+        opt.step()
+    for (w, _), ref in zip(params, want):
+        torch.testing.assert_close(w.detach(), ref, rtol=1e-6, atol=1e-6)
+    for (w, _), g in zip(params, grads):
+        assert torch.equal(w.grad, g)  # the gradients are read, not changed
+
+
+class CountOps(TorchDispatchMode):
+    """Counts aten ops, and notes foreach ops whose tensor lists CUDA could not fuse into one kernel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter = Counter()
+        self.unfused: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.ops[name] += 1
+        lists = [a for a in args if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor)]
+        for k, other in enumerate(lists[1:], 1):
+            # CUDA's multi-tensor kernels need the i-th tensors of all lists to share a shape; the one
+            # exception is addcmul's tensor1 as a list of 0-d tensors (fused where torch has that path)
+            zero_d = name.startswith("_foreach_addcmul") and k == 1 and all(t.dim() == 0 for t in other)
+            if not zero_d and any(a.shape != b.shape for a, b in zip(lists[0], other)):
+                self.unfused.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_step_op_count_does_not_grow_with_the_parameter_count():
+    """One foreach op per stage whatever the number of parameters, no host sync, and no foreach op
+    with per-parameter 0-d factors that CUDA would run as one kernel per parameter (the former
+    ``_foreach_mul(grads, trust.unbind())``)."""
+
+    def ops(layers: int) -> CountOps:
+        model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(layers)])
+        opt = build_optimizer(model, "lars", 0.1, 1e-6)
+        for _ in range(2):  # the second step: momentum buffers exist
+            model(torch.randn(3, 4)).sum().backward()
+            counter = CountOps()
+            with counter:
+                opt.step()
+        return counter
+
+    few, many = ops(2), ops(20)
+    assert few.ops == many.ops, (few.ops, many.ops)
+    assert sum(few.ops.values()) <= 25 and "_local_scalar_dense" not in few.ops, few.ops
+    assert few.unfused == [], few.unfused

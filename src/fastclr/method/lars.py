@@ -7,7 +7,8 @@ Follows the reference code (google-research/simclr tf2/lars_optimizer.py) exactl
     w <- w - v
 Biases and normalisation parameters (every 1-d tensor) are excluded from both weight decay and
 the adaptation: they take plain momentum SGD. All parameters update with foreach ops, with no
-host synchronisation.
+host synchronisation: the trust ratios stay on the device as 0-d tensors, and v <- m * v + lr * trust * g
+is one foreach multiply-add (its kernels fuse it, so the last bit may differ from a multiply, then an add).
 """
 
 from __future__ import annotations
@@ -62,17 +63,6 @@ class LARS(torch.optim.Optimizer):
             grads: list[torch.Tensor] | tuple[torch.Tensor, ...] = [p.grad for p in params if p.grad is not None]
             if group["weight_decay"] != 0:
                 grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-            if group["lars"]:
-                w_norm = torch.stack(torch._foreach_norm(params))
-                g_norm = torch.stack(torch._foreach_norm(grads))
-                trust = torch.where(
-                    (w_norm > 0) & (g_norm > 0),
-                    group["trust_coefficient"] * w_norm / g_norm.clamp_min(1e-30),
-                    torch.ones_like(w_norm),
-                )
-                grads = torch._foreach_mul(grads, list((trust * group["lr"]).unbind()))
-            else:
-                grads = torch._foreach_mul(grads, group["lr"])
             bufs = []
             for p in params:
                 state = self.state[p]
@@ -80,7 +70,20 @@ class LARS(torch.optim.Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(p)
                 bufs.append(state["momentum_buffer"])
             torch._foreach_mul_(bufs, group["momentum"])
-            torch._foreach_add_(bufs, grads)
+            if group["lars"]:
+                norms = torch.stack(torch._foreach_norm([*params, *grads]))  # one launch for both lists
+                w_norm, g_norm = norms.split(len(params))
+                trust = torch.where(
+                    (w_norm > 0) & (g_norm > 0),
+                    group["trust_coefficient"] * w_norm / g_norm.clamp_min(1e-30),
+                    torch.ones_like(w_norm),
+                )
+                # v += (lr * trust) * g, the per-parameter factors as 0-d device tensors (no host sync) in
+                # tensor1 of addcmul: torch's foreach addcmul takes that in one fused kernel where it has its
+                # 0-d fast path, else one kernel per parameter, as the multiply it replaces did
+                torch._foreach_addcmul_(bufs, list((trust * group["lr"]).unbind()), grads)
+            else:
+                torch._foreach_add_(bufs, grads, alpha=group["lr"])
             torch._foreach_sub_(params, bufs)
         return loss
 
