@@ -43,11 +43,22 @@ def keyed_uniform(seed: int, epoch: int, index: torch.Tensor, view: int, draws: 
         draws: how many numbers per sample.
     """
     index = index.to(torch.int64)
-    base = _mix(torch.full_like(index, (seed * 2654435761 + epoch * 97 + view * 7919 + _GOLDEN) & _MASK))
-    base = _mix(base ^ _mix(index & _MASK) ^ _mix((index >> 32) + 0x9E37))
-    counters = torch.arange(draws, device=index.device, dtype=torch.int64) * _GOLDEN
-    bits = _mix(base[:, None] ^ _mix(counters)[None, :] + counters[None, :])  # [N, draws]
+    stream = _mix((seed * 2654435761 + epoch * 97 + view * 7919 + _GOLDEN) & _MASK)  # on the host: no kernels
+    base = _mix(_mix(index & _MASK) ^ _mix((index >> 32) + 0x9E37) ^ stream)
+    bits = _mix(base[:, None] ^ _draw_offsets(draws, index.device)[None, :])  # [N, draws]
     return (bits >> 8).to(torch.float32) * (1.0 / (1 << 24))
+
+
+_OFFSETS: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _draw_offsets(draws: int, device: torch.device) -> torch.Tensor:
+    """int64 [draws]: the per-draw counter hash mix(c) + c, c = k * golden; made once per device (a constant)."""
+    key = (draws, torch.device(device))
+    if key not in _OFFSETS:
+        counters = torch.arange(draws, device=device, dtype=torch.int64) * _GOLDEN
+        _OFFSETS[key] = _mix(counters) + counters
+    return _OFFSETS[key]
 
 
 def keyed_generator(seed: int, *keys: int) -> torch.Generator:
