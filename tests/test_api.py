@@ -11,6 +11,7 @@ import runpy
 import sys
 import types
 import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,10 +20,11 @@ from PIL import Image
 
 import fastclr
 from conftest import ROOT
-from evalkit import cli, digit_folder, last_json, make_checkpoint
+from evalkit import brute_force_knn_top1, cli, digit_folder, last_json, make_checkpoint
 from fastclr.data import datasets
 from fastclr.errors import UserError
 from fastclr.eval import embed as embed_files
+from fastclr.eval.probe import linear_probe
 from fastclr.train.step import augment_config, make_views
 
 # --- the public surface -------------------------------------------------------------------------
@@ -229,11 +231,29 @@ def test_load_model_is_the_checkpoints_network(runs):
 
 
 def test_knn_and_linear_eval_equal_the_commands(runs):
-    _, files, _ = runs
+    """The API and the commands agree, and both equal what the encoder's embeddings give: kNN by the
+    hand-written vote, the L-BFGS probe fitted on those embeddings (same accuracies, same chosen L2)."""
+    folder, files, _ = runs
     ckpt = str(files["pretrain"])
-    assert fastclr.knn_eval(ckpt, k=(5, 20)) == last_json(cli("knn", "--checkpoint", ckpt, "--k", "5,20"))
-    want = last_json(cli("linear", "--checkpoint", ckpt, "--features"))
-    assert fastclr.linear_eval(ckpt, features=True) == want
+    encoder = fastclr.load_encoder(ckpt)
+    split = {}
+    for name in ("train", "test"):
+        f, ids = fastclr.embed(encoder, str(folder), split=name)
+        split[name] = (torch.from_numpy(f), torch.tensor([int(Path(i).parent.name) for i in ids]))  # folder = digit
+    assert [len(split[n][0]) for n in ("train", "test")] == [50, 20]
+    knn = fastclr.knn_eval(ckpt, k=(5, 20))
+    assert knn == last_json(cli("knn", "--checkpoint", ckpt, "--k", "5,20"))
+    for k in (5, 20):
+        want = brute_force_knn_top1(*split["train"], *split["test"], num_classes=10, k=k, temperature=0.1)
+        assert knn["knn"][str(k)] == pytest.approx(want, abs=1e-6), k
+    lin = fastclr.linear_eval(ckpt, features=True)
+    assert lin == last_json(cli("linear", "--checkpoint", ckpt, "--features"))
+    want = linear_probe(*split["train"], *split["test"], 10, seed=0)
+    assert (lin["top1"], lin["top5"], lin["l2"]) == (
+        pytest.approx(want["top1"], abs=1e-6),
+        pytest.approx(want["top5"], abs=1e-6),
+        pytest.approx(want["l2"]),
+    )
 
 
 # --- Augment ------------------------------------------------------------------------------------

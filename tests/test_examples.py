@@ -8,6 +8,7 @@ import runpy
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT
 from evalkit import digit_folder, make_checkpoint
@@ -27,10 +28,15 @@ def run_example(name: str, *argv: str) -> dict:
 
 @pytest.mark.slow
 def test_custom_loop_trains_and_evaluates():
+    """6 epochs of 11 steps (about 15 s on 2 cores) beat the example's random-init encoder: about 0.88 against
+    0.77 kNN top-1 with the seed below; the loss falls from about 5.6 to 4.5."""
     ns = run_example("custom_loop.py")
-    result = ns["main"](epochs=1, pretrain_images=256, batch_size=64)  # 4 steps
-    assert math.isfinite(result["final_loss"]) and result["final_loss"] != result["first_loss"]
-    assert 0.1 < result["random_init_knn_top1"] <= 1 and 0.1 < result["knn_top1"] <= 1
+    torch.manual_seed(0)  # the example draws its random-init baseline from the global generator
+    result = ns["main"](epochs=6)
+    assert math.isfinite(result["final_loss"]) and result["final_loss"] < result["first_loss"] - 0.5, result
+    assert 0.1 < result["random_init_knn_top1"] <= 1 and result["knn_top1"] >= result["random_init_knn_top1"] + 0.05, (
+        result
+    )
 
 
 def test_embed_and_search_finds_neighbours(tmp_path, capsys):

@@ -365,3 +365,104 @@ def test_the_grid_runs_every_point_once_in_its_seeded_order_and_tells_the_last_o
     assert sorted(seen) == [(a, b, 0.3) for a in (0.1, 0.5) for b in (0.05, 0.1)]
     with pytest.raises(UserError, match="the grid of --space has 4 points"):
         run._sampler("grid", dims, 5, 0)
+
+
+@pytest.mark.parametrize("pruner", ["median", "halving", "none"])
+def test_the_pruner_flag_picks_optunas_pruner_and_only_none_never_prunes(tmp_path, monkeypatch, pruner):
+    """``--pruner NAME`` reaches the study: median (2 startup trials) and successive halving prune a trial
+    whose first kNN value trails two finished trials' and keep one that leads; none prunes nothing and reads
+    no monitor; an unknown name exits 2 in one line before any trial."""
+    import optuna
+
+    from fastclr.sweep import run
+
+    seen = {}
+    monkeypatch.setattr(run, "sweep", lambda spec, *args: seen.setdefault("spec", spec) and {"ok": 1})
+    assert main(_args(tmp_path, tmp_path / "o", flags=("--pruner", pruner))) == 0
+    spec = seen["spec"]
+    assert spec.pruner == pruner and spec.pruned_on() == (None if pruner == "none" else "knn_top1")
+    kind = {"median": optuna.pruners.MedianPruner, "halving": optuna.pruners.SuccessiveHalvingPruner}
+    chosen = run._pruner(pruner)
+    assert type(chosen) is kind.get(pruner, optuna.pruners.NopPruner)
+    s = optuna.create_study(direction="maximize", pruner=chosen)
+    for value in (0.7, 0.8):
+        t = s.ask()
+        callback = run.Pruning(t, spec.pruned_on())
+        for epoch in (1, 2):
+            callback.on_log({"step": 4 * epoch, "epoch": float(epoch), "knn_top1": value})
+        s.tell(t, value)
+    for value, pruned in ((0.1, pruner != "none"), (0.9, False)):
+        t = s.ask()
+        callback = run.Pruning(t, spec.pruned_on())
+        callback.on_log({"step": 4, "epoch": 1.0, "knn_top1": value})
+        assert callback.should_stop() is pruned, (pruner, value)
+        assert s.trials[t.number].intermediate_values == ({} if pruner == "none" else {1: value})
+        if pruned:
+            s.tell(t, state=optuna.trial.TrialState.PRUNED)
+        else:
+            s.tell(t, value)
+
+
+def test_an_unknown_pruner_exits_2_in_one_line(tmp_path, capsys):
+    code = main(_args(tmp_path, tmp_path / "o", flags=("--pruner", "hyperband")))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["fastclr: error: --pruner 'hyperband': use one of median, halving, none"]
+    assert not (tmp_path / "o" / "trials").exists()
+
+
+# A worker of the two-worker test: `fastclr ARGS` whose first trial starts once both workers own a trial (a
+# barrier on the shared storage, so that each surely runs one whatever the machine's speed).
+WORKER = """
+import sys, time
+from fastclr.cli import main
+from fastclr.sweep import run
+
+real, first = run.run_trial, [True]
+
+def run_trial(spec, dims, trial, out, name):
+    if first.pop() if first else False:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            owners = {t.user_attrs.get("owner", {}).get("pid") for t in trial.study.get_trials(deepcopy=False)}
+            if len(owners - {None}) >= 2:
+                break
+            time.sleep(0.05)
+    return real(spec, dims, trial, out, name)
+
+run.run_trial = run_trial
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_storage_and_run_every_trial_once(tmp_path):
+    """Two live processes run the same sweep on one --out and one --storage journal: the study holds trials
+    0, 1, 2 once each (each grid point once), every one finished, some run by each worker, all in the named
+    storage (no default journal), each in its own folder; trials.csv lists them once."""
+    import optuna
+
+    from fastclr.sweep import study
+
+    out, journal = tmp_path / "sweep", tmp_path / "shared" / "study.log"
+    fast = ("--pruner", "none", "--sampler", "grid", "--storage", str(journal), "--study-name", "shared")
+    fast += ("--set", "eval_max_images=50")
+    args = _args(tmp_path, out, trials=3, text="temperature: [0.1, 0.2, 0.5]\n", flags=fast)
+    (tmp_path / "worker.py").write_text(WORKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), *sys.path])}
+    cmd = [sys.executable, str(tmp_path / "worker.py"), *args]
+    workers = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    for w in workers:
+        _, err = w.communicate(timeout=1800)
+        assert w.returncode == 0, err[-2000:]
+    assert journal.is_file() and not (out / study.FILE).exists()
+    stored = optuna.load_study(study_name="shared", storage=study.storage(out, str(journal)))
+    trials = stored.get_trials(deepcopy=False)
+    assert sorted(t.number for t in trials) == [0, 1, 2]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    owners = [t.user_attrs["owner"]["pid"] for t in trials]
+    assert set(owners) == {w.pid for w in workers}  # both workers ran trials
+    assert sorted(t.params["temperature"] for t in trials) == [0.1, 0.2, 0.5]  # each point of the grid once
+    assert sorted(t.user_attrs["folder"] for t in trials) == [str(out / "trials" / str(n)) for n in range(3)]
+    assert [r["number"] for r in _rows(out)] == ["0", "1", "2"] and {r["state"] for r in _rows(out)} == {"COMPLETE"}

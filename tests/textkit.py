@@ -52,10 +52,13 @@ def tiny_bert(folder: Path, weights: bool = True) -> Path:
     return folder
 
 
-def stsb_folder(folder: Path) -> Path:
-    """A handmade STS-B-format folder: tab-separated genre, file, year, id, score, sentence 1, sentence 2."""
+def stsb_folder(folder: Path, offsets: tuple[int, ...] = (0, 1, 2)) -> Path:
+    """A handmade STS-B-format folder: tab-separated genre, file, year, id, score, sentence 1, sentence 2.
+
+    Pair (i, k): sentences i and i + k (``offsets``), gold score 5 - k; offset 0 pairs a sentence with itself
+    (cosine 1 up to rounding: ties that float noise breaks), offsets 1-3 give distinct pairs only."""
     folder.mkdir(parents=True, exist_ok=True)
-    pairs = [(SENTENCES[i], SENTENCES[(i + k) % len(SENTENCES)], 5.0 - k) for k in range(3) for i in range(8)]
+    pairs = [(SENTENCES[i], SENTENCES[(i + k) % len(SENTENCES)], 5.0 - k) for k in offsets for i in range(8)]
     for split in ("train", "dev", "test"):
         lines = [f"main-captions\tMSRvid\t2012test\t{i:04d}\t{s:.3f}\t{a}\t{b}" for i, (a, b, s) in enumerate(pairs)]
         (folder / f"sts-{split}.csv").write_text("\n".join(lines) + "\n")

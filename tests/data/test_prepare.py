@@ -14,6 +14,17 @@ from fastclr.errors import UserError
 from makeimages import write_bad, write_good
 
 
+def pil_fit(path, size: int) -> np.ndarray:
+    """An independent decode of a small square image: PIL to RGB, bicubic resize to size x size (the short side
+    to ``size``; square, so nothing to crop): uint8 [3, size, size]."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+        assert rgb.size[0] == rgb.size[1] < size  # the case this decode covers
+        return np.asarray(rgb.resize((size, size), Image.Resampling.BICUBIC)).transpose(2, 0, 1)
+
+
 def load_prepared(folder):
     """A cache as training reads it: ``--data prepared:DIR``."""
     return datasets.load(f"prepared:{folder}", 16)
@@ -38,9 +49,14 @@ def test_cache_equals_on_the_fly_decode(tmp_path):
             and a.classes == b.classes
         )
     assert cached.pretrain is cached.train
-    assert isinstance(
-        np.memmap(tmp_path / "c" / "train.images.u8", np.uint8, mode="r"), np.memmap
-    )  # raw uint8, no pickle
+    # the file itself: raw uint8 [N, 3, 16, 16] in C order (no pickle), row i the ids' file i decoded by PIL here
+    for split in ("train", "test"):
+        raw = np.fromfile(tmp_path / "c" / f"{split}.images.u8", dtype=np.uint8)
+        ids = json.loads((tmp_path / "c" / f"{split}.ids.json").read_text())
+        assert raw.size == len(ids) * 3 * 16 * 16 and len(ids) == len(getattr(cached, split))
+        rows = raw.reshape(len(ids), 3, 16, 16)
+        for row, path in zip(rows, ids, strict=True):
+            assert np.array_equal(row, pil_fit(path, 16)), path
     meta = json.loads((tmp_path / "c" / "meta.json").read_text())
     assert meta["size"] == 16 and len(meta["sources"]) == 16 and all(n > 0 for _, n in meta["sources"])
     via_spec = datasets.load(f"prepared:{tmp_path / 'c'}", 999)  # the cache's own size wins

@@ -1,5 +1,6 @@
 """Tar shards: writing, reading, the exact-once rank x worker split, keyed views, resume, bad members."""
 
+import io
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from conftest import ROOT
 from fastclr import config
 from fastclr.data import datasets, evalset
 from fastclr.data.shard_loader import ShardLoader, batch_positions
-from fastclr.data.shard_writer import write_shards
+from fastclr.data.shard_writer import reencode, write_shards
 from fastclr.data.shards import ShardSet
 from fastclr.train.step import augment_config
 from makeimages import jpeg_bytes
@@ -215,10 +216,15 @@ def test_byte_reading_workers_give_the_same_crops(shards_dir):
         loader = ShardLoader(data, 12, 3, CPU, views=2, cfg=aug(16), workers=workers, decode=decode)
         return list(loader.epoch(0))
 
-    for (i, v), (j, w) in zip(crops("cpu", 0), crops("gpu", 0)):
-        assert torch.equal(i, j) and v.dtype == w.dtype == torch.uint8
+    pil, device = crops("cpu", 0), crops("gpu", 0)
+    assert len(pil) == len(device) == len(data) // 12 == 3  # every batch of the epoch, on both paths
+    for (i, v), (j, w) in zip(pil, device, strict=True):
+        assert torch.equal(i, j) and i.shape == (12,) and v.dtype == w.dtype == torch.uint8
+        assert v.shape == w.shape == (2, 12, 3, 16, 16)  # 2 views of 12 samples
         assert (v.float() - w.float()).abs().mean() < 2.0
-    assert [i.tolist() for i, _ in crops("gpu", 2)] == [i.tolist() for i, _ in epoch_batches(data, batch=12, workers=2)]
+    assert sorted(torch.cat([i for i, _ in pil]).tolist()) == list(range(len(data)))  # each sample once
+    workers = [i.tolist() for i, _ in crops("gpu", 2)]
+    assert len(workers) == 3 and workers == [i.tolist() for i, _ in epoch_batches(data, batch=12, workers=2)]
 
 
 @pytest.mark.slow
@@ -241,3 +247,94 @@ def test_pretraining_on_shards_resumed_mid_epoch_equals_uninterrupted(shards_dir
     assert a["step"] == b["step"] == 9
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def smooth(h: int, w: int) -> np.ndarray:
+    """A smooth RGB pattern uint8 [h, w, 3] (two gradients and half a wave across the image): JPEG and
+    resizing keep it within a few grey levels, so a re-encoded image can be compared with an independent resize."""
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    u, v = u / max(w - 1, 1), v / max(h - 1, 1)
+    return np.stack([255 * u, 255 * v, 127.5 + 100 * np.sin(np.pi * (u + v))], axis=-1).round().astype(np.uint8)
+
+
+def decoded(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    assert im.format == "JPEG" and im.mode == "RGB"
+    return im
+
+
+def pil_jpeg(path, size: int | None = None) -> bytes:
+    """The independent encode: PIL's RGB decode, a bicubic resize to ``size`` (w, h) if given, JPEG quality 95."""
+    buf = io.BytesIO()
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+        (rgb.resize(size, Image.Resampling.BICUBIC) if size else rgb).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("w,h", [(90, 60), (50, 80), (16, 40)])
+def test_reencode_resizes_the_short_side_to_size(tmp_path, w, h):
+    """Short side to 16 (bicubic), aspect kept, JPEG quality 95: byte for byte PIL's own resize and encode."""
+    src = tmp_path / "big.png"
+    Image.fromarray(smooth(h, w)).save(src)
+    out = reencode(src, 16)
+    scale = 16 / min(w, h)
+    size = (round(w * scale), round(h * scale))
+    assert decoded(out).size == size and min(size) == 16
+    assert out == pil_jpeg(src, size if size != (w, h) else None)
+
+
+def test_reencode_decodes_a_large_jpeg_at_a_reduced_scale_first(tmp_path):
+    """A JPEG source is decoded at a reduced DCT scale whose sides stay >= 16, then resized: the pixels of
+    PIL's full decode and resize within a few grey levels (smooth content)."""
+    src = tmp_path / "big.jpg"
+    Image.fromarray(smooth(120, 200)).save(src, quality=95)
+    out = decoded(reencode(src, 16))
+    assert out.size == (27, 16)
+    with Image.open(src) as im:
+        want = np.asarray(im.convert("RGB").resize(out.size, Image.Resampling.BICUBIC), dtype=np.float64)
+    assert np.abs(np.asarray(out, dtype=np.float64) - want).mean() < 4.0
+
+
+def test_reencode_never_enlarges_and_applies_the_decode_policy(tmp_path):
+    """A small image keeps its size; EXIF orientation is applied; transparency becomes white; grey becomes
+    RGB; a file that is not an image raises BadImage."""
+    from fastclr.data.images import BadImage
+
+    small = tmp_path / "small.png"
+    Image.fromarray(smooth(10, 12)).save(small)
+    assert decoded(reencode(small, 16)).size == (12, 10) and reencode(small, 16) == pil_jpeg(small)
+    sideways = tmp_path / "sideways.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 40 wide x 20 high, shown rotated by 90 degrees: upright 20 x 40
+    Image.fromarray(smooth(20, 40)).save(sideways, exif=exif, quality=95)
+    assert decoded(reencode(sideways, 16)).size == (16, 32)
+    clear = np.zeros((20, 20, 4), dtype=np.uint8)  # fully transparent
+    Image.fromarray(clear, "RGBA").save(tmp_path / "clear.png")
+    assert np.asarray(decoded(reencode(tmp_path / "clear.png", 16))).min() >= 250  # white
+    Image.fromarray(smooth(20, 20)[:, :, 0], "L").save(tmp_path / "grey.png")
+    assert decoded(reencode(tmp_path / "grey.png", 16)).size == (16, 16)
+    (tmp_path / "text.jpg").write_bytes(b"not an image\n" * 10)
+    with pytest.raises(BadImage, match="not an image"):
+        reencode(tmp_path / "text.jpg", 16)
+
+
+def test_shards_written_with_a_size_hold_reencoded_jpegs(tmp_path):
+    """write_shards(size=S): every member is the re-encoded JPEG of its file (short side S), under .jpg."""
+    import tarfile
+
+    src = make_folder(tmp_path / "src", per_class=2, test_per_class=1, size=20)  # 26 x 20 JPEGs
+    write_shards(str(src), tmp_path / "sh", size=16, shard_size=10)
+    index = json.loads((tmp_path / "sh" / "index.json").read_text())
+    files = sorted(src.rglob("*.jpg"))
+    members = {}
+    for tar_path in sorted((tmp_path / "sh").glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            members.update({(tar_path.name, m.name): tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")})
+    assert (
+        len(members) == len(files) == 9
+        and sum(len(s["keys"]) for sp in index["splits"].values() for s in sp["shards"]) == 9
+    )
+    got = sorted(members.values())
+    assert got == sorted(reencode(f, 16) for f in files)  # byte for byte the function's output
+    assert all(decoded(b).size == (21, 16) for b in got)

@@ -5,10 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from evalkit import cli, last_json, make_checkpoint
+from evalkit import brute_force_knn_top1, cli, last_json, make_checkpoint
 from fastclr.data import images
 from fastclr.eval import embed
 from fastclr.eval.features import extract
+from fastclr.eval.probe import linear_probe
 from makeimages import pixels
 
 
@@ -46,8 +47,18 @@ def test_embed_large_images_equals_centre_crops_one_by_one(photos, tmp_path):
 
 
 def test_knn_and_linear_features_run_on_large_images(photos):
-    root, ckpt, _ = photos
-    knn = last_json(cli("knn", "--checkpoint", str(ckpt), "--k", "3"))
-    assert 0 <= knn["knn"]["3"] <= 1
+    """Both commands see the centre crops of the reference: kNN equals the hand-written vote on them, the
+    L-BFGS probe the probe fitted on them (same chosen L2, same accuracies)."""
+    root, ckpt, model = photos
+    ref = {}
+    for split in ("train", "test"):
+        files = sorted((root / split).rglob("*.jpg"))
+        ref[split] = (torch.from_numpy(_one_by_one(model, files)), torch.tensor([f.parent.name == "b" for f in files]))
+    knn = last_json(cli("knn", "--checkpoint", str(ckpt), "--k", "1,3"))
+    for k in (1, 3):
+        want = brute_force_knn_top1(*ref["train"], *ref["test"], num_classes=2, k=k, temperature=0.1)
+        assert knn["knn"][str(k)] == pytest.approx(want, abs=1e-6), k
     lin = last_json(cli("linear", "--checkpoint", str(ckpt), "--features"))
-    assert 0 <= lin["top1"] <= 1
+    (train_f, train_y), (test_f, test_y) = ref["train"], ref["test"]
+    want = linear_probe(train_f, train_y.long(), test_f, test_y.long(), 2, seed=0)
+    assert (lin["top1"], lin["l2"]) == (pytest.approx(want["top1"], abs=1e-6), pytest.approx(want["l2"]))

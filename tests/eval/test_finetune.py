@@ -101,3 +101,48 @@ def test_cli_writes_balanced_file_list_and_a_teacher(tmp_path):
 def test_cli_fraction_out_of_range(tmp_path):
     ckpt, _ = make_checkpoint(tmp_path / "last.pt", "digits")
     assert "(0, 1]" in one_line_error(cli("finetune", "--checkpoint", str(ckpt), "--label-fraction", "1.5"))
+
+
+def test_cli_from_head_layer_classifies_the_heads_first_layer(tmp_path):
+    """``finetune --from-head-layer 1`` (SimCLRv2): the saved classifier reads g's first layer (its width), that
+    layer and the encoder trained, the rest of g as the checkpoint had it; the reported accuracy is the saved
+    classifier's on the test images; a layer the head lacks exits 2 with its error."""
+    from fastclr.train import checkpoint
+
+    folder = digit_folder(tmp_path / "data", 6, 2)
+    ckpt, model = make_checkpoint(tmp_path / "last.pt", str(folder), head_layers=3, head_hidden=24, proj_dim=16)
+    res = last_json(
+        cli(
+            "finetune",
+            "--checkpoint",
+            str(ckpt),
+            "--label-fraction",
+            "1",
+            "--epochs",
+            "1",
+            "--from-head-layer",
+            "1",
+            "--out",
+            str(tmp_path / "ft"),
+        )  # fmt: skip
+    )
+    clf, _, state = load_classifier(tmp_path / "ft" / "finetuned.pt")
+    assert clf.from_head_layer == state["from_head_layer"] == res["from_head_layer"] == 1
+    assert clf.fc.in_features == model.head.width(1) == 24 != model.feature_dim
+    before = checkpoint.load(ckpt)["model"]
+    after = clf.net.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("encoder.") for k in moved) and any(k.startswith("head.layers.0.") for k in moved)
+    assert not any(k.startswith(("head.layers.1.", "head.layers.2.")) for k in moved)
+    data = datasets.load(str(folder), 8)
+    logits = supervised.predict(clf.eval(), data.test.images, 8, torch.device("cpu"))
+    assert supervised.accuracy(logits, data.test.labels)["top1"] == pytest.approx(res["top1"])
+    with torch.no_grad():  # the classifier's input is g's first layer of h, not h
+        x = augment.eval_view(data.test.images[:4], 8)
+        h = clf.net.encode(x)
+        assert torch.allclose(clf(x), clf.fc(clf.net.head(h.float(), upto=1)), atol=1e-5)
+    flags = ("--label-fraction", "1", "--epochs", "1", "--from-head-layer", "4", "--out", str(tmp_path / "x"))
+    r = cli("finetune", "--checkpoint", str(ckpt), *flags)
+    # exit 2, no traceback; the error is the last line (src logs its "from head layer 4" line before checking)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("fastclr: error: --from-head-layer 4: the head has 3 layers")

@@ -72,9 +72,35 @@ def test_chosen_l2_is_the_held_out_best():
     assert acc[chosen] == pytest.approx(max(acc.values()), abs=1.0 / len(val) + 1e-9)
 
 
-def test_linear_probe_reports_the_chosen_l2_and_runs_in_float32():
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_linear_probe_reports_the_chosen_l2_and_runs_in_float32(dtype, monkeypatch):
+    """Whatever the features' dtype, every fit sees float32 features and gives a float32 layer; the reported
+    L2 is the one choose_l2 picked and the final refit used; the result is the probe of the same values
+    given as float32."""
     x, y = blobs(n=400, seed=3)
+    x = x.to(dtype)
     grid = probe.L2_GRID[::6]  # a coarser grid keeps the test fast; the full one is walked the same way
-    out = probe.linear_probe(x[:300].double(), y[:300], x[300:].double(), y[300:], 4, grid, seed=0)
-    assert out["l2"] in grid
+    fits, chosen = [], []
+    fit, choose = probe.fit_logistic, probe.choose_l2
+
+    def spy_fit(features, labels, num_classes, l2, *args, **kwargs):
+        layer = fit(features, labels, num_classes, l2, *args, **kwargs)
+        fits.append((features.dtype, layer.weight.dtype, layer.bias.dtype, l2, features))
+        return layer
+
+    def spy_choose(*args, **kwargs):
+        chosen.append(choose(*args, **kwargs))
+        return chosen[-1]
+
+    monkeypatch.setattr(probe, "fit_logistic", spy_fit)
+    monkeypatch.setattr(probe, "choose_l2", spy_choose)
+    out = probe.linear_probe(x[:300], y[:300], x[300:], y[300:], 4, grid, seed=0)
+    assert len(fits) == len(grid) + 1  # the path over the grid, then the refit on all 300 rows
+    assert {f[:3] for f in fits} == {(torch.float32,) * 3}, {f[:3] for f in fits}
+    assert out["l2"] in grid and out["l2"] == chosen[0][0] == fits[-1][3]
+    xf = x[:300].float()  # the refit's rows: standardised in float32 from the float32 values
+    assert torch.allclose(fits[-1][4], (xf - xf.mean(0)) / xf.std(0), atol=1e-5)
     assert 0.5 < out["top1"] <= 1.0 and out["top5"] == 1.0
+    monkeypatch.undo()
+    same = probe.linear_probe(x[:300].float(), y[:300], x[300:].float(), y[300:], 4, grid, seed=0)
+    assert same == out

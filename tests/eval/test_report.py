@@ -84,6 +84,45 @@ def test_report_notes_missing_accuracy_lines(run_dir, tmp_path, capsys):
     assert len(_images(page)) == 6
 
 
+def _map_png(page: str, method: str) -> bytes:
+    m = re.search(
+        rf'<h2>Test representations \({method}\)</h2><img alt="[^"]*" src="data:image/png;base64,([^"]+)"', page
+    )
+    assert m, f"no {method} map on the page"
+    return base64.b64decode(m.group(1))
+
+
+def test_report_map_tsne_draws_scikit_learns_tsne_of_the_test_representations(run_dir, tmp_path, capsys, monkeypatch):
+    """--map tsne: the map section is t-SNE's (its title, its own figure, not the PCA one), fitted once on the
+    L2-normalised h of every test image (the checkpoint's encoder, recomputed here); an unknown map exits 2."""
+    from sklearn import manifold
+
+    import fastclr
+
+    fits = []
+
+    class SpyTSNE(manifold.TSNE):
+        def fit_transform(self, X, *args, **kwargs):
+            fits.append(np.asarray(X, dtype=np.float64))
+            return super().fit_transform(X, *args, **kwargs)
+
+    monkeypatch.setattr(manifold, "TSNE", SpyTSNE)
+    assert cli.main(["report", str(run_dir), "--out", str(tmp_path / "t.html"), "--map", "tsne"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["out"] == str(tmp_path / "t.html")
+    page = (tmp_path / "t.html").read_text()
+    assert "<h2>Test representations (TSNE)</h2>" in page and "(PCA)" not in page and len(_images(page)) == 7
+    assert len(fits) == 1
+    h, _ = fastclr.embed(fastclr.load_encoder(run_dir / "checkpoints" / "last.pt"), "digits", split="test")
+    h = h / np.linalg.norm(h, axis=1, keepdims=True)
+    assert fits[0].shape == h.shape and np.allclose(fits[0], h, atol=1e-5)
+    assert cli.main(["report", str(run_dir), "--out", str(tmp_path / "p.html"), "--map", "pca"]) == 0
+    assert _map_png(page, "TSNE") != _map_png((tmp_path / "p.html").read_text(), "PCA")
+    assert len(fits) == 1  # PCA does not call t-SNE
+    assert cli.main(["report", str(run_dir), "--out", str(tmp_path / "u.html"), "--map", "umap"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--map" in err[0] and "invalid choice: 'umap'" in err[0], err
+
+
 def test_tensorboard_events_next_to_metrics(run_dir):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -101,7 +140,7 @@ def test_tensorboard_events_next_to_metrics(run_dir):
 
 def test_show_augment_draws_view_pairs(tmp_path, capsys):
     """The PNG is the 3 x count grid of the fixed layout, every cell drawn (not the white page), the
-    originals with strokes, and the two views of an image not all identical."""
+    originals with strokes, and the two views of each image different from each other and from it."""
     from PIL import Image
 
     out = tmp_path / "views.png"
@@ -123,7 +162,9 @@ def test_show_augment_draws_view_pairs(tmp_path, capsys):
         assert cell.size > 0 and cell.mean() < 250, f"cell {row},{col} is blank"
         if row == 0:
             assert cell.std() > 10, f"original image {col} is flat"
-    assert any(np.abs(cells[1, c] - cells[2, c]).max() > 0 for c in range(count)), "view 1 equals view 2 everywhere"
+    for c in range(count):  # crop, colour and blur draws: two views never match each other or the image
+        assert np.abs(cells[1, c] - cells[2, c]).max() > 0, f"view 1 equals view 2 in column {c}"
+        assert min(np.abs(cells[0, c] - cells[v, c]).max() for v in (1, 2)) > 0, f"a view is image {c} itself"
 
 
 def _browser() -> str | None:

@@ -52,22 +52,42 @@ def test_default_view_is_the_sentence_itself(tokenizer):
     assert torch.equal(views, torch.cat([tokens[:, 0], tokens[:, 0]]))
 
 
+def _kept_words(row: list[int], words: list[tuple[int, ...]]) -> list[int]:
+    """Which of ``words`` (by position) ``row`` is made of, in order, each whole; AssertionError if it is not
+    a concatenation of whole words in the sentence's order."""
+    kept, pos = [], 0
+    for w, word in enumerate(words):
+        if tuple(row[pos : pos + len(word)]) == word:
+            kept.append(w)
+            pos += len(word)
+    assert pos == len(row), (row, words)
+    return kept
+
+
 def test_deletion_keeps_whole_words_in_order_and_never_empties(tokenizer):
+    """Each view is the sentence with some whole words removed, the others in order; over many keys the
+    fraction of words removed is the configured rate; a draw that removes every word keeps the sentence."""
     tokens, _ = tokenize(tokenizer, SENTENCES, 24)
-    out = _rows(text_view(tokens, torch.arange(len(SENTENCES)), 0, 0, 0, TextViewConfig(word_delete=0.95)))
-    for i, row in enumerate(out):
-        words = _words(tokens, i)
-        assert row, "at least one word stays"
-        # the kept words are a subsequence of the sentence's words
-        it = iter(words)
-        kept = []
-        pos = 0
-        while pos < len(row):
-            w = next(it)
-            if tuple(row[pos : pos + len(w)]) == w:
-                kept.append(w)
-                pos += len(w)
-        assert sum(map(len, kept)) == len(row)
+    n = len(SENTENCES)
+    reps = 40
+    many = tokens.repeat(reps, 1, 1)  # each sentence under 40 keys (indices)
+    for rate in (0.3, 0.95):
+        out = _rows(text_view(many, torch.arange(n * reps), 0, 0, 0, TextViewConfig(word_delete=rate)))
+        total = deleted = changed = whole = 0
+        for j, row in enumerate(out):
+            words = _words(tokens, j % n)
+            assert row, "at least one word stays"
+            kept = _kept_words(row, words)
+            total += len(words)
+            deleted += len(words) - len(kept)
+            changed += len(kept) < len(words)
+            whole += len(kept) == len(words)
+        if rate == 0.3:
+            # about 3300 words: the rate within 0.03 (6 standard deviations of a binomial)
+            assert abs(deleted / total - rate) < 0.03, deleted / total
+            assert changed > 0.7 * len(out)
+        else:  # most draws delete every word, and those keep the whole sentence: never an empty view
+            assert whole > 0.5 * len(out) and changed > 0
 
 
 def test_span_crop_keeps_one_contiguous_span_of_the_stated_length(tokenizer):
