@@ -68,6 +68,7 @@ def knn_top1(model: fastclr.SimCLR, images: torch.Tensor, labels: torch.Tensor, 
 
 def main(epochs: int = 40, pretrain_images: int = 1437, batch_size: int = 128) -> dict:
     images, labels = digits()
+    torch.manual_seed(0)  # train()'s seed: the baseline is the trained network's own starting weights
     baseline = fastclr.SimCLR("resnet_micro", cifar_stem=True).eval()  # random init: the bar to clear
     model, losses = train(images[:pretrain_images], epochs, batch_size)  # the training digits only, no labels
     result = {

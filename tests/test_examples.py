@@ -31,7 +31,7 @@ def test_custom_loop_trains_and_evaluates():
     """6 epochs of 11 steps (about 15 s on 2 cores) beat the example's random-init encoder: about 0.88 against
     0.77 kNN top-1 with the seed below; the loss falls from about 5.6 to 4.5."""
     ns = run_example("custom_loop.py")
-    torch.manual_seed(0)  # the example draws its random-init baseline from the global generator
+    torch.manual_seed(123)  # whatever the global generator's state, the baseline is the run's own start
     result = ns["main"](epochs=6)
     assert math.isfinite(result["final_loss"]) and result["final_loss"] < result["first_loss"] - 0.5, result
     assert 0.1 < result["random_init_knn_top1"] <= 1 and result["knn_top1"] >= result["random_init_knn_top1"] + 0.05, (

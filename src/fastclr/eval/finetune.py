@@ -24,6 +24,15 @@ from fastclr.method.model import SimCLR
 from fastclr.train import checkpoint, restore
 
 
+def check_head_layer(net: SimCLR, from_head_layer: int) -> None:
+    """UserError unless ``from_head_layer`` is 0 (h) to the head's layer count."""
+    if not 0 <= from_head_layer <= len(net.head.layers):
+        raise UserError(
+            f"--from-head-layer {from_head_layer}: the head has {len(net.head.layers)} layers; use 0 (h) to "
+            f"{len(net.head.layers)}"
+        )
+
+
 class Classifier(nn.Module):
     """Encoder f, optionally the first ``from_head_layer`` layers of g, then a linear layer.
 
@@ -35,11 +44,7 @@ class Classifier(nn.Module):
 
     def __init__(self, net: SimCLR, num_classes: int, from_head_layer: int = 0):
         super().__init__()
-        if not 0 <= from_head_layer <= len(net.head.layers):
-            raise UserError(
-                f"--from-head-layer {from_head_layer}: the head has {len(net.head.layers)} layers; use 0 (h) to "
-                f"{len(net.head.layers)}"
-            )
+        check_head_layer(net, from_head_layer)
         self.net = net
         self.from_head_layer = from_head_layer
         width = net.feature_dim if from_head_layer == 0 else net.head.width(from_head_layer)
@@ -204,6 +209,7 @@ def run(
     require_fraction("label_fraction", fraction, hint=", e.g. 0.01 or 0.1")
     opened = restore.open_labelled("finetune", checkpoint, data, device, random_init, seed, init)
     cfg, train = opened.restored.cfg, opened.train
+    check_head_layer(opened.restored.model, from_head_layer)  # before any work or line on stderr
     subset = labelled_subset(train, fraction, seed)
     folder = output_folder(out, checkpoint, fraction, subset)
     log.info(

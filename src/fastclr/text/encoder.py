@@ -73,6 +73,12 @@ def model_folder(arch: str) -> Path:
 def load_tokenizer(arch: str):
     """The fast tokenizer saved beside the model (word boundaries need a fast one)."""
     folder = model_folder(arch)
+    files = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model", "merges.txt")
+    if not any((folder / name).is_file() for name in files):  # else Transformers builds an empty one silently
+        raise UserError(
+            f"--arch {arch}: cannot load its tokenizer from {folder} (no tokenizer file: tokenizer.json, vocab.txt, "
+            "...); save the tokenizer beside the model (tokenizer.save_pretrained)"
+        )
     try:
         tok = _transformers().AutoTokenizer.from_pretrained(
             str(folder), trust_remote_code=False, local_files_only=True, use_fast=True
