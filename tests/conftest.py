@@ -82,6 +82,6 @@ def tiny_arch(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tokenizer(tiny_arch):
     """The fast tokenizer of ``tiny_arch``."""
-    from fastclr.text.encoder import load_tokenizer
+    from fastclr.method.text_encoder import load_tokenizer
 
     return load_tokenizer(tiny_arch)

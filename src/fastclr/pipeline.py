@@ -8,7 +8,7 @@ Every image run, labelled or not, also gets the label-free figures of :mod:`fast
 (RankMe, alignment, uniformity, view agreement) of both encoders on held-aside images: the test
 split when there is one, else a seeded subset of the training images (``label_free_source``); and,
 with ``probe_labels``, the few-shot leave-one-out kNN of :mod:`fastclr.eval.fewshot`.
-A text run is scored by :func:`fastclr.text.sts.evaluate_text` (STS-B Spearman, kNN / probe on
+A text run is scored by :func:`fastclr.eval.sts.evaluate_text` (STS-B Spearman, kNN / probe on
 labelled texts) against the encoder at its starting weights.
 """
 
@@ -74,8 +74,8 @@ def _train_and_evaluate(run: loop.Run, resume: bool, callbacks: Sequence[Callbac
         return result
     data = run.data
     if cfg.eval and dist.is_main() and not image:
-        from fastclr.text.data import TextSplits
-        from fastclr.text.sts import evaluate_text
+        from fastclr.data.text import TextSplits
+        from fastclr.eval.sts import evaluate_text
 
         log.info("evaluating: STS-B and/or kNN and linear probe, trained encoder and its starting weights")
         torch.manual_seed(cfg.seed)  # the starting weights: the file's, or the run's own random draw

@@ -54,7 +54,9 @@ class Augment:
         cfg = config if isinstance(config, Config) else build_config(str(config), {}, [])
         aug = augment_config(cfg)
         if not isinstance(aug, AugmentConfig):
-            raise UserError(f"arch={cfg.arch}: a text run; its views are fastclr.text.views, not image augmentations")
+            raise UserError(
+                f"arch={cfg.arch}: a text run; its views are fastclr.method.text_views, not image augmentations"
+            )
         return cls(
             aug.size,
             min_scale=aug.min_scale,

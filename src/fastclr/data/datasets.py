@@ -330,7 +330,7 @@ def median_side(spec: str) -> tuple[float, int] | None:
     """(median short side in px, files sampled) of a folder, list or shards spec's train images, headers
     only (``survey.py``, ``shards.median_side``); None for any other spec (digits, standard sets,
     prepared caches, texts)."""
-    if spec.partition(":")[0] in ("text", "stsb"):  # the text modality's specs (fastclr.text.data)
+    if spec.partition(":")[0] in ("text", "stsb"):  # the text modality's specs (fastclr.data.text)
         return None
     kind, path = parse(spec)
     if kind == "shards":

@@ -71,7 +71,7 @@ def build_loader(
     decode: str = "cpu",
 ):
     """The loader for a pretraining source, by tier (``tiers.py``): InMemoryLoader for a decoded
-    ImageSet (images on the device) or a text set (its token tensors, :mod:`fastclr.text.data`),
+    ImageSet (images on the device) or a text set (its token tensors, :mod:`fastclr.data.text`),
     mapped.MappedLoader for a cache over the memory budget, stream.StreamLoader for a FileSet
     (decoded and cropped by ``workers`` CPU processes). ``resume`` is the command named when a
     loader worker dies. A ShardSet (``shards.py``) is read by shard_loader.ShardLoader, its JPEGs

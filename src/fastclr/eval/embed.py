@@ -240,7 +240,7 @@ def run(
         return _embed_file_shards(fn, images, out, cfg, dev, width, batch_size, precision)
     mine = shard(len(images), dist.rank(), dist.world_size())
     if hasattr(images, "tokens"):  # texts: token ids through the text encoder
-        from fastclr.text.sts import encode_tokens
+        from fastclr.eval.sts import encode_tokens
 
         rows = encode_tokens(fn, images.tokens[mine], dev, batch_size, precision)
     else:

@@ -201,8 +201,8 @@ def run(checkpoint: str, fmt: str, out: str | Path) -> dict:
     restored = restore.load_model(checkpoint)
     cfg, state, fc = restored.cfg, restored.state, None
     if config.is_text(cfg):
-        from fastclr.text.encoder import TextEncoder
-        from fastclr.text.export import export_text
+        from fastclr.eval.text_export import export_text
+        from fastclr.method.text_encoder import TextEncoder
 
         assert isinstance(restored.model.encoder, TextEncoder)  # a text config builds one
         return export_text(restored.model.encoder, cfg.arch, cfg.max_length, fmt, out)

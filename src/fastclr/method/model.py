@@ -20,7 +20,7 @@ class SimCLR(nn.Module):
         head_hidden: hidden width of the head; None uses d, the width of h (as the paper).
         proj_dim: width of z.
         arch_kwargs: keyword arguments of the encoder's torchvision / timm constructor.
-        encoder: a built encoder and its width d (text encoders, :mod:`fastclr.text.encoder`), used
+        encoder: a built encoder and its width d (text encoders, :mod:`fastclr.method.text_encoder`), used
             instead of building ``arch``.
     """
 

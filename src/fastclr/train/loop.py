@@ -40,7 +40,7 @@ from fastclr.method.augment import AugmentConfig
 from fastclr.method.lars import build_optimizer, scaled_lr, set_lr
 from fastclr.method.model import SimCLR
 from fastclr.method.schedule import lr_at
-from fastclr.text.views import TextViewConfig
+from fastclr.method.text_views import TextViewConfig
 from fastclr.train import budget, checkpoint, dist, preflight
 from fastclr.train.callbacks import Callback, LoopState, batch_hook, merged_state
 from fastclr.train.precision import pick_device, resolve
@@ -141,8 +141,8 @@ def load_images(cfg: config.Config, out: Path, limit: int) -> tuple[datasets.Dat
     most) and its pretraining images (``max_images``: a class-balanced subset), checked."""
     out_dir = out if dist.is_main() else None
     if config.is_text(cfg):  # tokenised texts: the same fields, token tensors instead of pixels
-        from fastclr.text import data as text_data
-        from fastclr.text.encoder import RANDOM_INIT_NOTE, load_tokenizer
+        from fastclr.data import text as text_data
+        from fastclr.method.text_encoder import RANDOM_INIT_NOTE, load_tokenizer
 
         tokenizer = load_tokenizer(cfg.arch)
         if cfg.hf_random_init:

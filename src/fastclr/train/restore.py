@@ -41,7 +41,7 @@ def build_model(cfg: config.Config) -> SimCLR:
     ViT patch projection frozen when ``freeze_patch_embed``; the one place a config becomes a model."""
     encoder = None
     if config.is_text(cfg):
-        from fastclr.text.encoder import build_text_encoder
+        from fastclr.method.text_encoder import build_text_encoder
 
         encoder = build_text_encoder(
             cfg.arch, cfg.pooling, cfg.hf_random_init, config.arch_kwargs(cfg), cfg.freeze_word_embed
@@ -146,9 +146,9 @@ def load_data(cfg: config.Config, spec: str | None) -> datasets.DataSplits:
     centre crop, decoded in batches by loader workers; a memory-mapped scratch file past the
     memory budget, ``data/evalset.py``); the pretraining split is left as listed.
     """
-    if config.is_text(cfg):  # tokenised texts (fastclr.text.data.TextSplits, the same fields)
-        from fastclr.text import data as text_data
-        from fastclr.text.encoder import load_tokenizer
+    if config.is_text(cfg):  # tokenised texts (fastclr.data.text.TextSplits, the same fields)
+        from fastclr.data import text as text_data
+        from fastclr.method.text_encoder import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.arch)
         return text_data.load(spec or cfg.data, tokenizer, cfg.max_length, column=cfg.text_column)  # type: ignore[return-value]

@@ -21,7 +21,7 @@ from fastclr.errors import UserError
 from fastclr.method import loss
 from fastclr.method.augment import AugmentConfig, small_view_config, small_view_size, views
 from fastclr.method.rng import keyed_uniform
-from fastclr.text.views import TextViewConfig, make_text_views
+from fastclr.method.text_views import TextViewConfig, make_text_views
 from fastclr.train import dist, gradcache
 from fastclr.train.precision import autocast
 
@@ -29,7 +29,7 @@ _NEGATIVES_STREAM = 0x4E45  # keyed_uniform "view" slot of the max_negatives dra
 
 
 def augment_config(cfg: config.Config) -> AugmentConfig | TextViewConfig:
-    """The view settings: image augmentations, or the text views of :mod:`fastclr.text.views`."""
+    """The view settings: image augmentations, or the text views of :mod:`fastclr.method.text_views`."""
     if config.is_text(cfg):
         return TextViewConfig(cfg.word_delete, cfg.span_crop, cfg.word_reorder)
     return AugmentConfig(
@@ -45,7 +45,7 @@ def make_views(
     ``images`` is uint8 [b, 3, H, W] (in-memory path), or [V, b, 3, S, S]: views already cropped by
     the CPU workers of the large-image path (stream.py), which only need the pixel ops here, or
     float [V*b, 3, S, S]: views those workers finished too (when the device is the CPU). Text:
-    token tensors [b, 2, L] -> token ids [V*b, L] (:func:`fastclr.text.views.make_text_views`).
+    token tensors [b, 2, L] -> token ids [V*b, L] (:func:`fastclr.method.text_views.make_text_views`).
     """
     if isinstance(aug, TextViewConfig):
         return make_text_views(images, index, cfg.seed, epoch, cfg.views, aug)

@@ -10,7 +10,7 @@ reordering, on whole words, are options.
 Every random decision is a pure function of (seed, epoch, sample index, view) through
 :func:`fastclr.method.rng.keyed_uniform`, as for the image augmentations (docs/distributed.md: one
 random stream per sample), so a sample's views do not depend on the batch or the process count.
-The ops work on the token tensors of :mod:`fastclr.text.data` on any device, with no host
+The ops work on the token tensors of :mod:`fastclr.data.text` on any device, with no host
 synchronisation.
 """
 
@@ -73,7 +73,7 @@ def text_view(tokens: torch.Tensor, index: torch.Tensor, seed: int, epoch: int, 
     """One view of each text: token ids int64 [b, L], kept tokens first, -1 after.
 
     Args:
-        tokens: int64 [b, 2, L] (ids, word index; -1 pads) from :mod:`fastclr.text.data`.
+        tokens: int64 [b, 2, L] (ids, word index; -1 pads) from :mod:`fastclr.data.text`.
         index: int64 [b], the samples' global indices (the keys of their random draws).
     """
     ids, words = tokens[:, 0], tokens[:, 1]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from fastclr.text.data import tokenize
-from fastclr.text.views import TextViewConfig, make_text_views, text_view
+from fastclr.data.text import tokenize
+from fastclr.method.text_views import TextViewConfig, make_text_views, text_view
 from textkit import SENTENCES
 
 ALL = TextViewConfig(word_delete=0.3, span_crop=0.3, word_reorder=0.5)

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
-from fastclr.text.data import StsPairs, tokenize
-from fastclr.text.sts import encode_tokens, rank, spearman, sts_spearman
+from fastclr.data.text import StsPairs, tokenize
+from fastclr.eval.sts import encode_tokens, rank, spearman, sts_spearman
 
 
 def test_spearman_equals_scipy_with_ties():

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from fastclr import config
+from fastclr.data.text import tokenize
 from fastclr.errors import UserError
 from fastclr.method import loss
-from fastclr.text.data import tokenize
-from fastclr.text.encoder import build_text_encoder, load_backbone, load_tokenizer, model_folder, pool
+from fastclr.method.text_encoder import build_text_encoder, load_backbone, load_tokenizer, model_folder, pool
 from fastclr.train import restore, step
 from textkit import SENTENCES, tiny_bert
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from fastclr.data.text import load, read_stsb, tokenize
 from fastclr.errors import UserError
-from fastclr.text.data import load, read_stsb, tokenize
 from textkit import SENTENCES, stsb_folder
 
 

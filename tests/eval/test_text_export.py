@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from fastclr.errors import UserError
-from fastclr.text.encoder import build_text_encoder
-from fastclr.text.export import export_text
+from fastclr.eval.text_export import export_text
+from fastclr.method.text_encoder import build_text_encoder
 
 
 def test_onnx_matches_pytorch_on_new_inputs(tiny_arch, tmp_path):

@@ -14,9 +14,9 @@ text, one that is not UTF-8, holds NUL characters (binary junk) or is over ``MAX
 characters is skipped, counted and listed in ``OUT/skipped.txt``; more than ``max_bad_fraction`` of
 them stops the run (exit 2). Texts longer than ``max_length`` tokens are truncated, and counted.
 
-Texts are tokenised once, without special tokens (the encoder adds them, :mod:`fastclr.text.encoder`),
+Texts are tokenised once, without special tokens (the encoder adds them, :mod:`fastclr.method.text_encoder`),
 to ``tokens`` int64 [N, 2, L] with L = max_length - 2: row 0 the token ids, row 1 each token's word
-index (for word-level views, :mod:`fastclr.text.views`); -1 pads both.
+index (for word-level views, :mod:`fastclr.method.text_views`); -1 pads both.
 """
 
 from __future__ import annotations
@@ -278,7 +278,7 @@ def load(
     """Resolve a text spec (see the module docstring) to tokenised texts.
 
     Args:
-        tokenizer: a fast Hugging Face tokenizer (:func:`fastclr.text.encoder.load_tokenizer`).
+        tokenizer: a fast Hugging Face tokenizer (:func:`fastclr.method.text_encoder.load_tokenizer`).
         max_length: tokens per text including the two special tokens.
         column: the text column of .csv / .tsv / .jsonl files.
         out_dir: where ``skipped.txt`` goes (nowhere if None).

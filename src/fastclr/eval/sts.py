@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from fastclr.data.text import StsPairs, TextSet, TextSplits, tokenize
 from fastclr.eval.knn import knn_accuracy
 from fastclr.eval.probe import linear_probe
-from fastclr.text.data import StsPairs, TextSet, TextSplits, tokenize
 from fastclr.train.precision import autocast
 
 
@@ -55,7 +55,7 @@ def encode_tokens(
     """``encode`` (e.g. ``model.encode``) of every text's token ids: float32 [N, d] on the CPU, in order.
 
     Args:
-        tokens: int64 [N, 2, L] from :func:`fastclr.text.data.tokenize` (row 0, the ids, is used).
+        tokens: int64 [N, 2, L] from :func:`fastclr.data.text.tokenize` (row 0, the ids, is used).
     Texts are batched by length (less padding on the CPU) and put back in their order.
     """
     ids = tokens[:, 0]
@@ -159,8 +159,8 @@ def sts_command(
     Semantic textual similarity (SemEval-2017 STS Benchmark): Spearman x 100 between the cosine of the
     two sentence embeddings h and the gold score; the projection head is not used.
     """
+    from fastclr.data.text import read_stsb
     from fastclr.errors import UserError, require_positive
-    from fastclr.text.data import read_stsb
     from fastclr.train.precision import pick_device, resolve
 
     require_positive(batch_size=batch_size)

@@ -20,7 +20,7 @@ from torch import nn
 
 from fastclr.errors import UserError
 from fastclr.eval import onnx
-from fastclr.text.encoder import TextEncoder
+from fastclr.method.text_encoder import TextEncoder
 
 FORMATS = ("onnx", "safetensors")
 SAMPLE = ["A man is playing a guitar.", "Two dogs run.", "The weather is lovely today in the park."]

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from fastclr import cli, config
+from fastclr.eval.sts import sts_command
 from fastclr.pipeline import pretrain_and_evaluate as pretrain
-from fastclr.text.sts import sts_command
 from fastclr.train import checkpoint, restore
 from textkit import SENTENCES, stsb_folder
 
@@ -120,7 +120,7 @@ def test_commands_on_a_text_checkpoint(tiny_arch, tmp_path, capsys):
     ids = json.loads((tmp_path / "e.ids.json").read_text())
     assert emb["count"] == len(ids) == rows.shape[0] and ids[:2] == ["stsb:0", "stsb:1"]
     # row i is the embedding of text i, whatever the batching
-    from fastclr.text.data import tokenize
+    from fastclr.data.text import tokenize
 
     model = trained
     first = tokenize(model.encoder.tokenizer, [SENTENCES[0]], 16)[0][:, 0]
@@ -180,9 +180,9 @@ def test_labelled_texts_are_evaluated_by_knn_and_the_probe_on_the_encoders_h(tin
     trained encoder and of its starting weights equal the hand-written kNN vote and the probe on h recomputed
     by hand from the checkpoint (and from the seed's random draw)."""
     from evalkit import brute_force_knn_top1
+    from fastclr.data.text import tokenize
     from fastclr.eval.probe import linear_probe
-    from fastclr.text.data import tokenize
-    from fastclr.text.sts import encode_tokens
+    from fastclr.eval.sts import encode_tokens
 
     for name, texts in (("train", SENTENCES), ("test", TEST_SENTENCES)):
         (tmp_path / f"{name}.csv").write_text("text,label\n" + "".join(f'"{t}",{_topic(t)}\n' for t in texts))
