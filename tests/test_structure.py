@@ -138,3 +138,18 @@ def test_documents_cited_in_the_code_ship_with_it():
     assert cited, "the pattern finds nothing: the check would pass vacuously"
     missing = sorted(f"{path}: {name}" for path, name in cited if not (ROOT / name).is_file())
     assert not missing, missing
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_functions_fit_on_a_screen():
+    """No function or method longer than MAX_FUNCTION_LINES lines, its docstring included."""
+    long = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    long.append(f"{name}.{node.name}: {length} lines")
+    assert not long, long

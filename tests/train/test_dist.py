@@ -21,6 +21,7 @@ import torch
 from _spawn import run_ranks
 from fastclr.config import Config
 from fastclr.data.loader import InMemoryLoader
+from fastclr.errors import UserError
 from fastclr.method.model import SimCLR
 from fastclr.train import dist
 from fastclr.train.step import forward_backward
@@ -116,12 +117,41 @@ def test_per_process_bn_is_not_global(two_process_results):
 
 
 def test_helpers_without_process_group():
+    """One process: every collective is the identity, and nothing waits."""
     assert (dist.rank(), dist.world_size(), dist.is_main()) == (0, 1, True)
     x = torch.randn(3, 2, requires_grad=True)
     assert dist.gather(x) is x
     dist.barrier()
-    dist.check_same({"a": 1})
-    assert dist.mean(torch.tensor(2.0)).item() == 2.0
+    dist.check_same({"a": 1})  # nothing to compare with
+    assert dist.mean(torch.tensor(2.0)).item() == 2.0 and dist.largest(-3.5, torch.device("cpu")) == -3.5
+
+
+def _collectives_worker(path: str) -> None:
+    r = dist.rank()
+    x = torch.full((2,), float(r + 1))
+    out = {
+        "mean": float(dist.mean(torch.tensor(float(r)))),
+        "largest": dist.largest(10.0 * r - 5, torch.device("cpu")),
+        "gather_all": [t.tolist() for t in dist.gather_all(x)],
+        "gather": dist.gather(x[None]).tolist(),
+    }
+    dist.check_same({"same": 1})  # equal everywhere: passes
+    try:
+        dist.check_same({"seed": r})
+        out["check_same"] = "passed"
+    except UserError as e:
+        out["check_same"] = str(e)
+    torch.save(out, f"{path}.{r}")
+
+
+def test_collectives_on_two_processes(tmp_path):
+    """Each helper's value on 2 gloo processes, computed independently of it."""
+    run_ranks(2, _collectives_worker, str(tmp_path / "out"))
+    for r in (0, 1):
+        got = torch.load(tmp_path / f"out.{r}")
+        assert got["mean"] == 0.5 and got["largest"] == 5.0
+        assert got["gather_all"] == [[1.0, 1.0], [2.0, 2.0]] and got["gather"] == [[1.0, 1.0], [2.0, 2.0]]
+        assert "seed" in got["check_same"]  # the key that differs is named, on every rank
 
 
 # ---- end to end: torchrun with 2 processes vs one process, the same global batch -------------

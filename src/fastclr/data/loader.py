@@ -91,30 +91,14 @@ def build_loader(
         )  # fmt: skip
     if isinstance(source, FileSet):
         return StreamLoader(
-            source,
-            batch_size,
-            seed,
-            device,
-            views=views,
-            cfg=aug,
-            workers=workers,
-            rank=rank,
-            world_size=world_size,
-            bad=source.bad,
-            resume=resume,
-        )
+            source, batch_size, seed, device, views=views, cfg=aug, workers=workers, rank=rank,
+            world_size=world_size, bad=source.bad, resume=resume,
+        )  # fmt: skip
     if getattr(source, "mapped", None) is not None:
         shape = tuple(source.images.shape)
         return MappedLoader(
-            source.mapped,
-            shape,
-            batch_size,
-            seed,
-            device,
-            workers=workers,
-            rank=rank,
-            world_size=world_size,
+            source.mapped, shape, batch_size, seed, device, workers=workers, rank=rank, world_size=world_size,
             resume=resume,
-        )
+        )  # fmt: skip
     rows = source.tokens if hasattr(source, "tokens") else source.images
     return InMemoryLoader(rows, batch_size, seed, device, rank=rank, world_size=world_size)
