@@ -29,7 +29,7 @@ def one_run(batch: int, chunk: int, image_size: int, threads: int) -> dict:
     from fastclr.config import Config
     from fastclr.method.lars import build_optimizer
     from fastclr.train.restore import build_model
-    from fastclr.train.step import train_step
+    from fastclr.train.step import objective, train_step
 
     torch.set_num_threads(threads)
     cfg = dataclasses.replace(Config(), precision="fp32", chunk_size=chunk, image_size=image_size)
@@ -38,11 +38,11 @@ def one_run(batch: int, chunk: int, image_size: int, threads: int) -> dict:
     opt = build_optimizer(model, "lars", 0.1, 1e-6)
     cpu = torch.device("cpu")
     warm = torch.randn(cfg.views * 16, 3, image_size, image_size)
-    train_step(model, opt, warm, dataclasses.replace(cfg, chunk_size=min(chunk, 16)), 0, cpu, "fp32")
+    train_step(model, opt, warm, objective(dataclasses.replace(cfg, chunk_size=min(chunk, 16))), 0, cpu, "fp32")
     x = torch.randn(cfg.views * batch, 3, image_size, image_size)  # [V*B, 3, S, S] view-major
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    train_step(model, opt, x, cfg, 1, cpu, "fp32")
+    train_step(model, opt, x, objective(cfg), 1, cpu, "fp32")
     seconds = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"peak_growth_mib": (after - before) / 1024, "peak_rss_mib": after / 1024, "seconds": seconds}

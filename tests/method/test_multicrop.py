@@ -27,6 +27,7 @@ from fastclr.train.step import (
     forward_backward,
     make_small_views,
     make_views,
+    objective,
     small_augment_config,
     view_count,
 )
@@ -195,7 +196,7 @@ def step_inputs(b: int = B, dtype=torch.float64) -> tuple[torch.Tensor, torch.Te
 
 
 def grads_of(model: nn.Module, cfg: config.Config, x, small, on_h=None) -> tuple[float, dict]:
-    value = forward_backward(model, x, cfg, 0, torch.device("cpu"), "fp32", on_h, small)
+    value = forward_backward(model, x, objective(cfg), 0, torch.device("cpu"), "fp32", on_h, small)
     return value.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
@@ -214,9 +215,9 @@ def test_step_loss_is_the_loss_of_both_groups_concatenated():
 def test_step_refuses_views_that_do_not_match_the_config():
     x, small = step_inputs()
     with pytest.raises(ValueError, match="small views missing"):
-        forward_backward(NoBN(), x, cfg_with(), 0, torch.device("cpu"), "fp32")
+        forward_backward(NoBN(), x, objective(cfg_with()), 0, torch.device("cpu"), "fp32")
     with pytest.raises(ValueError, match="small views given"):
-        forward_backward(NoBN(), x, cfg_with(small_crops=0), 0, torch.device("cpu"), "fp32", None, small)
+        forward_backward(NoBN(), x, objective(cfg_with(small_crops=0)), 0, torch.device("cpu"), "fp32", None, small)
 
 
 @pytest.mark.parametrize("chunk_size", [3, 8])
@@ -237,7 +238,7 @@ def test_step_with_small_views_has_no_host_sync(sets, monkeypatch):
     """One training step (views, forward per size group, loss, backward, update) under ``NoHostSync``."""
     from fastclr.method.lars import build_optimizer
     from fastclr.train.restore import build_model
-    from fastclr.train.step import train_step
+    from fastclr.train.step import objective, train_step
 
     monkeypatch.setattr(A, "gathers", lambda device: False)  # the accelerator's choice
     cfg = cfg_with(arch="resnet_micro", image_size=8, small_crop_size=8, **sets)
@@ -249,7 +250,7 @@ def test_step_with_small_views_has_no_host_sync(sets, monkeypatch):
     def step(i: int) -> torch.Tensor:
         full = make_views(x, index, 0, cfg, aug).contiguous(memory_format=torch.channels_last)
         small = make_small_views(x, index, 0, cfg, aug)
-        return train_step(model, optimizer, full, cfg, i, torch.device("cpu"), "fp32", None, small)
+        return train_step(model, optimizer, full, objective(cfg), i, torch.device("cpu"), "fp32", None, small)
 
     step(0)  # constants reach the device once
     mode = NoHostSync()
@@ -275,7 +276,7 @@ def _two_process_case(chunk_size: int, rank: int, world: int) -> dict:
     def mine(t: torch.Tensor) -> torch.Tensor:  # this rank's views, view-major over its samples
         return torch.cat([t[v * B + rank * b : v * B + (rank + 1) * b] for v in range(2)])
 
-    value = forward_backward(net, mine(x), cfg, 3, torch.device("cpu"), "fp32", None, mine(small))
+    value = forward_backward(net, mine(x), objective(cfg), 3, torch.device("cpu"), "fp32", None, mine(small))
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     return {"loss": value.item(), "grads": grads}
 

@@ -101,7 +101,7 @@ def test_text_loss_path_equals_the_image_one_on_the_same_projections(tiny_arch, 
     model = restore.build_model(cfg).eval()  # no dropout: the reference sees the same z
     tokens = tokenize(tokenizer, SENTENCES[:6], 32)[0]
     x = step.make_views(tokens, torch.arange(6), 0, cfg, step.augment_config(cfg))
-    got = step.forward_backward(model, x, cfg, 0, torch.device("cpu"), "fp32")
+    got = step.forward_backward(model, x, step.objective(cfg), 0, torch.device("cpu"), "fp32")
     with torch.no_grad():
         z = model(x)[1]
     image_cfg = config.Config(temperature=0.05)
@@ -122,7 +122,7 @@ def test_gradient_cache_replays_the_dropout_masks(tiny_arch, tokenizer, tmp_path
     model.zero_grad()
     torch.manual_seed(11)
     chunked = config.Config(**{**vars(cfg), "chunk_size": x.shape[0]})
-    value = float(step.forward_backward(model, x, chunked, 0, "cpu", "fp32"))
+    value = float(step.forward_backward(model, x, step.objective(chunked), 0, "cpu", "fp32"))
     got = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     order = gradcache.chunk_order(cfg.seed, 0, step.global_rows(6, cfg.views, x.device))
     model.zero_grad()
@@ -160,7 +160,7 @@ def test_frozen_word_embeddings_stay_bit_identical_while_the_rest_trains(tiny_ar
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     tokens = tokenize(tokenizer, SENTENCES[:6], 32)[0]
     x = step.make_views(tokens, torch.arange(6), 0, cfg, step.augment_config(cfg))
-    step.forward_backward(model, x, cfg, 0, torch.device("cpu"), "fp32")
+    step.forward_backward(model, x, step.objective(cfg), 0, torch.device("cpu"), "fp32")
     opt.step()
     assert not words.requires_grad and words.grad is None
     name = "encoder.backbone.embeddings.word_embeddings.weight"

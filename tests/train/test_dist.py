@@ -24,7 +24,7 @@ from fastclr.data.loader import InMemoryLoader
 from fastclr.errors import UserError
 from fastclr.method.model import SimCLR
 from fastclr.train import dist
-from fastclr.train.step import forward_backward
+from fastclr.train.step import forward_backward, objective
 
 B = 8  # global batch
 SIZE = 8  # image side
@@ -64,7 +64,7 @@ def one_step(name: str, rank: int, world: int) -> dict:
         model = dist.sync_batchnorm(model, torch.device("cpu"))
     net = dist.wrap(model, torch.device("cpu"))
     x = rank_rows(case_inputs(name, cfg), cfg.views, rank, world)
-    loss = forward_backward(net, x, cfg, step=3, device=torch.device("cpu"), precision="fp32")
+    loss = forward_backward(net, x, objective(cfg), step=3, device=torch.device("cpu"), precision="fp32")
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     return {"loss": loss.item(), "grads": grads, "buffers": buffers}

@@ -14,7 +14,7 @@ from fastclr.errors import UserError
 from fastclr.method.model import SimCLR
 from fastclr.train import dist
 from fastclr.train.gradcache import chunk_order
-from fastclr.train.step import forward_backward, global_rows
+from fastclr.train.step import forward_backward, global_rows, objective
 
 B = 8
 VIEWS = 2
@@ -56,7 +56,7 @@ def inputs() -> torch.Tensor:
 
 def grads_of(model: nn.Module, x: torch.Tensor, cfg: Config) -> tuple[float, dict]:
     net = dist.wrap(model, torch.device("cpu"))
-    value = forward_backward(net, x, cfg, step=0, device=torch.device("cpu"), precision="fp32")
+    value = forward_backward(net, x, objective(cfg), step=0, device=torch.device("cpu"), precision="fp32")
     return value.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
@@ -103,7 +103,7 @@ def test_bn_statistics_are_per_chunk_and_updated_once():
     torch.manual_seed(0)
     model = SimCLR("resnet_mini", cifar_stem=True, proj_dim=8)
     forward_backward(
-        model, inputs().float(), cfg_with(chunk_size=4), step=0, device=torch.device("cpu"), precision="fp32"
+        model, inputs().float(), objective(cfg_with(chunk_size=4)), step=0, device=torch.device("cpu"), precision="fp32"
     )
     assert int(model.encoder.bn1.num_batches_tracked) == VIEWS * B // 4
     for p in model.parameters():
@@ -156,7 +156,13 @@ def test_representations_come_back_in_batch_order():
     model, x = NoBN(), inputs()
     seen = []
     forward_backward(
-        model, x, cfg_with(chunk_size=5), step=3, device=torch.device("cpu"), precision="fp32", on_h=seen.append
+        model,
+        x,
+        objective(cfg_with(chunk_size=5)),
+        step=3,
+        device=torch.device("cpu"),
+        precision="fp32",
+        on_h=seen.append,
     )
     with torch.no_grad():
         assert torch.allclose(seen[0], model(x)[0], atol=1e-12)

@@ -21,7 +21,7 @@ from fastclr.data.stream import crop_views
 from fastclr.method import augment
 from fastclr.method.lars import build_optimizer, set_lr
 from fastclr.train.restore import build_model
-from fastclr.train.step import augment_config, make_views, train_step
+from fastclr.train.step import augment_config, make_views, objective, train_step
 from synckit import HostSyncError, NoHostSync
 
 B, SIDE = 8, 8
@@ -57,7 +57,7 @@ def one_step(cfg: config.Config, device: torch.device, streamed: bool, guard=con
     def step(i: int) -> torch.Tensor:  # what the loop does per step (train/loop.py one_step and its bookkeeping)
         set_lr(optimizer, 0.1 / (i + 1))
         x = make_views(images, index, 0, cfg, aug).contiguous(memory_format=torch.channels_last)
-        value = train_step(model, optimizer, x, cfg, i, device, cfg.precision)
+        value = train_step(model, optimizer, x, objective(cfg), i, device, cfg.precision)
         return torch.where((bad_step < 0) & ~torch.isfinite(value), i + 1, bad_step)
 
     step(0)

@@ -10,12 +10,25 @@ The streaming loader for large images (``stream.py``) uses the same order.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 
 from fastclr.data.order import batch_index, epoch_order
 from fastclr.data.sets import FileSet
 from fastclr.data.workers import worker_cap
+
+
+class Loader(Protocol):
+    """What every pretraining loader is (in memory, mapped, streamed files, shards): its steps per epoch,
+    and the epoch's batches from a step on (resume is exact at step granularity). A batch is (index int64
+    [b], images): uint8 [b, 3, H, W] (raw images: the step draws the views), uint8 [V, b, 3, S, S] (views
+    cropped by loader workers: the step adds the pixel ops) or float [V*b, 3, S, S] (views finished by
+    CPU workers); text: token tensors [b, 2, L]. ``train.step.make_views`` turns any of them into views."""
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
 class InMemoryLoader:

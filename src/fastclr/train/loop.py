@@ -34,7 +34,9 @@ from torch import nn
 
 from fastclr import config, log
 from fastclr.data import datasets, tiers
-from fastclr.data.loader import build_loader
+from fastclr.data.loader import Loader, build_loader
+from fastclr.data.sets import FileSet, ImageSet
+from fastclr.data.text import TextSet
 from fastclr.errors import UserError
 from fastclr.method.augment import AugmentConfig
 from fastclr.method.lars import build_optimizer, scaled_lr, set_lr
@@ -46,7 +48,7 @@ from fastclr.train.callbacks import Callback, LoopState, batch_hook, merged_stat
 from fastclr.train.precision import pick_device, resolve
 from fastclr.train.restore import build_model
 from fastclr.train.signals import StopSignal
-from fastclr.train.step import augment_config, make_small_views, make_views, train_step
+from fastclr.train.step import Objective, augment_config, make_small_views, make_views, objective, train_step
 from fastclr.train.tracking import MetricsLog
 
 # --- setup --------------------------------------------------------------------------------------
@@ -84,13 +86,14 @@ class Run:
     world: int
     precision: str
     data: datasets.DataSplits
-    images: Any  # the pretraining images: an ImageSet, or a FileSet streamed from disk (text: a TextSet)
-    loader: Any
+    images: ImageSet | FileSet | TextSet  # the pretraining images (a FileSet is streamed from disk)
+    loader: Loader
     model: SimCLR  # the bare network: checkpoints and evaluation use it
     net: nn.Module  # what the step runs: DDP and/or compiled around ``model``
     optimizer: torch.optim.Optimizer
     aug: AugmentConfig | TextViewConfig
     schedule: Schedule
+    objective: Objective  # the loss and the views' layout the step optimises, built once
 
     @property
     def ckpt_dir(self) -> Path:
@@ -132,8 +135,9 @@ def setup(cfg: config.Config) -> Run:
     if dist.is_main():
         config.save(cfg, out / "config.yaml")
     return Run(
-        cfg, out, device, dist.world_size(), precision, data, images, loader, model, net, optimizer, aug, schedule
-    )
+        cfg, out, device, dist.world_size(), precision, data, images, loader, model, net, optimizer, aug, schedule,
+        objective(cfg),
+    )  # fmt: skip
 
 
 def load_images(cfg: config.Config, out: Path, limit: int) -> tuple[datasets.DataSplits, Any]:
@@ -365,7 +369,7 @@ def one_step(
         x = x.contiguous(memory_format=torch.channels_last)
     small = make_small_views(images, index, epoch, run.cfg, run.aug)  # multi-crop's small views, or None
     on_h = batch_hook(callbacks, index)
-    return train_step(run.net, run.optimizer, x, run.cfg, step, run.device, run.precision, on_h, small)
+    return train_step(run.net, run.optimizer, x, run.objective, step, run.device, run.precision, on_h, small)
 
 
 def log_step(run: Run, tally: Tally, value: torch.Tensor, lr: float, write: Any, progress: Progress) -> None:

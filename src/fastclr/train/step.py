@@ -12,6 +12,10 @@ ones, before the loss: every other view of an image, small or full, is a positiv
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
@@ -87,38 +91,63 @@ def make_small_views(
     return views(images, index, seed=cfg.seed, epoch=epoch, first=cfg.views, count=cfg.small_crops, cfg=small)
 
 
-def contrastive_loss(z: torch.Tensor, cfg: config.Config, step: int) -> torch.Tensor:
-    """The configured loss of this rank's anchors against the global batch (paper section 2.1, eq. 1;
-    docs/distributed.md).
+LossFn = Callable[[torch.Tensor, int], torch.Tensor]  # (z [V*b, D] view-major, step) -> scalar
 
-    Args:
-        z: [V*b, D] this rank's projections, view-major (row v*b + i is view v of local sample i);
-            V = :func:`view_count`, the full-size views first, then multi-crop's small ones.
-    Returns:
-        scalar, the mean over this rank's V*b anchors. Its mean over ranks is the single-process
-        loss on the global batch: the candidates are every rank's rows, put back in the
-        single-process order (view-major over the global batch B = k*b); sample ids and each
-        anchor's self position are global. Memory is (V*b) x (V*B), never (V*B)^2.
+
+@dataclass(frozen=True)
+class Objective:
+    """What a step optimises, built once from the config (:func:`objective`): the loss of the projections
+    and the layout of the views it is given. The step itself reads no config."""
+
+    loss: LossFn
+    views: int  # full-size views per image
+    small_crops: int  # multi-crop's small views per image (0: off)
+    chunk_size: int  # gradient cache: views forwarded at a time (0: the whole batch)
+    seed: int  # keys the gradient cache's chunk order
+
+
+def objective(cfg: config.Config) -> Objective:
+    """The run's :class:`Objective`, with its loss chosen once (:func:`build_loss`)."""
+    return Objective(build_loss(cfg), cfg.views, cfg.small_crops, cfg.chunk_size, cfg.seed)
+
+
+def build_loss(cfg: config.Config) -> LossFn:
+    """The configured loss of this rank's anchors against the global batch (paper section 2.1, eq. 1;
+    docs/distributed.md), chosen once: ``loss(z, step)``.
+
+    z: [V*b, D] this rank's projections, view-major (row v*b + i is view v of local sample i);
+    V = :func:`view_count`, the full-size views first, then multi-crop's small ones. The loss is the
+    mean over this rank's V*b anchors; its mean over ranks is the single-process loss on the global
+    batch: the candidates are every rank's rows, put back in the single-process order (view-major over
+    the global batch B = k*b); sample ids and each anchor's self position are global. Memory is
+    (V*b) x (V*B), never (V*B)^2.
     """
-    k, r, v = dist.world_size(), dist.rank(), view_count(cfg)
-    b = z.shape[0] // v
-    zn = F.normalize(z.float(), dim=1)  # [V*b, D], float32 as the losses require
-    cand = dist.gather(zn).view(k, v, b, -1).transpose(0, 1).reshape(v * k * b, -1)  # [V*B, D], view-major
-    global_b = k * b
-    local = torch.arange(b, device=z.device) + r * b  # global sample ids of this rank's samples
-    anchor_sample = local.repeat(v)  # [V*b]
-    anchor_pos = (torch.arange(v, device=z.device)[:, None] * global_b + local[None, :]).reshape(
-        -1
-    )  # [V*b] rows in cand
-    cand_sample = torch.arange(global_b, device=z.device).repeat(v)  # [V*B]
-    cap = cfg.max_negatives or None
-    scores = keyed_uniform(cfg.seed, step, anchor_pos, _NEGATIVES_STREAM, cand.shape[0]) if cap else None  # [V*b, V*B]
-    sim, pos, neg = loss.contrastive_terms(zn, anchor_sample, anchor_pos, cand, cand_sample, cap, scores=scores)
-    if cfg.loss == "nt_xent":
-        return loss.nt_xent_terms(sim, pos, neg, cfg.temperature).mean()
-    if cfg.loss == "nt_logistic":
-        return loss.nt_logistic_terms(sim, pos, neg, cfg.temperature).mean()
-    return loss.margin_triplet_terms(sim, pos, neg, cfg.margin, slots=v - 1).mean()  # v - 1 positives: no sync
+    v, cap, seed = view_count(cfg), cfg.max_negatives or None, cfg.seed
+    terms: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = {
+        "nt_xent": partial(loss.nt_xent_terms, temperature=cfg.temperature),
+        "nt_logistic": partial(loss.nt_logistic_terms, temperature=cfg.temperature),
+        "margin_triplet": partial(loss.margin_triplet_terms, margin=cfg.margin, slots=v - 1),  # no sync
+    }[cfg.loss]
+
+    def contrastive(z: torch.Tensor, step: int) -> torch.Tensor:
+        k, r = dist.world_size(), dist.rank()
+        b = z.shape[0] // v
+        zn = F.normalize(z.float(), dim=1)  # [V*b, D], float32 as the losses require
+        cand = dist.gather(zn).view(k, v, b, -1).transpose(0, 1).reshape(v * k * b, -1)  # [V*B, D], view-major
+        local = torch.arange(b, device=z.device) + r * b  # global sample ids of this rank's samples
+        anchor_sample = local.repeat(v)  # [V*b]
+        anchor_pos = (torch.arange(v, device=z.device)[:, None] * (k * b) + local[None, :]).reshape(-1)  # in cand
+        cand_sample = torch.arange(k * b, device=z.device).repeat(v)  # [V*B]
+        scores = keyed_uniform(seed, step, anchor_pos, _NEGATIVES_STREAM, cand.shape[0]) if cap else None
+        sim, pos, neg = loss.contrastive_terms(zn, anchor_sample, anchor_pos, cand, cand_sample, cap, scores=scores)
+        return terms(sim, pos, neg).mean()
+
+    return contrastive
+
+
+def contrastive_loss(z: torch.Tensor, cfg: config.Config, step: int) -> torch.Tensor:
+    """One evaluation of the configured loss (:func:`build_loss`); a run builds its loss once instead."""
+    return build_loss(cfg)(z, step)
 
 
 def global_rows(b: int, views: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -131,7 +160,7 @@ def global_rows(b: int, views: int, device: torch.device | str = "cpu") -> torch
 def forward_backward(
     model,
     x: torch.Tensor,
-    cfg: config.Config,
+    obj: Objective,
     step: int,
     device,
     precision: str,
@@ -143,7 +172,7 @@ def forward_backward(
     ``small`` [small_crops*b, 3, s, s]: multi-crop's small views (:func:`make_small_views`), or None.
     The encoder runs once on x and once on them (BN statistics per size group, as SwAV) and the
     loss sees their projections concatenated view-major, x's first.
-    With ``cfg.chunk_size`` > 0 the gradient cache of :mod:`fastclr.train.gradcache` computes the same
+    With ``obj.chunk_size`` > 0 the gradient cache of :mod:`fastclr.train.gradcache` computes the same
     gradients with activations for ``chunk_size`` views at a time, the chunks a keyed random
     permutation of the global batch's views of each size (:func:`fastclr.train.gradcache.chunk_order`).
     Under DDP the gradients are averaged over ranks, which with :func:`fastclr.train.dist.gather` gives
@@ -152,26 +181,26 @@ def forward_backward(
     online probe of :mod:`fastclr.eval.monitor`; with the gradient cache, those of its first,
     gradient-free pass).
     """
-    if (small is None) != (cfg.small_crops == 0):  # shapes only: no host sync
-        raise ValueError(f"small_crops={cfg.small_crops} but small views {'missing' if small is None else 'given'}")
+    if (small is None) != (obj.small_crops == 0):  # shapes only: no host sync
+        raise ValueError(f"small_crops={obj.small_crops} but small views {'missing' if small is None else 'given'}")
     groups = [x] if small is None else [x, small.contiguous(memory_format=_memory_format(x))]
-    if cfg.chunk_size:
-        rows = global_rows(x.shape[0] // cfg.views, view_count(cfg), x.device).split([g.shape[0] for g in groups])
+    if obj.chunk_size:
+        rows = global_rows(x.shape[0] // obj.views, obj.views + obj.small_crops, x.device)
         value = gradcache.forward_backward(
             model,
             groups,
-            lambda z: contrastive_loss(z, cfg, step),
-            cfg.chunk_size,
+            lambda z: obj.loss(z, step),
+            obj.chunk_size,
             lambda: autocast(device, precision),
             on_h,
-            [gradcache.chunk_order(cfg.seed, step, r) for r in rows],
+            [gradcache.chunk_order(obj.seed, step, r) for r in rows.split([g.shape[0] for g in groups])],
         )
     else:
         with autocast(device, precision):
             hz = [model(g) for g in groups]  # one pass per view size
         if on_h is not None:
             on_h(hz[0][0].detach())
-        value = contrastive_loss(torch.cat([z for _, z in hz]), cfg, step)
+        value = obj.loss(torch.cat([z for _, z in hz]), step)
         value.backward()
     return dist.mean(value.detach())
 
@@ -186,7 +215,7 @@ def train_step(
     model,
     optimizer,
     x: torch.Tensor,
-    cfg: config.Config,
+    obj: Objective,
     step: int,
     device,
     precision: str,
@@ -196,6 +225,6 @@ def train_step(
     """One optimisation step on views x [V*b, 3, S, S] and multi-crop's ``small`` views (or None);
     returns the loss as a device tensor (no sync)."""
     optimizer.zero_grad(set_to_none=True)
-    value = forward_backward(model, x, cfg, step, device, precision, on_h, small)
+    value = forward_backward(model, x, obj, step, device, precision, on_h, small)
     optimizer.step()
     return value
