@@ -137,7 +137,7 @@ def run_knn_reference(out: Path, baseline: bool = False) -> float:
     from fastclr.train import restore
     from fastclr.train.precision import resolve
 
-    restored = restore.load_model(Path(out) / "checkpoints" / "last.pt")
+    restored = restore.open_checkpoint(Path(out) / "checkpoints" / "last.pt")
     cfg, device = restored.cfg, torch.device("cpu")
     model = random_init_like(cfg, device) if baseline else restored.model
     if cfg.channels_last:

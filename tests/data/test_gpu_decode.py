@@ -28,13 +28,13 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
     ],
 )
 def test_resolve(setting, device, available, expected):
-    assert gpu_decode.resolve(setting, device, available=available) == expected
+    assert gpu_decode.decode_mode(setting, device, available=available) == expected
 
 
 @pytest.mark.parametrize("setting,device,available", [("gpu", CPU, True), ("gpu", CUDA, False), ("nvjpeg", CPU, True)])
 def test_resolve_refuses(setting, device, available):
     with pytest.raises(UserError, match="decode"):
-        gpu_decode.resolve(setting, device, available=available)
+        gpu_decode.decode_mode(setting, device, available=available)
 
 
 def test_config_accepts_only_known_modes():
@@ -63,7 +63,7 @@ def same_crops(device: torch.device, tolerance: float):
     index = torch.arange(10, 16)
     ref = crop_views(images, index, seed=5, epoch=2, views=2, cfg=cfg)  # the CPU reference: PIL
     tensors = [torch.frombuffer(bytearray(r), dtype=torch.uint8) for r in raw]
-    got_index, got, bad = gpu_decode.crop_views(
+    got_index, got, bad = gpu_decode.decode_crop_views(
         tensors, [str(i) for i in range(6)], index, device, seed=5, epoch=2, views=2, cfg=cfg
     )
     assert bad == [] and torch.equal(got_index, index) and got.shape == ref.shape
@@ -103,7 +103,7 @@ def test_batched_crops_equal_per_image_crops(monkeypatch, budget):
     raw, _ = smooth_jpegs(6)
     index = torch.arange(10, 16)
     tensors = [torch.frombuffer(bytearray(r), dtype=torch.uint8) for r in raw]
-    _, got, _ = gpu_decode.crop_views(tensors, list("abcdef"), index, CPU, seed=5, epoch=2, views=2, cfg=cfg)
+    _, got, _ = gpu_decode.decode_crop_views(tensors, list("abcdef"), index, CPU, seed=5, epoch=2, views=2, cfg=cfg)
     ref = per_image_crops(raw, index, cfg, views=2)
     assert (got.int() - ref.int()).abs().max() <= 1  # float rounding of two resampling orders
 
@@ -131,7 +131,9 @@ def test_bad_member_replaced_and_reported():
     raw[1] = raw[1][: len(raw[1]) // 3]
     tensors = [torch.frombuffer(bytearray(r), dtype=torch.uint8) for r in raw]
     names = ["a", "b", "c"]
-    index, views, bad = gpu_decode.crop_views(tensors, names, torch.arange(3), CPU, seed=0, epoch=0, views=2, cfg=cfg)
+    index, views, bad = gpu_decode.decode_crop_views(
+        tensors, names, torch.arange(3), CPU, seed=0, epoch=0, views=2, cfg=cfg
+    )
     assert index.tolist() == [0, 2, 2] and [p for p, _ in bad] == ["b"] and views.shape == (2, 3, 3, 8, 8)
 
 
@@ -152,7 +154,7 @@ def test_gpu_decode_under_load_never_overwrites_queued_work():
     raw, _ = smooth_jpegs(12)
     tensors = [torch.frombuffer(bytearray(r), dtype=torch.uint8) for r in raw]
     index, names = torch.arange(12), [str(i) for i in range(12)]
-    _, ref, _ = gpu_decode.crop_views(tensors, names, index, CPU, seed=1, epoch=0, views=2, cfg=cfg)
+    _, ref, _ = gpu_decode.decode_crop_views(tensors, names, index, CPU, seed=1, epoch=0, views=2, cfg=cfg)
     corrupted = 0
     for _ in range(20):
         big = torch.randn(4096, 4096, device=CUDA)
@@ -161,7 +163,7 @@ def test_gpu_decode_under_load_never_overwrites_queued_work():
             big = big @ big.clamp(-1, 1) / 4096
         sums = [v.sum() for v in victims]  # queued reads of the victims
         del victims  # freed on the current stream while the reads are still queued
-        _, got, _ = gpu_decode.crop_views(tensors, names, index, CUDA, seed=1, epoch=0, views=2, cfg=cfg)
+        _, got, _ = gpu_decode.decode_crop_views(tensors, names, index, CUDA, seed=1, epoch=0, views=2, cfg=cfg)
         expected = [float((k + 1) * 256 * 256) for k in range(8)]
         corrupted += sum(abs(float(s) - e) > 1e-3 * e for s, e in zip(sums, expected))
         assert (got.cpu().float() - ref.float()).abs().mean() < 2.0

@@ -34,7 +34,7 @@ def test_pretrain_two_steps_then_onnx_matches_pytorch(tmp_path, arch, kwargs, wi
     assert res["feature_dim"] == width and res["max_abs_diff"] < 1e-4
     meta = json.loads((tmp_path / "enc.onnx.json").read_text())
     assert meta["arch"] == arch and meta["image_size"] == 32
-    model = restore.load_model(ckpt).model.eval()
+    model = restore.open_checkpoint(ckpt).model.eval()
     x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))  # another batch size than traced
     session = ort.InferenceSession(str(tmp_path / "enc.onnx"), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])

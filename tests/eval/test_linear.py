@@ -150,10 +150,10 @@ def test_eval_view_crop_proportion():
     assert supervised.crop_proportion(32) == 1.0
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (2, 3, 64, 64), generator=g, dtype=torch.uint8)
-    view = supervised.eval_view(images, 32, crop=0.5)  # resized to 32 / 0.5 = 64 (as is), centre 32 x 32
+    view = supervised.cropped_eval_view(images, 32, crop=0.5)  # resized to 32 / 0.5 = 64 (as is), centre 32 x 32
     assert view.shape == (2, 3, 32, 32)
     assert torch.allclose(view, eval_view(images[..., 16:48, 16:48], 32))
-    assert torch.equal(supervised.eval_view(images, 32), eval_view(images, 32))  # crop 1: the whole image
+    assert torch.equal(supervised.cropped_eval_view(images, 32), eval_view(images, 32))  # crop 1: the whole image
 
 
 def test_cli_protocol_flags(ckpt, folder):

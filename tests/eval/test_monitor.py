@@ -182,7 +182,7 @@ def test_label_free_monitor_logs_its_figures_and_leaves_training_alone(tmp_path)
     for key in ("model", "optimizer", "rng", "step"):
         assert_same(a[key], b[key], key)
     # the epoch-2 figures are those of the step-4 weights saved in last.pt, on the digits' test split
-    restored = restore.load_model(tmp_path / "watched" / "checkpoints" / "last.pt")
+    restored = restore.open_checkpoint(tmp_path / "watched" / "checkpoints" / "last.pt")
     cfg = restored.cfg
     test = datasets.load(cfg.data, cfg.image_size).test
     settings = FeatureSettings(cfg.image_size, torch.device("cpu"), cfg.eval_batch_size, "fp32")

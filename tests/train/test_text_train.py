@@ -89,7 +89,7 @@ def test_three_steps_resume_exactly_and_evaluate_sts(tiny_arch, tmp_path):
     ckpt = str(tmp_path / "a" / "checkpoints" / "last.pt")
     start = sts_command(ckpt, data, "test", random_init=True, batch_size=5, seed=0)
     assert scores["start_sts_spearman"] == pytest.approx(start["spearman"], abs=1e-6)
-    restored = restore.load_model(ckpt)
+    restored = restore.open_checkpoint(ckpt)
     trained = restored.model.eval()
     assert scores["sts_spearman"] == pytest.approx(sts_reference(trained, folder, "test"), abs=1e-6)
     baseline = restore.random_init(restored.cfg, restored.cfg.seed).model.eval()  # the run's starting weights
@@ -108,7 +108,7 @@ def test_commands_on_a_text_checkpoint(tiny_arch, tmp_path, capsys):
         return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
     got = run("sts", "--checkpoint", ckpt, "--split", "dev")
-    restored = restore.load_model(ckpt)
+    restored = restore.open_checkpoint(ckpt)
     trained = restored.model.eval()
     assert got["pairs"] == 24 and got["spearman"] == pytest.approx(sts_reference(trained, folder, "dev"), abs=1e-6)
     base = run("sts", "--checkpoint", ckpt, "--random-init")  # on sts-test, the architecture drawn from --seed 0
@@ -194,7 +194,7 @@ def test_labelled_texts_are_evaluated_by_knn_and_the_probe_on_the_encoders_h(tin
     train_y = torch.tensor([classes.index(_topic(t)) for t in SENTENCES])
     test_y = torch.tensor([classes.index(_topic(t)) for t in TEST_SENTENCES])
     assert classes == ["animal", "person", "thing"] and sorted(set(test_y.tolist())) == [0, 1, 2]
-    restored = restore.load_model(tmp_path / "run" / "checkpoints" / "last.pt")
+    restored = restore.open_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     cfg = restored.cfg
     for prefix, model in (("", restored.model), ("start_", restore.random_init(cfg, cfg.seed).model)):
         model.eval()

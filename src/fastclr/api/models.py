@@ -1,7 +1,7 @@
 """Trained encoders from files: any fastclr checkpoint or export, loaded safely, ready for inference.
 
 A pretraining checkpoint (``OUT/checkpoints/last.pt``), a fine-tuned or distilled one
-(``finetuned.pt``, ``student.pt``) is read by :func:`fastclr.train.restore.load_model`
+(``finetuned.pt``, ``student.pt``) is read by :func:`fastclr.train.restore.open_checkpoint`
 (``weights_only=True``: a crafted file cannot run code; every key checked). An export of
 ``fastclr export`` (``--format safetensors`` or ``torchvision``) is rebuilt from its side file
 ``FILE.json`` (or the safetensors metadata) and read by :func:`fastclr.train.weights.init_encoder`
@@ -87,7 +87,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> SimCLR:
     Raises:
         fastclr.errors.UserError: not a fastclr checkpoint, damaged, or holding pickled code (never run).
     """
-    return restore.load_model(path, device).model.eval()
+    return restore.open_checkpoint(path, device).model.eval()
 
 
 def load_encoder(path: str | Path, device: torch.device | str = "cpu") -> Encoder:
@@ -112,7 +112,7 @@ def load_encoder(path: str | Path, device: torch.device | str = "cpu") -> Encode
     elif side.is_file() and path.is_file():
         encoder = _from_export(path, json.loads(side.read_text()))
     else:
-        restored = restore.load_model(path)
+        restored = restore.open_checkpoint(path)
         cfg = restored.cfg
         if is_text(cfg):
             raise UserError(f"{path}: a text encoder; use fastclr.load_model(path) (encode takes token ids)")

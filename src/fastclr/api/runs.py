@@ -35,7 +35,7 @@ def load_config(name_or_file: str | Path = "digits", **overrides: Any) -> Config
     return cfg
 
 
-def resolve(config: Config | str | Path | None, overrides: dict[str, Any], resume: bool = True) -> Config:
+def _config_of(config: Config | str | Path | None, overrides: dict[str, Any], resume: bool = True) -> Config:
     """The config ``fastclr pretrain`` would run with ``--config config`` and the overrides as flags
     (:func:`fastclr.pipeline.resolve_config`); a :class:`Config` object takes the overrides on top."""
     if isinstance(config, Config):
@@ -62,7 +62,7 @@ def pretrain(
         ``skipped`` and, for labelled data, ``eval`` (``knn_top1``, ``linear_top1``, ... and the
         random-init baseline's). The checkpoint is ``out/checkpoints/last.pt``.
     """
-    return pretrain_and_evaluate(resolve(config, overrides, resume), resume=resume, callbacks=callbacks)
+    return pretrain_and_evaluate(_config_of(config, overrides, resume), resume=resume, callbacks=callbacks)
 
 
 def knn_eval(

@@ -328,15 +328,15 @@ def balanced_subset(data, count: int, seed: int):
 
 def median_side(spec: str) -> tuple[float, int] | None:
     """(median short side in px, files sampled) of a folder, list or shards spec's train images, headers
-    only (``survey.py``, ``shards.median_side``); None for any other spec (digits, standard sets,
+    only (``survey.py``, ``shards.shards_median_side``); None for any other spec (digits, standard sets,
     prepared caches, texts)."""
     if spec.partition(":")[0] in ("text", "stsb"):  # the text modality's specs (fastclr.data.text)
         return None
     kind, path = parse(spec)
     if kind == "shards":
-        from fastclr.data.shards import median_side as shards_side
+        from fastclr.data.shards import shards_median_side
 
-        side, sampled = shards_side(str(path))
+        side, sampled = shards_median_side(str(path))
     elif kind in ("folder", "list"):
         train, _ = listings(str(path))
         side, sampled = survey.median_short_side(train.files)

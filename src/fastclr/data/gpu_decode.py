@@ -94,7 +94,7 @@ def decode_stream(device: torch.device) -> torch.cuda.Stream:
     return torch.cuda.Stream(device)
 
 
-def resolve(setting: str, device: torch.device, available: bool | None = None) -> str:
+def decode_mode(setting: str, device: torch.device, available: bool | None = None) -> str:
     """``cpu`` or ``gpu``: where the shard loader decodes JPEGs (``available``: overrides the probe, for tests).
 
     ``auto`` is the CPU: the GPU decoder's ordering against the training stream (module docstring) is
@@ -168,7 +168,7 @@ def padded(images: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def crop_views(
+def decode_crop_views(
     raw: list[torch.Tensor],
     names: list[str],
     index: torch.Tensor,

@@ -88,19 +88,19 @@ def build_loader(
     mapped.MappedLoader for a cache over the memory budget, stream.StreamLoader for a FileSet
     (decoded and cropped by ``workers`` CPU processes). ``resume`` is the command named when a
     loader worker dies. A ShardSet (``shards.py``) is read by shard_loader.ShardLoader, its JPEGs
-    decoded where ``decode`` (``gpu_decode.resolve``) says."""
+    decoded where ``decode`` (``gpu_decode.decode_mode``) says."""
     from fastclr.data.mapped import MappedLoader
     from fastclr.data.shards import ShardSet
     from fastclr.data.stream import StreamLoader
 
     workers = worker_cap(workers)  # more processes than cores only add contention
     if isinstance(source, ShardSet):
-        from fastclr.data.gpu_decode import resolve
+        from fastclr.data.gpu_decode import decode_mode
         from fastclr.data.shard_loader import ShardLoader
 
         return ShardLoader(
             source, batch_size, seed, device, views=views, cfg=aug, workers=workers, rank=rank,
-            world_size=world_size, decode=resolve(decode, device), resume=resume,
+            world_size=world_size, decode=decode_mode(decode, device), resume=resume,
         )  # fmt: skip
     if isinstance(source, FileSet):
         return StreamLoader(

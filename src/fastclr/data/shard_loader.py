@@ -194,7 +194,7 @@ class ShardLoader:
 
     Views as ``stream.StreamLoader`` yields them (uint8 [V, b, 3, S, S], or float32 when the device is
     the CPU and there are workers); with ``decode="gpu"`` the workers only read bytes and
-    ``gpu_decode.crop_views`` decodes and crops on the device.
+    ``gpu_decode.decode_crop_views`` decodes and crops on the device.
     """
 
     def __init__(self, data: ShardSet, batch_size: int, seed: int, device: torch.device, *, views: int,
@@ -225,7 +225,7 @@ class ShardLoader:
             if self.decode == "gpu":
                 buffer, offsets, names = views
                 raw = [buffer[int(a) : int(b)] for a, b in zip(offsets[:-1], offsets[1:])]
-                index, views, bad = gpu_decode.crop_views(
+                index, views, bad = gpu_decode.decode_crop_views(
                     raw, names, index, self.device, seed=self.seed, epoch=epoch, views=self.views, cfg=self.cfg
                 )
             if self.bad is not None:

@@ -185,7 +185,7 @@ def build(shards: list[dict], classes: list[str] | None, bad=None) -> ShardSet:
     )
 
 
-def median_side(spec: str, count: int = SURVEY) -> tuple[float, int]:
+def shards_median_side(spec: str, count: int = SURVEY) -> tuple[float, int]:
     """(median short side in px, samples looked at) of a shards SPEC's training images.
 
     A folder written by ``fastclr prepare`` records it in its index (the writer surveyed the source);

@@ -198,7 +198,7 @@ def run(checkpoint: str, fmt: str, out: str | Path) -> dict:
     from fastclr.eval.finetune import load_classifier
     from fastclr.train import restore
 
-    restored = restore.load_model(checkpoint)
+    restored = restore.open_checkpoint(checkpoint)
     cfg, state, fc = restored.cfg, restored.state, None
     if config.is_text(cfg):
         from fastclr.eval.text_export import export_text

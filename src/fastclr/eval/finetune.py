@@ -145,7 +145,7 @@ def save_classifier(path: Path, clf: Classifier, cfg: config.Config, classes: li
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tuple[Classifier, config.Config, dict]:
     """Rebuild a fine-tuned (or distilled) classifier; UserError if the checkpoint has no classifier."""
-    restored = restore.load_model(path, device)
+    restored = restore.open_checkpoint(path, device)
     state = restored.state
     if state.get("kind") != "classifier" or not isinstance(state.get("classifier"), dict):
         raise UserError(

@@ -73,7 +73,7 @@ def frozen_eval(
 ) -> dict[str, float]:
     """The SGD protocol end to end; returns top1 and top5 (fractions) on ``test``.
 
-    ``crop`` is the evaluation view's centre-crop proportion (:func:`fastclr.eval.supervised.eval_view`).
+    ``crop`` is the evaluation view's centre-crop proportion (:func:`fastclr.eval.supervised.cropped_eval_view`).
 
     Raises RuntimeError if any encoder tensor changed: that would invalidate the protocol.
     """

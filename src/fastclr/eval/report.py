@@ -610,9 +610,9 @@ def _restore(run: Path, device: str, notes: list[str]) -> tuple[SimCLR | None, c
     config.yaml or None, None) and a note."""
     ckpt = run / "checkpoints" / "last.pt"
     if ckpt.is_file():
-        from fastclr.train.restore import load_model
+        from fastclr.train.restore import open_checkpoint
 
-        restored = load_model(ckpt, device)
+        restored = open_checkpoint(ckpt, device)
         return restored.model.eval(), restored.cfg, restored.state.get("step")
     if (run / "config.yaml").is_file():
         notes.append(f"no checkpoint in {run / 'checkpoints'}: no map or retrievals")

@@ -130,7 +130,7 @@ def text_model(checkpoint: str | None, arch: str | None, random_init: bool, seed
             "sts: give --checkpoint OUT/checkpoints/last.pt, or --arch hf:minilm / hf:PATH for its own weights"
         )
     if checkpoint is not None:
-        restored = restore.load_model(checkpoint)
+        restored = restore.open_checkpoint(checkpoint)
         cfg = restored.cfg
         if not config.is_text(cfg):
             raise UserError(

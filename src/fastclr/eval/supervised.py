@@ -42,7 +42,7 @@ def crop_proportion(size: int) -> float:
     return CROP_PROPORTION if size >= CROP_MIN_SIDE else 1.0
 
 
-def eval_view(images: torch.Tensor, size: int, crop: float = 1.0) -> torch.Tensor:
+def cropped_eval_view(images: torch.Tensor, size: int, crop: float = 1.0) -> torch.Tensor:
     """The evaluation view: short side resized to size / crop, centre crop size x size, normalised.
 
     With crop 0.875 and size 224 this is the reference code's resize to 256, centre crop 224.
@@ -132,14 +132,14 @@ def predict(
     batch_size: int = 512,
     crop: float = 1.0,
 ) -> torch.Tensor:
-    """Logits [N, C] (float32, CPU) of the evaluation view (:func:`eval_view` with ``crop``) of every image.
+    """Logits [N, C] (float32, CPU) of the evaluation view (:func:`cropped_eval_view`) of every image.
 
     The logits stay on the device until the last batch: one copy to the host, not one per batch.
     """
     device = torch.device(device)
     out = []
     for lo in range(0, images.shape[0], batch_size):
-        x = eval_view(to_device(images[lo : lo + batch_size], device), size, crop)
+        x = cropped_eval_view(to_device(images[lo : lo + batch_size], device), size, crop)
         with autocast(device, precision):
             out.append(forward(x).float())
     return torch.cat(out).cpu()
@@ -196,7 +196,7 @@ class Recipe:
     def test(
         self, forward: Callable[[torch.Tensor], torch.Tensor], test: ImageSet, crop: float = 1.0
     ) -> dict[str, float]:
-        """top1 and top5 (fractions) of ``forward`` on the evaluation views (:func:`eval_view`) of ``test``."""
+        """top1 and top5 (fractions) of ``forward`` on the evaluation views (:func:`cropped_eval_view`) of ``test``."""
         assert test.labels is not None, "the supervised protocols test on a labelled split"
         logits = predict(forward, test.images, self.aug.size, torch.device(self.device), self.precision, crop=crop)
         return accuracy(logits, test.labels)

@@ -1,7 +1,7 @@
 """Where models come from: built from a config, or rebuilt from a checkpoint for the evaluation commands.
 
 Every command after pretraining (``knn``, ``linear``, ``finetune``, ``distill``, ``embed``,
-``export``) starts here: :func:`load_model` reads a checkpoint with
+``export``) starts here: :func:`open_checkpoint` reads a checkpoint with
 :func:`fastclr.train.checkpoint.load` (``weights_only=True``: a crafted file cannot run code), rebuilds
 :class:`fastclr.method.model.SimCLR` from the checkpoint's own config and loads its weights with every
 key checked. A fine-tuned or distilled checkpoint (written by :mod:`fastclr.eval.finetune` /
@@ -60,7 +60,7 @@ def build_model(cfg: config.Config) -> SimCLR:
     return model
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> Restored:
+def open_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Restored:
     """Load a fastclr checkpoint into a SimCLR network; UserError (one line) if it is not one of ours."""
     state = checkpoint.load(path, map_location="cpu")
     if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
@@ -93,7 +93,7 @@ def resolve_model(path: str | None, random: bool, seed: int, device: torch.devic
     """
     if path is None:
         raise UserError("--checkpoint is required: pass OUT/checkpoints/last.pt of a fastclr pretrain run")
-    restored = load_model(path, device)
+    restored = open_checkpoint(path, device)
     if random:
         restored = random_init(restored.cfg, seed, device)
     if init:
