@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 MODULES = ["fastclr", "fastclr.api", "fastclr.api.models", "fastclr.api.embedding", "fastclr.api.augmentation"]
-MODULES += ["fastclr.api.runs", "fastclr.data.preprocess"]
+MODULES += ["fastclr.api.runs", "fastclr.api.index", "fastclr.data.preprocess"]
 
 
 def build(out: Path, modules: list[str] = MODULES) -> list[str]:

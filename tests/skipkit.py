@@ -32,7 +32,9 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "timm": ("timm",),
     "shards": ("webdataset",),
     "docs": ("pdoc",),
+    "search": ("faiss", "fastapi", "uvicorn", "multipart"),
 }
+IMPORT_NAMES = {"faiss_cpu": "faiss", "python_multipart": "multipart"}  # distributions imported under another name
 # pytest.importorskip's own reasons: "could not import 'X': ..." and "module 'X' has __version__ ..."
 _MODULE = re.compile(r"could not import '([\w.]+)'|module '([\w.]+)' has __version__")
 _EXTRA = re.compile(r"fastclr\[([\w,\s-]+)\]")

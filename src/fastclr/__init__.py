@@ -5,6 +5,7 @@ Load a trained encoder and embed images::
     import fastclr
     encoder = fastclr.load_encoder("runs/digits/checkpoints/last.pt")
     h, ids = fastclr.embed(encoder, ["a.png", "b.jpg"])      # float32 [2, d], the file paths
+    index = fastclr.Index.build(encoder, "photos/")          # similarity search (pip install 'fastclr[search]')
 
 Build your own loop from the parts: :class:`Augment` (the batched keyed views), :class:`SimCLR`
 (encoder f and head g), :func:`nt_xent`, :class:`LARS`, :func:`lr_at`; or run the whole recipe
@@ -18,6 +19,7 @@ from fastclr.api import (  # noqa: E402 - the version is set before any submodul
     Augment,
     Config,
     Encoder,
+    Index,
     embed,
     knn_eval,
     linear_eval,
@@ -36,6 +38,7 @@ __all__ = [
     "Augment",
     "Config",
     "Encoder",
+    "Index",
     "LARS",
     "Preprocess",
     "SimCLR",

@@ -56,19 +56,27 @@ class Command:
         text = inspect.cleandoc(target(self.name).__doc__ or "").split("\nArgs:")[0].split("\nReturns:")[0]
         return re.sub(r"^``fastclr [a-z-]+``: ", "", text).replace("``", "").replace(":func:", "")
 
+    def param_help(self, dest: str) -> str:
+        """The entry of the parameter ``dest`` feeds under Args: in the library function's docstring ('' if none)."""
+        param = {flag: p for p, flag in self.renamed.items()}.get(dest, dest)
+        doc = inspect.cleandoc(target(self.name).__doc__ or "")
+        found = re.search(rf"^    {param}: (.*(?:\n {{8}}.*)*)", doc, re.M)  # the entry and its indented lines
+        return " ".join(found.group(1).split()).replace("%", "%%") if found else ""
+
 
 def target(name: str) -> Callable[..., Any]:
     """The library function behind command ``name``, imported only when a command runs (or shows --help)."""
+    from fastclr.api import index as api_index
+    from fastclr.api import serve
     from fastclr.data import write
-    from fastclr.eval import distill, embed, evaluate, export, finetune, linear, report
+    from fastclr.eval import dedup, distill, embed, evaluate, explain, export, finetune, index, linear, report, sts
     from fastclr.sweep import run as sweep
-    from fastclr.text import sts
 
     commands: dict[str, Callable[..., Any]] = {
         "knn": evaluate.run_knn, "linear": linear.run, "finetune": finetune.run, "distill": distill.run,
         "embed": embed.run, "export": export.run, "sts": sts.sts_command, "report": report.build,
-        "show-augment": report.run_show_augment, "sweep": sweep.command,
-        "prepare": write.command,
+        "show-augment": report.run_show_augment, "sweep": sweep.command, "dedup": dedup.run, "serve": serve.serve,
+        "prepare": write.command, "index": index.run, "search": api_index.search_command, "explain": explain.run,
     }  # fmt: skip
     return commands[name]
 
@@ -95,6 +103,8 @@ class Parser(argparse.ArgumentParser):
         command = self.get_default("func")
         if isinstance(command, Command) and self.description is None:
             self.description = command.description()  # the library's docstring, read only for --help
+            for action in self._actions:  # a flag declared without help: its parameter's entry under Args:
+                action.help = action.help or command.param_help(action.dest) or None
         return super().format_help()
 
 
@@ -116,11 +126,17 @@ class Help(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {shown.replace('%', '%%')})".strip()
 
 
-def command(sub, name: str, help: str, run: Any = None, **kw) -> argparse.ArgumentParser:
-    """A sub-command whose flags default to "not given"; ``run`` is its :class:`Command` or function."""
+def command(sub, name: str, help: str, run: Any = None, flags: str = "", **kw) -> argparse.ArgumentParser:
+    """A sub-command whose flags default to "not given"; ``run`` is its :class:`Command` or function. ``flags``, in one
+    line: ``out!`` required, ``+x`` a switch, ``#k`` int, ``%t`` float, ``*q`` one or more, ``INDEX`` positional."""
     p = sub.add_parser(name, help=help, argument_default=argparse.SUPPRESS, **kw)
     if run is not None:
         p.set_defaults(func=run)
+    for word in flags.split():
+        f, kind = word.strip("!+#%*"), {"+": "store_true", "#": int, "%": float, "*": "+"}.get(word[0])
+        how = {"action": kind} if kind == "store_true" else {"nargs": kind} if kind == "+" else {"type": kind}
+        names = [f.lower()] if f.isupper() else ["-" * min(len(f), 2) + f]
+        p.add_argument(*names, **({"metavar": f} if f.isupper() else {"required": word.endswith("!")}), **how)
     return p
 
 
@@ -130,9 +146,6 @@ def int_list(text: str) -> list[int]:
         return sorted({int(k) for k in text.split(",") if k.strip()})
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected integers separated by commas, e.g. 20,200") from None
-
-
-# --- flag groups ------------------------------------------------------------------------------
 
 
 def _set_flag(p, help: str) -> None:
@@ -157,29 +170,22 @@ def _eval_flags(p, data_help: str = EVAL_SPEC_HELP, random_init: bool = True) ->
                        "weights: the baseline to compare against")  # fmt: skip
 
 
-# --- commands ---------------------------------------------------------------------------------
-
-
 def add_pretrain(sub) -> None:
-    p = command(
-        sub, "pretrain", "SimCLR pretraining, then kNN and linear evaluation against a random-init encoder",
-        run_pretrain, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Pretrain an encoder with SimCLR. Runs on scikit-learn's digits with no arguments. "
-        "For 32x32 images use --config cifar10_resnet18 (GPU) or cifar10_cpu (a laptop CPU).",
-        epilog="config keys for --set KEY=VALUE (defaults before the preset; src/fastclr/config.py explains each):\n"
-        + describe_fields(),
-    )  # fmt: skip
+    p = command(sub, "pretrain", "SimCLR pretraining, then kNN and linear evaluation against a random-init encoder",
+                run_pretrain, formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Pretrain an encoder with SimCLR. Runs on scikit-learn's digits with no arguments. "
+                "For 32x32 images use --config cifar10_resnet18 (GPU) or cifar10_cpu (a laptop CPU).",
+                epilog="config keys for --set KEY=VALUE (defaults before the preset; src/fastclr/config.py explains "
+                "each):\n" + describe_fields())  # fmt: skip
     p.add_argument("--config", help=f"preset name ({', '.join(preset_names())}) or a YAML file")
     for name, help in PRETRAIN_FLAGS.items():  # the config fields with a flag of their own, help beside them
         kind = str(FIELDS[name].type)
         kw: dict[str, Any] = {"action": "store_const", "const": True} if kind == "bool" else {"type": _TYPES[kind]}
         p.add_argument("--" + name.replace("_", "-"), help=SPEC_HELP if name == "data" else help, **kw)
     _set_flag(p, "set any config field, e.g. --set temperature=0.2 (repeatable)")
-    p.add_argument(
-        "--no-resume", action="store_true",
-        help="start over at step 0, deleting OUT/checkpoints (default: continue from OUT/checkpoints/last.pt with "
-        "the run's saved config.yaml as the base, so `fastclr pretrain --out DIR` resumes a stopped run)",
-    )  # fmt: skip
+    p.add_argument("--no-resume", action="store_true", help="start over at step 0, deleting OUT/checkpoints (default: "
+                   "continue from OUT/checkpoints/last.pt with the run's saved config.yaml as the base, so `fastclr "
+                   "pretrain --out DIR` resumes a stopped run)")  # fmt: skip
 
 
 def run_pretrain(args: argparse.Namespace) -> dict:
@@ -214,10 +220,8 @@ def add_knn(sub) -> None:
 
 
 def add_linear(sub) -> None:
-    p = command(
-        sub, "linear", "linear evaluation: a linear classifier on the frozen encoder's h (paper protocol), top-1/top-5",
-        Command("linear"),
-    )  # fmt: skip
+    p = command(sub, "linear", "linear evaluation: a linear classifier on the frozen encoder's h (paper protocol), "
+                "top-1/top-5", Command("linear"))  # fmt: skip
     _eval_flags(p)
     p.add_argument("--features", action="store_true", help="L-BFGS on cached features instead of SGD on views")
     _sgd_flags(p, "SGD epochs (paper: 90; 10-30 is enough for a CPU check)", "base learning rate, scaled by B/256, "
@@ -229,10 +233,8 @@ def add_linear(sub) -> None:
 
 
 def add_finetune(sub) -> None:
-    p = command(
-        sub, "finetune", "semi-supervised fine-tuning of the whole encoder on a class-balanced fraction of the labels",
-        Command("finetune", {"fraction": "label_fraction"}),
-    )  # fmt: skip
+    p = command(sub, "finetune", "semi-supervised fine-tuning of the whole encoder on a class-balanced fraction of the "
+                "labels", Command("finetune", {"fraction": "label_fraction"}))  # fmt: skip
     _eval_flags(p)
     p.add_argument("--label-fraction", type=float, required=True, help="fraction of the train labels, in (0, 1]: "
                    "0.01 and 0.1 in the papers")  # fmt: skip
@@ -244,10 +246,8 @@ def add_finetune(sub) -> None:
 
 
 def add_distill(sub) -> None:
-    p = command(
-        sub, "distill", "SimCLRv2 distillation: a (smaller) student learns a fine-tuned teacher's softened "
-        "predictions", Command("distill", {"teacher_path": "teacher"}),
-    )  # fmt: skip
+    p = command(sub, "distill", "SimCLRv2 distillation: a (smaller) student learns a fine-tuned teacher's softened "
+                "predictions", Command("distill", {"teacher_path": "teacher"}))  # fmt: skip
     p.add_argument("--teacher", required=True, help="OUT/finetuned.pt written by `fastclr finetune`")
     p.add_argument("--data", required=True, help=SPEC_HELP)
     p.add_argument("--student-arch", help="student encoder (default: the teacher's); resnet_micro is half of "
@@ -281,10 +281,8 @@ def add_export(sub) -> None:
 
 
 def add_sts(sub) -> None:
-    p = command(
-        sub, "sts", "STS-B Spearman x 100 of a text encoder: cosine of the two sentences' h against the gold score",
-        Command("sts"),
-    )  # fmt: skip
+    p = command(sub, "sts", "STS-B Spearman x 100 of a text encoder: cosine of the two sentences' h against the gold "
+                "score", Command("sts"))  # fmt: skip
     p.add_argument("--checkpoint", default=None, help="a fastclr checkpoint of a text run (OUT/checkpoints/last.pt)")
     p.add_argument("--arch", help="instead of --checkpoint: an encoder's own weights, hf:minilm or hf:PATH")
     p.add_argument("--data", default=None, help="stsb:DIR, the STS Benchmark folder (default: the checkpoint's data)")
@@ -296,10 +294,8 @@ def add_sts(sub) -> None:
 
 
 def add_report(sub) -> None:
-    p = command(
-        sub, "report", "one self-contained HTML page of a run: curves, accuracy over time, view pairs, embedding "
-        "map, retrievals", Command("report", {"method": "map"}),
-    )  # fmt: skip
+    p = command(sub, "report", "one self-contained HTML page of a run: curves, accuracy over time, view pairs, "
+                "embedding map, retrievals", Command("report", {"method": "map"}))  # fmt: skip
     p.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a fastclr pretrain run")
     p.add_argument("--out", help="HTML file to write (default: RUN_DIR/report.html)")
     p.add_argument("--map", choices=("pca", "tsne"), help="2-D map of the test representations: pca (instant) or "
@@ -308,10 +304,8 @@ def add_report(sub) -> None:
 
 
 def add_show_augment(sub) -> None:
-    p = command(
-        sub, "show-augment", "draw augmented view pairs of a data set to a PNG (check a preset before training)",
-        Command("show-augment", {"preset": "config", "sets": "set"}),
-    )  # fmt: skip
+    p = command(sub, "show-augment", "draw augmented view pairs of a data set to a PNG (check a preset before "
+                "training)", Command("show-augment", {"preset": "config", "sets": "set"}))  # fmt: skip
     p.add_argument("--data", default="digits", help=SPEC_HELP)
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--config", default=None, help="preset name or YAML file whose augmentation to use (default: "
@@ -344,14 +338,24 @@ def add_sweep(sub) -> None:
     _set_flag(p, "set a config field for every trial (repeatable)")
 
 
+def add_search(sub) -> None:  # each flag's help: its parameter's entry under Args: in the library's docstring
+    command(sub, "index", "embed a data set into a similarity-search index (faiss), or --update it", Command("index"),
+            "checkpoint data out! +projection +update #batch-size device")  # fmt: skip
+    command(sub, "search", "nearest indexed images of files, folders or ids", Command("search"), "INDEX *query! #k")
+    command(sub, "dedup", "groups of near-duplicate images of an index (CSV)", Command("dedup"), "INDEX %threshold out")
+    command(sub, "explain", "which regions of image A make it similar to image B, as a PNG", Command("explain"),
+            "checkpoint! A B out! method +projection device")  # fmt: skip
+    command(sub, "serve", "HTTP embedding and search service with a web page", Command("serve"),
+            "INDEX host #port token %max-upload-mb")  # fmt: skip
+
+
 COMMANDS = (add_pretrain, add_knn, add_linear, add_finetune, add_distill, add_embed, add_export, add_sts, add_prepare,
-            add_report, add_show_augment, add_sweep)  # fmt: skip
+            add_report, add_show_augment, add_sweep, add_search)  # fmt: skip
 
 
 def build_parser() -> Parser:
-    parser = Parser(
-        prog="fastclr", description="SimCLR: contrastive self-supervised learning of image representations."
-    )
+    parser = Parser(prog="fastclr", description="SimCLR: contrastive self-supervised learning of image "
+                    "representations.")  # fmt: skip
     parser.add_argument("--version", action="version", version=f"fastclr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for add in COMMANDS:

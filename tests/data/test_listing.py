@@ -45,7 +45,7 @@ def test_listing_cache_is_used_until_the_folder_changes(tmp_path, monkeypatch):
     time.sleep(0.01)
     scans = []
     real = folders.scan_relative
-    monkeypatch.setattr(folders, "scan_relative", lambda root: scans.append(root) or real(root))
+    monkeypatch.setattr(folders, "scan_relative", lambda root, walked=None: scans.append(root) or real(root, walked))
     first = folders.list_folder(tmp_path / "imgs")
     again = folders.list_folder(tmp_path / "imgs")
     assert len(scans) == 1 and list(first.files) == list(again.files)  # the second listing came from the cache
@@ -54,6 +54,19 @@ def test_listing_cache_is_used_until_the_folder_changes(tmp_path, monkeypatch):
     assert len(scans) == 2 and len(third.files) == 6
     os.remove(third.files[0])
     assert len(folders.list_folder(tmp_path / "imgs").files) == 5 and len(scans) == 3
+
+
+def test_images_added_to_a_folder_that_held_none_are_seen(tmp_path):
+    """An empty class folder (or one of other files) at the first listing is watched too: images copied
+    into it later change its mtime, not its parent's, and the next listing must see them."""
+    write_good(tmp_path / "imgs" / "a", 3)
+    (tmp_path / "imgs" / "b").mkdir()
+    (tmp_path / "imgs" / "b" / "notes.md").write_text("not an image")
+    time.sleep(0.01)
+    assert len(folders.list_folder(tmp_path / "imgs").files) == 3
+    write_good(tmp_path / "imgs" / "b", 2, start=10)
+    later = folders.list_folder(tmp_path / "imgs")
+    assert len(later.files) == 5 and sorted(later.classes or []) == ["a", "b"]
 
 
 def test_path_list_round_trips_and_takes(tmp_path):

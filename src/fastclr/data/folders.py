@@ -56,8 +56,9 @@ def scan(root: Path) -> list[Path]:
     return [root / r for r in scan_relative(root)]
 
 
-def scan_relative(root: Path) -> list[str]:
-    """:func:`scan` as POSIX paths relative to ``root``: one small string per file, no Path objects."""
+def scan_relative(root: Path, walked: list[str] | None = None) -> list[str]:
+    """:func:`scan` as POSIX paths relative to ``root``: one small string per file, no Path objects.
+    ``walked`` receives every folder visited, those without images too (the listing cache watches them)."""
     found: list[str] = []
     seen: set[tuple[int, int]] = set()
     base = len(os.path.join(str(root), ""))
@@ -71,6 +72,8 @@ def scan_relative(root: Path) -> list[str]:
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
+        if walked is not None:
+            walked.append(top)
         dirs[:] = sorted(d for d in dirs if not _hidden(d))
         rel = top[base:].replace(os.sep, "/") + "/" if len(top) > base else ""
         found.extend(rel + f for f in files if not _hidden(f) and f.lower().endswith(IMAGE_SUFFIXES))

@@ -93,9 +93,10 @@ def _walked_dirs(root: Path, relative: list[str]) -> list[str]:
     return sorted(os.path.join(str(root), d) if d else str(root) for d in parts)
 
 
-def cached_scan(root: Path, scan: Callable[[Path], list[str]]) -> PathList:
-    """``scan(root)`` (sorted POSIX paths relative to ``root``) as a PathList, from the cache when the
-    folder has not changed since."""
+def cached_scan(root: Path, scan: Callable[[Path, list[str]], list[str]]) -> PathList:
+    """``scan(root, walked)`` (sorted POSIX paths relative to ``root``; ``walked`` receives every folder it
+    visits) as a PathList, from the cache when none of those folders has changed since: a folder that held
+    no image at the last scan is watched too, so images added to it are seen."""
     real = Path(os.path.realpath(root))
     key = _key(real)
     try:
@@ -111,8 +112,9 @@ def cached_scan(root: Path, scan: Callable[[Path], list[str]]) -> PathList:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     started = time.time_ns()
-    files = scan(root)
-    dirs = _walked_dirs(root, files)
+    walked: list[str] = []
+    files = scan(root, walked)
+    dirs = sorted(set(walked) | set(_walked_dirs(root, files)))
     mtimes = _dir_state(dirs)
     listed = PathList.of(root, files)
     if mtimes is not None and max(mtimes, default=0) < started:  # nothing changed while it was scanned
