@@ -214,7 +214,7 @@ def add_prepare(sub) -> None:
 def add_knn(sub) -> None:
     p = command(sub, "knn", "weighted kNN accuracy of h (L2-normalised), train split -> test split", Command("knn"))
     _eval_flags(p)
-    p.add_argument("--k", type=int_list, dest="ks", help="neighbour counts, comma separated")
+    p.add_argument("--k", type=int_list, dest="ks", metavar="K[,K...]", help="neighbour counts, comma separated")
     p.add_argument("--temperature", type=float, help="T of the vote weights exp(sim / T)")
     p.add_argument("--batch-size", type=int, help="test images compared with the bank at a time (bounds memory)")
 
