@@ -87,7 +87,7 @@ def build(args) -> None:
                     link.symlink_to(f)
             code = (
                 "import json, resource, sys, time; from fastclr.eval import index; t = time.perf_counter(); "
-                f"r = index.run({args.checkpoint!r}, {str(folder)!r}, {str(work / f'ix{copies}')!r}); "
+                f"r = index.command({args.checkpoint!r}, {str(folder)!r}, {str(work / f'ix{copies}')!r}); "
                 "r['wall_s'] = time.perf_counter() - t; "
                 "r['peak_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print(json.dumps(r))"
             )

@@ -73,10 +73,11 @@ def target(name: str) -> Callable[..., Any]:
     from fastclr.sweep import run as sweep
 
     commands: dict[str, Callable[..., Any]] = {
-        "knn": evaluate.run_knn, "linear": linear.run, "finetune": finetune.run, "distill": distill.run,
-        "embed": embed.run, "export": export.run, "sts": sts.sts_command, "report": report.build,
-        "show-augment": report.run_show_augment, "sweep": sweep.command, "dedup": dedup.run, "serve": serve.serve,
-        "prepare": write.command, "index": index.run, "search": api_index.search_command, "explain": explain.run,
+        "knn": evaluate.run_knn, "linear": linear.command, "finetune": finetune.command, "distill": distill.command,
+        "embed": embed.command, "export": export.command, "sts": sts.sts_command, "report": report.build,
+        "show-augment": report.run_show_augment, "sweep": sweep.command, "dedup": dedup.command,
+        "serve": serve.serve, "prepare": write.command, "index": index.command, "search": api_index.search_command,
+        "explain": explain.command,
     }  # fmt: skip
     return commands[name]
 

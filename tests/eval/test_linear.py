@@ -137,10 +137,10 @@ def test_sgd_protocol_uses_the_papers_views_not_the_pretraining_config(ckpt, fol
 
     monkeypatch.setattr(supervised, "fit", fit)
     monkeypatch.setattr(supervised, "predict", predict)
-    out = linear.run(str(ckpt), str(folder), epochs=1, batch_size=40)
+    out = linear.command(str(ckpt), str(folder), epochs=1, batch_size=40)
     assert (seen["aug"].min_scale, seen["aug"].flip, seen["aug"].color_strength) == (0.08, True, 0.0)
     assert seen["crop"] == 1.0 and out["crop"] == 1.0  # 8 px images: evaluated whole
-    linear.run(str(ckpt), str(folder), epochs=1, batch_size=40, min_scale=0.5, flip=False, crop=0.75)
+    linear.command(str(ckpt), str(folder), epochs=1, batch_size=40, min_scale=0.5, flip=False, crop=0.75)
     assert (seen["aug"].min_scale, seen["aug"].flip, seen["crop"]) == (0.5, False, 0.75)
 
 

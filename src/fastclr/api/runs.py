@@ -128,7 +128,7 @@ def linear_eval(
     Raises:
         fastclr.errors.UserError: a setting out of range, e.g. ``--epochs 0: must be > 0`` (the command's line).
     """
-    return linear.run(
+    return linear.command(
         str(checkpoint),
         data,
         features=features,

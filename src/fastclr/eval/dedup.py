@@ -76,7 +76,7 @@ def groups(n: int, pairs: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]) -
     return sorted(found, key=lambda g: g[0]), count
 
 
-def run(index: str, threshold: float = DEFAULT_THRESHOLD, out: str | None = None) -> dict:
+def command(index: str, threshold: float = DEFAULT_THRESHOLD, out: str | None = None) -> dict:
     """``fastclr dedup``: groups of near-duplicate images in an index, written as CSV.
 
     Pairs whose cosine similarity reaches the threshold are joined into groups by union-find. The CSV has one

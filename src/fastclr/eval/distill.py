@@ -81,7 +81,7 @@ def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.
 
 
 def check_settings(temperature: float, alpha: float, epochs: int, batch_size: int, lr: float) -> None:
-    """UserError (one line naming the flag) for a setting of :func:`run` out of its range."""
+    """UserError (one line naming the flag) for a setting of :func:`command` out of its range."""
     require_positive(epochs=epochs, batch_size=batch_size, lr=lr)
     if temperature <= 0:
         raise UserError(f"--temperature {temperature}: must be > 0 (1.0 in SimCLRv2)")
@@ -105,7 +105,7 @@ def new_student(
     return Classifier(restore.build_model(scfg), num_classes, 0).to(device), scfg
 
 
-def run(
+def command(
     teacher_path: str,
     data: str,
     *,

@@ -205,7 +205,7 @@ def read(path: str | Path) -> tuple[np.ndarray, list[str]]:
     return np.load(npy), json.loads(npy.with_suffix(".ids.json").read_text())
 
 
-def run(
+def command(
     checkpoint: str,
     data: str | None,
     out: str,

@@ -163,7 +163,7 @@ def picture(a: np.ndarray, heat: np.ndarray, b: np.ndarray, side: int = 256) -> 
     return out
 
 
-def run(
+def command(
     checkpoint: str,
     a: str,
     b: str,

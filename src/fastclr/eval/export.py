@@ -190,7 +190,7 @@ def _write_torchscript(enc: nn.Module, probe: Probe, out: Path) -> float:
     return diff
 
 
-def run(checkpoint: str, fmt: str, out: str | Path) -> dict:
+def command(checkpoint: str, fmt: str, out: str | Path) -> dict:
     """``fastclr export``: the encoder of a checkpoint; a fine-tuned classifier on h exports with its fc.
 
     Every export is checked numerically against PyTorch; FILE.json beside it describes the input.

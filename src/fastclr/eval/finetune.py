@@ -182,7 +182,7 @@ def output_folder(out: str | None, checkpoint: str, fraction: float, subset: Ima
     return folder
 
 
-def run(
+def command(
     checkpoint: str,
     fraction: float,
     data: str | None = None,

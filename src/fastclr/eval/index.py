@@ -487,7 +487,7 @@ def _encoder(checkpoint: str, device: str | None, projection: bool) -> tuple[Any
                                                      cfg.cifar_stem)  # fmt: skip
 
 
-def run(
+def command(
     checkpoint: str | None = None,
     data: str | None = None,
     out: str = "",

@@ -126,14 +126,14 @@ def features_eval(
 
 
 def check_settings(epochs: int, batch_size: int, lr: float, min_scale: float, crop: float | None) -> None:
-    """UserError (one line naming the flag) for a setting of :func:`run` out of its range."""
+    """UserError (one line naming the flag) for a setting of :func:`command` out of its range."""
     require_positive(epochs=epochs, batch_size=batch_size, lr=lr)
     require_fraction("min_scale", min_scale, hint=" (paper: 0.08)")
     if crop is not None:
         require_fraction("crop_proportion", crop, hint=" (paper: 0.875 for ImageNet-size images)")
 
 
-def run(
+def command(
     checkpoint: str,
     data: str | None = None,
     *,
