@@ -22,7 +22,7 @@ from typing import Any
 
 from fastclr import __version__
 from fastclr.config import FIELDS, describe_fields, flag_fields, preset_names
-from fastclr.data.datasets import SPEC_HELP
+from fastclr.data.specs import SPEC_HELP
 from fastclr.errors import UserError
 from fastclr.sweep.objective import HELP as METRIC_HELP
 

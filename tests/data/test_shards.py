@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import ROOT
 from fastclr import config
-from fastclr.data import datasets, evalset
+from fastclr.data import datasets, evalset, specs
 from fastclr.data.shard_loader import ShardLoader, batch_positions
 from fastclr.data.shard_writer import reencode, write_shards
 from fastclr.data.shards import ShardSet
@@ -178,7 +178,7 @@ def test_bad_specs_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load(str(tmp_path / "train-{0..3}.tar"))
     with pytest.raises(UserError, match="shards:SPEC needs"):
-        datasets.parse("shards:")
+        specs.parse("shards:")
 
 
 def run(*args):

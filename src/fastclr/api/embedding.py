@@ -18,7 +18,7 @@ from PIL import Image
 
 from fastclr import log
 from fastclr.api.models import Encoder
-from fastclr.data import datasets
+from fastclr.data import datasets, specs
 from fastclr.data.images import BadImage
 from fastclr.data.preprocess import Preprocess
 from fastclr.errors import UserError
@@ -103,7 +103,7 @@ def _spec_batches(
     """A folder or list is decoded a batch at a time; the other specs are in memory (or memory-mapped) already."""
     if split not in SPLITS:
         raise UserError(f"split={split!r}: use one of {', '.join(SPLITS)}")
-    kind, _ = datasets.parse(spec)
+    kind, _ = specs.parse(spec)
     if kind in ("folder", "list"):
         train, test = datasets.listings(spec)
         listing = test if split == "test" else train

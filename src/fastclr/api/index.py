@@ -23,7 +23,7 @@ from PIL import Image
 
 from fastclr.api.embedding import ImageData, embed
 from fastclr.api.models import Encoder, load_encoder
-from fastclr.data import datasets, folders
+from fastclr.data import datasets, folders, specs
 from fastclr.data.images import BadImage
 from fastclr.errors import UserError, require_positive
 from fastclr.eval import index as store
@@ -121,7 +121,7 @@ class Index:
         Files and folders are matched by absolute path, so adding a folder again adds only its new files;
         tensors and PIL images always count as new (ids continue from the index's length).
         """
-        kind = datasets.parse(str(data))[0] if isinstance(data, (str, Path)) else None
+        kind = specs.parse(str(data))[0] if isinstance(data, (str, Path)) else None
         if kind in ("folder", "list"):
             listed = [os.path.abspath(f) for f in datasets.listings(str(data))[0].files]
             data = [f for f in listed if f not in self.store.rows]
@@ -210,7 +210,7 @@ def _arch(path: Path) -> tuple[str | None, bool]:
 
 def _absolute(data: ImageData, ids: list[str]) -> list[str]:
     """File ids as absolute paths (as ``fastclr index`` writes them), other ids as they are."""
-    if isinstance(data, (str, Path)) and datasets.parse(str(data))[0] not in ("folder", "list"):
+    if isinstance(data, (str, Path)) and specs.parse(str(data))[0] not in ("folder", "list"):
         return ids
     if isinstance(data, torch.Tensor):
         return ids

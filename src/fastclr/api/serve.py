@@ -41,7 +41,7 @@ from fastclr import __version__, log
 from fastclr.api.embedding import embed
 from fastclr.api.index import Index
 from fastclr.api.page import PAGE
-from fastclr.data import datasets
+from fastclr.data import datasets, specs
 from fastclr.data.images import BadImage, decode, fit, open_rgb
 from fastclr.errors import UserError
 from fastclr.eval import explain
@@ -132,7 +132,7 @@ class Images:
                 self._rows = {}
                 size = int((self.index.store.meta.get("encoder") or {}).get("image_size") or 32)
                 for spec in self.index.store.meta.get("data", []):
-                    if datasets.parse(spec)[0] not in ("folder", "list"):
+                    if specs.parse(spec)[0] not in ("folder", "list"):
                         images = datasets.load(spec, size).pretrain
                         for i, name in enumerate(getattr(images, "ids", [])):
                             self._rows[str(name)] = (images, i)

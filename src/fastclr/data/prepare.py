@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastclr.data import datasets, folders, standard
+from fastclr.data import datasets, folders, specs, standard
 from fastclr.data.cache import FORMAT, VERSION, fingerprint
 from fastclr.data.images import fit
 from fastclr.data.sets import FileSet, ImageSet
@@ -33,7 +33,7 @@ from fastclr.errors import UserError, require_fraction
 
 def absolute_spec(spec: str) -> str:
     """The spec with its path made absolute, so the cache can find its source from any folder."""
-    kind, path = datasets.parse(spec)
+    kind, path = specs.parse(spec)
     if kind == "prepared":
         raise UserError(f"{spec}: already a prepared cache; give the original data spec to prepare")
     if kind == "shards":
@@ -92,7 +92,7 @@ def open_output(spec: str, out: Path | str, what: str) -> tuple[str, str, Path |
     """The spec made absolute (:func:`absolute_spec`), its kind and path, and the folder ``out``, created
     (UserError naming ``what`` when it cannot be)."""
     source = absolute_spec(spec)
-    kind, path = datasets.parse(source)
+    kind, path = specs.parse(source)
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

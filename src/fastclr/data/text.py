@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from fastclr.data.folders import enforce
+from fastclr.data.specs import text_parts
 from fastclr.errors import UserError
 
 TEXT_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl")
@@ -98,10 +99,6 @@ class RawTexts:
     ids: list[str]
     skipped: list[tuple[str, str]]
     total: int
-
-
-def is_text_spec(spec: str) -> bool:
-    return spec.startswith(("text:", "stsb:"))
 
 
 def _check_line(text: object) -> str | None:
@@ -283,15 +280,10 @@ def load(
         column: the text column of .csv / .tsv / .jsonl files.
         out_dir: where ``skipped.txt`` goes (nowhere if None).
     """
-    kind, _, rest = spec.partition(":")
-    if not rest:
-        raise UserError(f"--data {spec!r}: give a path after '{kind}:' (text:FILE or stsb:DIR)")
-    path = Path(rest).expanduser()
+    kind, path = text_parts(spec)
     if kind == "stsb":
         if not path.is_dir():
             raise UserError(f"--data {spec}: no such folder; give the STS Benchmark folder (stsb:DIR)")
         return _load_stsb(path, tokenizer, max_length)
-    if kind != "text":
-        raise UserError(f"--data {spec!r}: not a text spec; use text:FILE or stsb:DIR")
     out = Path(out_dir) if out_dir is not None else None
     return _load_file(path, tokenizer, max_length, column, max_bad_fraction, out)

@@ -36,6 +36,7 @@ import torch
 from fastclr import __version__, log
 from fastclr.data import datasets
 from fastclr.data.sets import FileSet, ImageSet
+from fastclr.data.specs import parse as parse_spec
 from fastclr.errors import UserError, require_positive
 from fastclr.eval import embed as embedding
 from fastclr.train import restore
@@ -406,7 +407,7 @@ def _write_parquet(path: Path, rows: np.ndarray, ids: list[str]) -> bool:
 
 def _listed(spec: str) -> FileSet | None:
     """A folder's or list's pretraining files (absolute paths, listed, not decoded); None for other specs."""
-    kind, _ = datasets.parse(spec)
+    kind, _ = parse_spec(spec)
     if kind not in ("folder", "list"):
         return None
     train, _ = datasets.listings(spec)
@@ -462,7 +463,7 @@ def _target(out: str, checkpoint: str | None, data: str | None, update: bool) ->
         raise UserError(f"fastclr index needs --checkpoint and --data{'' if update else ' (or --update of an index)'}")
     if not Path(checkpoint).is_file():
         raise UserError(f"--checkpoint {checkpoint}: no such file")
-    return old, checkpoint, [os.path.abspath(s) if datasets.parse(s)[0] in ("folder", "list") else s for s in specs]
+    return old, checkpoint, [os.path.abspath(s) if parse_spec(s)[0] in ("folder", "list") else s for s in specs]
 
 
 def _grown(old: VectorIndex | None, rows: np.ndarray, ids: list[str], meta: dict, limit: int, spec: str) -> VectorIndex:
