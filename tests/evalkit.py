@@ -99,6 +99,15 @@ def last_json(r: subprocess.CompletedProcess) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def teacher_and_student(ckpt: Path, folder: Path, out: Path) -> tuple[dict, dict]:
+    """``fastclr finetune`` on half the labels for 1 epoch, then ``fastclr distill`` of that teacher into a
+    resnet_micro student (1 epoch, alpha 0.5): both result lines."""
+    tune = ("--label-fraction", "0.5", "--epochs", "1", "--out", str(out / "ft"))
+    teacher = last_json(cli("finetune", "--checkpoint", str(ckpt), *tune))
+    student = ("--student-arch", "resnet_micro", "--epochs", "1", "--alpha", "0.5", "--out", str(out / "st"))
+    return teacher, last_json(cli("distill", "--teacher", teacher["checkpoint"], "--data", str(folder), *student))
+
+
 def one_line_error(r: subprocess.CompletedProcess) -> str:
     """Assert exit 2 with exactly one line on stderr and no traceback; return that line."""
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])

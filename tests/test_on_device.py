@@ -17,7 +17,7 @@ from PIL import Image
 
 import fastclr
 from devicekit import MESSAGE, OnDevice, device_outputs
-from evalkit import cli, digit_folder, last_json, make_checkpoint
+from evalkit import cli, digit_folder, last_json, make_checkpoint, teacher_and_student
 from makeimages import pixels
 
 
@@ -97,36 +97,7 @@ def test_knn_linear_finetune_distill(digits, tmp_path):
         knn = last_json(cli("knn", "--checkpoint", str(ckpt), "--k", "1,5"))
         sgd = last_json(cli("linear", "--checkpoint", str(ckpt), "--epochs", "1", "--batch-size", "20"))
         feats = last_json(cli("linear", "--checkpoint", str(ckpt), "--features"))
-        ft = last_json(
-            cli(
-                "finetune",
-                "--checkpoint",
-                str(ckpt),
-                "--label-fraction",
-                "0.5",
-                "--epochs",
-                "1",
-                "--out",
-                str(tmp_path),
-            )
-        )
-        distilled = last_json(
-            cli(
-                "distill",
-                "--teacher",
-                ft["checkpoint"],
-                "--data",
-                str(folder),
-                "--student-arch",
-                "resnet_micro",
-                "--epochs",
-                "1",
-                "--alpha",
-                "0.5",
-                "--out",
-                str(tmp_path / "st"),
-            )  # fmt: skip
-        )
+        _, distilled = teacher_and_student(ckpt, folder, tmp_path)
     assert set(knn["knn"]) == {"1", "5"} and 0 <= sgd["top1"] <= 1 and 0 <= feats["top1"] <= 1
     assert 0 <= distilled["student_top1"] <= 1
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evalkit import cli, digit_folder, last_json, make_checkpoint, one_line_error
+from evalkit import cli, digit_folder, make_checkpoint, one_line_error, teacher_and_student
 from fastclr.data import datasets
 from fastclr.eval.distill import distillation_loss
 from fastclr.eval.finetune import load_classifier
@@ -53,36 +53,7 @@ def test_loss_is_minimal_at_the_teacher():
 def test_cli_smaller_student(tmp_path):
     folder = digit_folder(tmp_path / "data", 10, 3)
     ckpt, _ = make_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", str(folder))
-    teacher = last_json(
-        cli(
-            "finetune",
-            "--checkpoint",
-            str(ckpt),
-            "--label-fraction",
-            "0.5",
-            "--epochs",
-            "1",
-            "--out",
-            str(tmp_path / "ft"),
-        )
-    )
-    res = last_json(
-        cli(
-            "distill",
-            "--teacher",
-            teacher["checkpoint"],
-            "--data",
-            str(folder),
-            "--student-arch",
-            "resnet_micro",
-            "--epochs",
-            "1",
-            "--alpha",
-            "0.5",
-            "--out",
-            str(tmp_path / "st"),
-        )
-    )
+    teacher, res = teacher_and_student(ckpt, folder, tmp_path)
     assert res["teacher_top1"] == pytest.approx(teacher["top1"])  # the same teacher, re-evaluated
     # the student's reported accuracy, recomputed by hand from the checkpoint it wrote
     student, scfg, _ = load_classifier(res["checkpoint"])

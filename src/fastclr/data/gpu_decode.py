@@ -48,6 +48,7 @@ from fastclr.method.augment import AugmentConfig, sample_params
 from fastclr.method.augment import crop_resize as batched_crop_resize
 
 MODES = ("auto", "cpu", "gpu")
+Cropped = tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]  # index [b], views [V, b, 3, S, S], bad
 PAD_BUDGET = 256 << 20  # bytes of float32 a padded chunk of decoded images may take
 
 
@@ -178,7 +179,7 @@ def decode_crop_views(
     epoch: int,
     views: int,
     cfg: AugmentConfig,
-) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+) -> Cropped:
     """Decode encoded images on ``device`` and cut every view's random resized crop + flip there.
 
     On CUDA the decode and the crops run on :func:`decode_stream`, ordered before the current stream's
@@ -190,28 +191,21 @@ def decode_crop_views(
     Returns:
         (index [b] after bad members were replaced by the next good one, uint8 [V, b, 3, S, S], bad).
     """
+    work = functools.partial(_crop_views, raw, names, index, device, seed, epoch, views, cfg)
     if device.type != "cuda":
-        return _crop_views(raw, names, index, device, seed=seed, epoch=epoch, views=views, cfg=cfg)
+        return work()
     consumer = torch.cuda.current_stream(device)
     side = decode_stream(device)
     with torch.cuda.stream(side):
-        index, out, bad = _crop_views(raw, names, index, device, seed=seed, epoch=epoch, views=views, cfg=cfg)
+        index, out, bad = work()
     consumer.wait_stream(side)  # the views are complete before the training stream reads them
     out.record_stream(consumer)  # and their memory is not reused on the side stream before that read ends
     return index, out, bad
 
 
-def _crop_views(
-    raw: list[torch.Tensor],
-    names: list[str],
-    index: torch.Tensor,
-    device: torch.device,
-    *,
-    seed: int,
-    epoch: int,
-    views: int,
-    cfg: AugmentConfig,
-) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+def _crop_views(raw: list[torch.Tensor], names: list[str], index: torch.Tensor, device: torch.device, seed: int,
+                epoch: int, views: int, cfg: AugmentConfig) -> Cropped:  # fmt: skip
+    """:func:`decode_crop_views` on the current stream."""
     images, bad = _decode_all(raw, names, device)
     good = [k for k, im in enumerate(images) if im is not None]
     if not good:
