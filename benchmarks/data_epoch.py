@@ -23,13 +23,14 @@ from pathlib import Path
 import torch
 
 from fastclr.config import Config
-from fastclr.data import datasets, folders
-from fastclr.data.loader import InMemoryLoader
-from fastclr.data.prepare import prepare
+from fastclr.data import datasets
+from fastclr.data.loaders.files import FileLoader
+from fastclr.data.loaders.memory import InMemoryLoader
 from fastclr.data.sets import FileSet
-from fastclr.data.stream import StreamLoader
+from fastclr.data.sources import folders
+from fastclr.data.write.prepare import prepare
 from fastclr.method.augment import AugmentConfig
-from fastclr.train.step import make_views
+from fastclr.train.step import view_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,13 +52,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def epoch_seconds(loader, epoch: int, cfg: Config, aug: AugmentConfig, device: torch.device) -> tuple[float, int]:
+def epoch_seconds(loader, epoch: int, cfg: Config, device: torch.device) -> tuple[float, int]:
     sync(device)
     t0, n, total = time.perf_counter(), 0, 0.0
-    for index, images in loader.epoch(epoch):
-        x = make_views(images, index, epoch, cfg, aug)
+    recipe = view_recipe(cfg)
+    for batch in loader.epoch(epoch):
+        x = batch.views(recipe, epoch)  # what the step does: the pixel ops of cropped views, all of raw ones
         total += float(x[0, 0, 0, 0]) if n == 0 else 0.0  # keep the views alive without a sync per batch
-        n += index.shape[0]
+        n += len(batch)
     sync(device)
     return time.perf_counter() - t0, n
 
@@ -94,11 +96,11 @@ def main() -> None:
         listing = folders.list_folder(Path(args.folder))
         files = FileSet(listing.files, torch.zeros(len(listing.files), 2, dtype=torch.int64))
         cached = InMemoryLoader(data.pretrain.images, args.batch, 0, device)
-        stream = StreamLoader(files, args.batch, 0, device, views=2, cfg=aug, workers=args.workers)
+        stream = FileLoader(files, args.batch, 0, device, views=2, cfg=aug, workers=args.workers)
         rates: dict[str, list[float]] = {"prepared cache": [], "JPEG folder": []}
         for run in range(args.runs + 1):  # run 0 warms up (page cache, worker start, allocator)
             for name, loader in (("prepared cache", cached), ("JPEG folder", stream)):
-                secs, n = epoch_seconds(loader, run, cfg, aug, device)
+                secs, n = epoch_seconds(loader, run, cfg, device)
                 if run:
                     rates[name].append(n / secs)
         print(

@@ -23,8 +23,9 @@ import torch
 
 from fastclr import config
 from fastclr.data import datasets
+from fastclr.data.loaders.base import RawImages
 from fastclr.method.lars import build_optimizer
-from fastclr.train.step import augment_config, build_model, make_views, objective, train_step
+from fastclr.train.step import build_model, objective, train_step, view_recipe
 
 SETTINGS = (
     {"image_size": 16, "arch": "resnet_mini", "channels_last": True},  # the previous default
@@ -44,13 +45,13 @@ def step_cpu_seconds(cfg: config.Config, steps: int) -> float:
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg.optimizer, 0.5, cfg.weight_decay, cfg.momentum, cfg.trust_coefficient)
-    aug, index, device = augment_config(cfg), torch.arange(cfg.batch_size), torch.device("cpu")
+    index, device, recipe = torch.arange(cfg.batch_size), torch.device("cpu"), view_recipe(cfg)
     goal = objective(cfg)
     model.train()
     times = []
     for step in range(steps + 2):
         t = time.process_time()
-        x = make_views(images[index], index, 0, cfg, aug)
+        x = RawImages(index, images[index]).views(recipe, 0)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         train_step(model, opt, x, goal, step, device, cfg.precision)

@@ -55,7 +55,7 @@ def build(root: Path, count: int, classes: int = 100, distinct: int = 200) -> Pa
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{i:07d}.jpg").write_bytes(pool[i % len(pool)])
     sys.path.insert(0, str(ROOT / "src"))
-    from fastclr.data.shard_writer import write_shards
+    from fastclr.data.write.shards import write_shards
 
     write_shards(str(root / "src"), shards)
     return shards

@@ -160,19 +160,17 @@ def fastclr_ips(data: Path | str, steps: int = 50, warmup: int = 5) -> float:
 
     from fastclr.config import Config
     from fastclr.data import datasets
-    from fastclr.data.loader import build_loader
-    from fastclr.data.stream import finish_views
-    from fastclr.train.step import augment_config
+    from fastclr.data.loaders.base import Batch
+    from fastclr.data.loaders.tiers import build_loader
+    from fastclr.train.step import view_recipe
 
-    cfg = Config(image_size=SIZE, blur=True, color_strength=1.0)
-    aug = augment_config(cfg)
+    cfg = Config(image_size=SIZE, blur=True, color_strength=1.0, seed=0)
+    recipe = view_recipe(cfg)
     d = datasets.load(str(data), SIZE, workers=2)
-    loader = build_loader(d.pretrain, BATCH, 0, torch.device("cpu"), views=2, aug=aug, workers=2)
+    loader = build_loader(d.pretrain, BATCH, 0, torch.device("cpu"), views=2, aug=recipe.aug, workers=2)
 
-    def finish(batch: tuple[Any, Any]) -> None:
-        index, views = batch
-        if not views.is_floating_point():  # workers finish the views when the device is the CPU
-            finish_views(views, index, seed=0, epoch=0, cfg=aug)
+    def finish(batch: Batch) -> None:
+        batch.views(recipe, 0)  # what the step does (nothing left when the workers finished the views)
 
     return steady_ips(loader.epoch(0), steps, warmup, finish)
 
@@ -225,7 +223,7 @@ def webdataset_ips(shards: Path, steps: int = 50, warmup: int = 5) -> float:
 
 def shard_row(data: Path, skip_reference: bool) -> dict:
     """The shards columns: the set written as shards once, then measured as the folder is."""
-    from fastclr.data.shard_writer import write_shards
+    from fastclr.data.write.shards import write_shards
 
     shards = data.parent / f"{data.name}_shards"
     if not (shards / "index.json").is_file():

@@ -9,12 +9,12 @@ the cost of these ops):
       per-image transforms (RandomResizedCrop, flip, ColorJitter p=0.8, grayscale p=0.2, ToTensor,
       Normalize) in a DataLoader with workers, two views per image;
   (b) the full pretraining step: fastclr (device-resident uint8 data, batched augmentation,
-      ``make_views`` + ``train_step`` of the training loop, no host synchronisation in the step)
+      ``Batch.views`` + ``train_step`` of the training loop, no host synchronisation in the step)
       versus the reference pipeline feeding the same step: same model, loss, optimizer, precision
       (bf16 autocast where supported) and memory format (channels_last), so the ratio isolates the
       data pipeline.
   (c) aten op counts, a proxy for kernel launches (on a GPU a 32-px step launches about as much time
-      as it computes): the aten operators that the augmentation of all views (``make_views`` and the
+      as it computes): the aten operators that the augmentation of all views (``Batch.views`` and the
       channels_last copy) and one whole step (those views + ``train_step``: forward, loss, backward,
       optimizer) call, counted by a TorchDispatchMode on the CPU with the accelerator's code path
       (``augment.gathers`` False: every sample computed and selected, all views in one batch, no
@@ -42,12 +42,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
 
 from fastclr import config as C
+from fastclr.data.loaders.base import RawImages
 from fastclr.method import augment as augment_module
 from fastclr.method.augment import MEAN, STD, augment
 from fastclr.method.lars import build_optimizer, scaled_lr
 from fastclr.train.precision import autocast, pick_device, resolve
 from fastclr.train.restore import build_model
-from fastclr.train.step import augment_config, contrastive_loss, make_views, objective, train_step
+from fastclr.train.step import augment_config, contrastive_loss, objective, train_step, view_recipe
 
 
 def sync(device):
@@ -172,13 +173,13 @@ def count_ops(cfg, precision: str) -> dict[str, int]:
     B = cfg.batch_size
     images = torch.randint(0, 256, (B, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     index = torch.arange(B)
-    aug = augment_config(cfg)
+    recipe = view_recipe(cfg)
     torch.manual_seed(0)
     model = build_model(cfg).to(memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg.optimizer, scaled_lr(cfg.lr, B, cfg.lr_rule), cfg.weight_decay)
 
     def views():
-        return make_views(images, index, 0, cfg, aug).contiguous(memory_format=torch.channels_last)
+        return RawImages(index, images).views(recipe, 0).contiguous(memory_format=torch.channels_last)
 
     def step(i):
         train_step(model, opt, views(), objective(cfg), i, cpu, precision)
@@ -238,7 +239,7 @@ def main():
     ref = reference_loader(images, cfg, args.workers, B, pin=device.type == "cuda")
     ref_aug_bps = statistics.median([batches_per_second(ref, 3) for _ in range(max(2, args.repeats // 2))])
 
-    # (b) full step: the training loop's own make_views + train_step
+    # (b) full step: the training loop's own Batch.views + train_step
     torch.manual_seed(0)
     fast = build_model(cfg).to(device).to(memory_format=torch.channels_last)
     fast_opt = build_optimizer(fast, cfg.optimizer, scaled_lr(cfg.lr, B, cfg.lr_rule), cfg.weight_decay)
@@ -251,7 +252,7 @@ def main():
         lo = (state["b"] * B) % (args.images - B)
         state["b"] += 1
         idx = perm[lo : lo + B]
-        x = make_views(dev_images[idx], idx, 0, cfg, aug).contiguous(memory_format=torch.channels_last)
+        x = RawImages(idx, dev_images[idx]).views(view_recipe(cfg), 0).contiguous(memory_format=torch.channels_last)
         train_step(net, fast_opt, x, goal, state["b"], device, precision)
 
     ours_step_s = statistics.median(timed(ours_step, device, 2, args.repeats))

@@ -22,10 +22,11 @@ import fastclr
 from conftest import ROOT
 from evalkit import brute_force_knn_top1, cli, digit_folder, last_json, make_checkpoint
 from fastclr.data import datasets
+from fastclr.data.loaders.base import RawImages
 from fastclr.errors import UserError
 from fastclr.eval import embed as embed_files
 from fastclr.eval.probe import linear_probe
-from fastclr.train.step import augment_config, make_views
+from fastclr.train.step import augment_config, view_recipe
 
 # --- the public surface -------------------------------------------------------------------------
 
@@ -263,7 +264,7 @@ def test_augment_equals_the_training_views_for_the_same_keys():
     cfg = fastclr.load_config("cifar10_cpu", image_size=16, seed=3, blur=True)
     images = torch.randint(0, 256, (6, 3, 20, 24), dtype=torch.uint8)
     index = torch.tensor([4, 9, 0, 17, 2, 30])
-    want = make_views(images, index, 5, cfg, augment_config(cfg))
+    want = RawImages(index, images).views(view_recipe(cfg), 5)
     aug = fastclr.Augment.from_config(cfg)
     assert torch.equal(aug.views(images, index, epoch=5, count=cfg.views), want)
     assert torch.equal(aug(images, index, epoch=5, view=1), want[6:])

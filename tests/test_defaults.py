@@ -75,7 +75,7 @@ def test_shards_get_the_defaults_of_their_images(tmp_path, capsys, indexed):
     """Shards of 300 px photos train at the folder's size (96 px on a CPU), whether the side comes
     from the index (``fastclr prepare``) or from the headers of the first samples (a plain glob)."""
     pytest.importorskip("webdataset")
-    from fastclr.data.shard_writer import write_shards
+    from fastclr.data.write.shards import write_shards
 
     write_shards(str(_folder(tmp_path / "imgs", 300)), tmp_path / "sh", shard_size=4)
     if not indexed:

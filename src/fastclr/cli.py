@@ -68,7 +68,7 @@ def target(name: str) -> Callable[..., Any]:
     """The library function behind command ``name``, imported only when a command runs (or shows --help)."""
     from fastclr.api import index as api_index
     from fastclr.api import serve
-    from fastclr.data import write
+    from fastclr.data.write import command as write
     from fastclr.eval import dedup, distill, embed, evaluate, explain, export, finetune, index, linear, report, sts
     from fastclr.sweep import run as sweep
 

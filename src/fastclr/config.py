@@ -110,9 +110,9 @@ class Config:
     max_bad_fraction: float = setting(0.01, valid=within(0, 1), resume="free")
     # CPU processes that decode images (folders, lists, the large-image stream); 0: the main process
     workers: int = setting(4, valid=count(0, 256), resume="free")
-    # decoded images a run may hold (data/tiers.py); 0: a quarter of RAM and of the GPU's memory
+    # decoded images a run may hold (data/loaders/tiers.py); 0: a quarter of RAM and of the GPU's memory
     data_memory_gb: float = setting(0.0, valid=at_least(0, " (0: automatic)"), resume="free")
-    # where shard JPEGs are decoded (data/gpu_decode.py): auto (the CPU for now), cpu or gpu
+    # where shard JPEGs are decoded (data/loaders/gpu_decode.py): auto (the CPU for now), cpu or gpu
     decode: str = setting("auto", valid=one_of("auto", "cpu", "gpu"))
     text_column: str = "text"  # text data (text:FILE .csv/.tsv/.jsonl): the column holding the texts
     # text: tokens per text, [CLS] and [SEP] included; longer texts are truncated

@@ -21,6 +21,8 @@ def info(msg: str) -> None:
         print(f"fastclr: {msg}", file=sys.stderr, flush=True)
 
 
-def warn(msg: str) -> None:
-    """One warning line on stderr (rank 0 only): something the user may want to change."""
-    info(f"warning: {msg}")
+def warn(msg: str, every_rank: bool = False) -> None:
+    """One warning line on stderr: something the user may want to change. Rank 0 only, unless it is about
+    this process's own share of the work (``every_rank``: what the other ranks met, they say themselves)."""
+    if every_rank or is_main_process():
+        print(f"fastclr: warning: {msg}", file=sys.stderr, flush=True)

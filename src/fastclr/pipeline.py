@@ -22,14 +22,14 @@ from typing import Any, cast
 import torch
 
 from fastclr import config, log
-from fastclr.data import evalset, tiers
+from fastclr.data import evalset
 from fastclr.data.chosen import preset_from_data
 from fastclr.data.datasets import DataSplits, ImageSet, balanced_subset
+from fastclr.data.loaders import tiers
 from fastclr.eval import fewshot, quality
 from fastclr.eval.evaluate import FeatureSettings, against_random_init
 from fastclr.eval.features import all_threads
 from fastclr.eval.monitor import Monitors
-from fastclr.method.augment import AugmentConfig
 from fastclr.method.model import SimCLR
 from fastclr.train import checkpoint, dist, loop
 from fastclr.train.callbacks import Callback
@@ -143,8 +143,7 @@ def label_free(run: loop.Run, images: ImageSet, source: str, settings: FeatureSe
 
     Empty (with a warning) under two images: uniformity needs a pair.
     """
-    cfg, aug = run.cfg, run.aug
-    assert isinstance(aug, AugmentConfig)  # an image run
+    cfg, aug = run.cfg, run.recipe.image  # an image run
     if len(images) < 2:
         log.warn(f"{len(images)} held-aside image: the label-free figures need two or more")
         return {}

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fastclr.data import datasets, folders
+from fastclr.data import datasets
 from fastclr.data.sets import FileSet
+from fastclr.data.sources import folders
 from fastclr.errors import UserError
 from makeimages import pixels, write_bad, write_good
 

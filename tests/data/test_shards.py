@@ -13,9 +13,9 @@ from PIL import Image
 from conftest import ROOT
 from fastclr import config
 from fastclr.data import datasets, evalset, specs
-from fastclr.data.shard_loader import ShardLoader, batch_positions
-from fastclr.data.shard_writer import reencode, write_shards
-from fastclr.data.shards import ShardSet
+from fastclr.data.loaders.shards import ShardLoader, batch_positions
+from fastclr.data.sources.shards import ShardSet
+from fastclr.data.write.shards import reencode, write_shards
 from fastclr.train.step import augment_config
 from makeimages import jpeg_bytes
 
@@ -53,7 +53,7 @@ def aug(size=8):
 
 def epoch_batches(data, *, batch, rank=0, world=1, workers=0, epoch=0, start=0, seed=3):
     loader = ShardLoader(data, batch, seed, CPU, views=2, cfg=aug(), workers=workers, rank=rank, world_size=world)
-    return [(i.clone(), v.clone()) for i, v in loader.epoch(epoch, start)]
+    return [(b.index.clone(), b.rows.clone()) for b in loader.epoch(epoch, start)]
 
 
 @pytest.mark.parametrize("n,batch,ranks,streams,window", [(36, 12, 2, 2, 4), (37, 8, 2, 3, 1), (50, 6, 3, 2, 100)])
@@ -214,7 +214,7 @@ def test_byte_reading_workers_give_the_same_crops(shards_dir):
 
     def crops(decode, workers):
         loader = ShardLoader(data, 12, 3, CPU, views=2, cfg=aug(16), workers=workers, decode=decode)
-        return list(loader.epoch(0))
+        return [(b.index, b.rows) for b in loader.epoch(0)]
 
     pil, device = crops("cpu", 0), crops("gpu", 0)
     assert len(pil) == len(device) == len(data) // 12 == 3  # every batch of the epoch, on both paths

@@ -17,6 +17,7 @@ from torch import nn
 
 from _spawn import run_ranks
 from fastclr import config
+from fastclr.data.loaders.base import CroppedViews, FinishedViews, RawImages
 from fastclr.errors import UserError
 from fastclr.method import augment as A
 from fastclr.method.model import SimCLR
@@ -25,11 +26,10 @@ from fastclr.train.step import (
     augment_config,
     contrastive_loss,
     forward_backward,
-    make_small_views,
-    make_views,
     objective,
     small_augment_config,
     view_count,
+    view_recipe,
 )
 from synckit import NoHostSync
 
@@ -53,11 +53,11 @@ def images(n: int = B, side: int = 24, seed: int = 0) -> torch.Tensor:
 def test_small_views_count_and_size():
     cfg = cfg_with(small_crops=3, image_size=32)
     x = images()
-    full = make_views(x, torch.arange(B), 0, cfg, augment_config(cfg))
-    small = make_small_views(x, torch.arange(B), 0, cfg, augment_config(cfg))
+    full = RawImages(torch.arange(B), x).views(view_recipe(cfg), 0)
+    small = RawImages(torch.arange(B), x).small_views(view_recipe(cfg), 0)
     assert full.shape == (2 * B, 3, 32, 32)
     assert small is not None and small.shape == (3 * B, 3, 14, 14)  # 3/7 of 32, SwAV's 96 of 224
-    assert make_small_views(x, torch.arange(B), 0, cfg_with(small_crops=0), augment_config(cfg)) is None
+    assert RawImages(torch.arange(B), x).small_views(view_recipe(cfg_with(small_crops=0)), 0) is None
     assert view_count(cfg) == 5
 
 
@@ -71,8 +71,8 @@ def test_small_views_are_keyed_per_sample():
     cfg = cfg_with(small_crops=2)
     aug = augment_config(cfg)
     x, index = images(), torch.tensor([5, 17, 3, 40, 2, 9, 11, 30])
-    whole = make_small_views(x, index, 3, cfg, aug)
-    parts = [make_small_views(x[s], index[s], 3, cfg, aug) for s in (slice(0, 3), slice(3, 8))]
+    whole = RawImages(index, x).small_views(view_recipe(cfg), 3)
+    parts = [RawImages(index[s], x[s]).small_views(view_recipe(cfg), 3) for s in (slice(0, 3), slice(3, 8))]
     assert whole is not None and all(p is not None for p in parts)
     for v in range(2):  # view-major: view v of the whole batch is view v of each part, in order
         got = torch.cat([p[v * p.shape[0] // 2 : (v + 1) * p.shape[0] // 2] for p in parts if p is not None])
@@ -82,7 +82,7 @@ def test_small_views_are_keyed_per_sample():
     want = A.augment(x, index, seed=cfg.seed, epoch=3, view=cfg.views + 1, cfg=small)
     torch.testing.assert_close(whole[B:], want, rtol=0, atol=0)
     assert not torch.equal(whole[:B], whole[B:])  # two different draws
-    assert not torch.equal(whole, make_small_views(x, index, 4, cfg, aug))  # a new epoch, new views
+    assert not torch.equal(whole, RawImages(index, x).small_views(view_recipe(cfg), 4))  # a new epoch, new views
 
 
 def test_small_crop_area_is_uniform_in_range():
@@ -122,9 +122,10 @@ def test_views_cropped_by_loader_workers_are_refused():
     """The large-image path ships [V, b, 3, S, S] crops (or finished float views): no small views there."""
     cfg = cfg_with()
     cropped = torch.zeros(2, B, 3, SIDE, SIDE, dtype=torch.uint8)
-    for x in (cropped, torch.zeros(2 * B, 3, SIDE, SIDE)):
+    finished = torch.zeros(2 * B, 3, SIDE, SIDE)
+    for batch in (CroppedViews(torch.arange(B), cropped), FinishedViews(torch.arange(B), finished)):
         with pytest.raises(UserError, match="small_crops=2 needs images held in memory") as e:
-            make_small_views(x, torch.arange(B), 0, cfg, augment_config(cfg))
+            batch.small_views(view_recipe(cfg), 0)
         assert "\n" not in str(e.value)
 
 
@@ -245,11 +246,11 @@ def test_step_with_small_views_has_no_host_sync(sets, monkeypatch):
     torch.manual_seed(0)
     model = build_model(cfg).to(memory_format=torch.channels_last).train()
     optimizer = build_optimizer(model, cfg.optimizer, 0.1, cfg.weight_decay, cfg.momentum, cfg.trust_coefficient)
-    x, index, aug = images(side=12), torch.arange(B), augment_config(cfg)
+    x, index = images(side=12), torch.arange(B)
 
     def step(i: int) -> torch.Tensor:
-        full = make_views(x, index, 0, cfg, aug).contiguous(memory_format=torch.channels_last)
-        small = make_small_views(x, index, 0, cfg, aug)
+        full = RawImages(index, x).views(view_recipe(cfg), 0).contiguous(memory_format=torch.channels_last)
+        small = RawImages(index, x).small_views(view_recipe(cfg), 0)
         return train_step(model, optimizer, full, objective(cfg), i, torch.device("cpu"), "fp32", None, small)
 
     step(0)  # constants reach the device once

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fastclr import config
+from fastclr.data.loaders.base import Tokens
 from fastclr.data.text import tokenize
 from fastclr.errors import UserError
 from fastclr.method import loss
@@ -100,7 +101,7 @@ def test_text_loss_path_equals_the_image_one_on_the_same_projections(tiny_arch, 
     config.validate(cfg)
     model = restore.build_model(cfg).eval()  # no dropout: the reference sees the same z
     tokens = tokenize(tokenizer, SENTENCES[:6], 32)[0]
-    x = step.make_views(tokens, torch.arange(6), 0, cfg, step.augment_config(cfg))
+    x = Tokens(torch.arange(6), tokens).views(step.view_recipe(cfg), 0)
     got = step.forward_backward(model, x, step.objective(cfg), 0, torch.device("cpu"), "fp32")
     with torch.no_grad():
         z = model(x)[1]
@@ -118,7 +119,7 @@ def test_gradient_cache_replays_the_dropout_masks(tiny_arch, tokenizer, tmp_path
     cfg = config.Config(data=f"text:{tmp_path}/x.txt", arch=tiny_arch, temperature=0.05, proj_dim=8, head_layers=1)
     model = restore.build_model(cfg).train()
     tokens = tokenize(tokenizer, SENTENCES[:6], 32)[0]
-    x = step.make_views(tokens, torch.arange(6), 0, cfg, step.augment_config(cfg))
+    x = Tokens(torch.arange(6), tokens).views(step.view_recipe(cfg), 0)
     model.zero_grad()
     torch.manual_seed(11)
     chunked = config.Config(**{**vars(cfg), "chunk_size": x.shape[0]})
@@ -159,7 +160,7 @@ def test_frozen_word_embeddings_stay_bit_identical_while_the_rest_trains(tiny_ar
     start = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     tokens = tokenize(tokenizer, SENTENCES[:6], 32)[0]
-    x = step.make_views(tokens, torch.arange(6), 0, cfg, step.augment_config(cfg))
+    x = Tokens(torch.arange(6), tokens).views(step.view_recipe(cfg), 0)
     step.forward_backward(model, x, step.objective(cfg), 0, torch.device("cpu"), "fp32")
     opt.step()
     assert not words.requires_grad and words.grad is None

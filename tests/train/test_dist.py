@@ -20,7 +20,7 @@ import torch
 
 from _spawn import run_ranks
 from fastclr.config import Config
-from fastclr.data.loader import InMemoryLoader
+from fastclr.data.loaders.memory import InMemoryLoader
 from fastclr.errors import UserError
 from fastclr.method.model import SimCLR
 from fastclr.train import dist
@@ -47,7 +47,7 @@ def case_inputs(name: str, cfg: Config) -> torch.Tensor:
 
 
 def rank_rows(x: torch.Tensor, views: int, rank: int, world: int) -> torch.Tensor:
-    """This rank's views, view-major over its B/k samples (what make_views builds from its loader slice)."""
+    """This rank's views, view-major over its B/k samples (what its batch draws from its loader slice)."""
     b = B // world
     return torch.cat([x[v * B + rank * b : v * B + (rank + 1) * b] for v in range(views)])
 
@@ -322,10 +322,10 @@ def test_shards_lose_and_duplicate_nothing(world):
     ]
     for epoch in range(2):
         order = single.order(epoch)
-        per_rank = [list(s.epoch(epoch)) for s in shards]
+        per_rank = [[(b.index, b.rows) for b in s.epoch(epoch)] for s in shards]
         assert all(len(p) == len(single) == n // batch for p in per_rank)
         seen = []
-        for step, (index, _) in enumerate(single.epoch(epoch)):
+        for step, index in enumerate(b.index for b in single.epoch(epoch)):
             glued = torch.cat([per_rank[r][step][0] for r in range(world)])
             assert torch.equal(glued, index), "the ranks' slices put together are the single-process batch"
             assert all(torch.equal(per_rank[r][step][1][:, 0, 0, 0].long(), per_rank[r][step][0]) for r in range(world))
@@ -340,8 +340,8 @@ def test_shards_lose_and_duplicate_nothing(world):
 def test_resumed_shard_is_the_same():
     images = torch.zeros(50, 3, 2, 2, dtype=torch.uint8)
     loader = InMemoryLoader(images, 10, seed=1, device=torch.device("cpu"), rank=1, world_size=2)
-    full = [i for i, _ in loader.epoch(3)]
-    resumed = [i for i, _ in loader.epoch(3, start=2)]
+    full = [b.index for b in loader.epoch(3)]
+    resumed = [b.index for b in loader.epoch(3, start=2)]
     assert len(resumed) == len(full) - 2
     assert all(torch.equal(a, b) for a, b in zip(full[2:], resumed))
 

@@ -17,11 +17,12 @@ import pytest
 import torch
 
 from fastclr import config
-from fastclr.data.stream import crop_views
+from fastclr.data.loaders.base import Batch, CroppedViews, RawImages
+from fastclr.data.loaders.files import crop_views
 from fastclr.method import augment
 from fastclr.method.lars import build_optimizer, set_lr
 from fastclr.train.restore import build_model
-from fastclr.train.step import augment_config, make_views, objective, train_step
+from fastclr.train.step import augment_config, objective, train_step, view_recipe
 from synckit import HostSyncError, NoHostSync
 
 B, SIDE = 8, 8
@@ -32,8 +33,8 @@ def small_config(**sets) -> config.Config:
     return config.build_config(None, {}, [f"{k}={v}" for k, v in fields.items()])
 
 
-def batch(streamed: bool, cfg: config.Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(index [b], images): uint8 [b, 3, H, W] in memory, or [V, b, 3, S, S] cropped as the CPU workers do."""
+def batch(streamed: bool, cfg: config.Config, device: torch.device) -> Batch:
+    """RawImages uint8 [b, 3, H, W] as in memory, or CroppedViews [V, b, 3, S, S] cut as the CPU workers do."""
     g = torch.Generator().manual_seed(0)
     index = torch.randperm(64, generator=g)[:B]
     images = torch.randint(0, 256, (B, 3, 12, 12), dtype=torch.uint8, generator=g)
@@ -41,8 +42,9 @@ def batch(streamed: bool, cfg: config.Config, device: torch.device) -> tuple[tor
         from PIL import Image
 
         pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images]
-        images = crop_views(pil, index, seed=cfg.seed, epoch=0, views=cfg.views, cfg=augment_config(cfg))
-    return index.to(device), images.to(device)
+        crops = crop_views(pil, index, seed=cfg.seed, epoch=0, views=cfg.views, cfg=augment_config(cfg))
+        return CroppedViews(index.to(device), crops.to(device))
+    return RawImages(index.to(device), images.to(device))
 
 
 def one_step(cfg: config.Config, device: torch.device, streamed: bool, guard=contextlib.nullcontext) -> NoHostSync:
@@ -50,13 +52,12 @@ def one_step(cfg: config.Config, device: torch.device, streamed: bool, guard=con
     torch.manual_seed(0)
     model = build_model(cfg).to(device).to(memory_format=torch.channels_last).train()
     optimizer = build_optimizer(model, cfg.optimizer, 0.1, cfg.weight_decay, cfg.momentum, cfg.trust_coefficient)
-    index, images = batch(streamed, cfg, device)
-    aug = augment_config(cfg)
+    rows, recipe = batch(streamed, cfg, device), view_recipe(cfg)
     bad_step = torch.full((), -1, dtype=torch.int64, device=device)
 
     def step(i: int) -> torch.Tensor:  # what the loop does per step (train/loop.py one_step and its bookkeeping)
         set_lr(optimizer, 0.1 / (i + 1))
-        x = make_views(images, index, 0, cfg, aug).contiguous(memory_format=torch.channels_last)
+        x = rows.views(recipe, 0).contiguous(memory_format=torch.channels_last)
         value = train_step(model, optimizer, x, objective(cfg), i, device, cfg.precision)
         return torch.where((bad_step < 0) & ~torch.isfinite(value), i + 1, bad_step)
 

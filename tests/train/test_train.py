@@ -8,8 +8,9 @@ import torch
 
 from evalkit import run_knn_reference
 from fastclr import config
+from fastclr.data.loaders.base import RawImages
 from fastclr.pipeline import pretrain_and_evaluate as pretrain
-from fastclr.train.step import augment_config, make_views
+from fastclr.train.step import view_recipe
 
 
 def test_short_real_run_on_cifar_jpegs(cifar_subset, tmp_path):
@@ -41,8 +42,8 @@ def test_views_are_view_major_and_keyed():
     cfg = config.build_config(None, {}, ["views=3", "image_size=8"])
     images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
     index = torch.tensor([5, 6, 7, 8])
-    x = make_views(images, index, 0, cfg, augment_config(cfg))
+    x = RawImages(index, images).views(view_recipe(cfg), 0)
     assert x.shape == (12, 3, 8, 8)
-    again = make_views(images[2:], index[2:], 0, cfg, augment_config(cfg))
+    again = RawImages(index[2:], images[2:]).views(view_recipe(cfg), 0)
     for v in range(3):  # row v*b + i is view v of sample i, whatever the batch holds
         assert torch.equal(x[v * 4 + 2 : v * 4 + 4], again[v * 2 : v * 2 + 2])

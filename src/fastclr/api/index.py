@@ -23,8 +23,9 @@ from PIL import Image
 
 from fastclr.api.embedding import ImageData, embed
 from fastclr.api.models import Encoder, load_encoder
-from fastclr.data import datasets, folders, specs
+from fastclr.data import datasets, specs
 from fastclr.data.images import BadImage
+from fastclr.data.sources import folders
 from fastclr.errors import UserError, require_positive
 from fastclr.eval import index as store
 from fastclr.eval.index import EXACT_LIMIT, VectorIndex

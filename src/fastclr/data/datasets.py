@@ -10,14 +10,14 @@ A spec names where the images come from:
   labels; a flat folder is unlabeled (pretraining only). Write ``./cifar10`` for a folder of that name.
 - a list file (``.csv``, ``.txt``): ``path[,label]`` lines, paths relative to the list's folder; a
   ``train.*`` list with a ``test.*`` (or ``val.*``) list beside it gives the evaluation split.
-- ``prepared:DIR``: a cache written by ``fastclr prepare`` (``prepare.py``), memory-mapped.
+- ``prepared:DIR``: a cache written by ``fastclr prepare`` (``write/prepare.py``), memory-mapped.
 - ``shards:SPEC``: tar shards (a folder written by ``fastclr prepare --format shards``, a brace
-  pattern, a glob or ``pipe:`` URLs), read sequentially by loader workers (``shards.py``).
+  pattern, a glob or ``pipe:`` URLs), read sequentially by loader workers (``sources/shards.py``, ``loaders/shards.py``).
 
-Folders and lists are decoded once (``folders.py``, ``images.py``) to uint8 [N, 3, S, S] at the
+Folders and lists are decoded once (``sources/folders.py``, ``images.py``) to uint8 [N, 3, S, S] at the
 training size S (short side resized to S, centre crop). When the pretraining images are larger than
 S (median short side above S), pretraining instead streams them from disk at full resolution
-(``stream.py``: random-resized crop on CPU workers) and only the labelled evaluation splits are held
+(``loaders/files.py``: random-resized crop on CPU workers) and only the labelled evaluation splits are held
 in memory, at S. A sample's identity is its index in a sorted, stable listing.
 """
 
@@ -30,10 +30,12 @@ import numpy as np
 import torch
 
 from fastclr import log
-from fastclr.data import cache, folders, specs, standard, survey, tiers
+from fastclr.data import badfiles, specs, survey
 from fastclr.data.badfiles import BadFiles
-from fastclr.data.listing import PathList
+from fastclr.data.loaders import tiers
 from fastclr.data.sets import DataSplits, FileSet, ImageSet
+from fastclr.data.sources import cache, folders, standard
+from fastclr.data.sources.listing import PathList
 from fastclr.data.specs import parse
 from fastclr.errors import UserError
 from fastclr.method.rng import keyed_generator
@@ -100,7 +102,7 @@ def _decode_splits(name, train_list, test_list, size, *, out_dir, max_bad_fracti
     if test_list is not None:
         test, bad = _decode_listing(test_list, size, workers)
         skipped, total = skipped + bad, total + len(test_list.files)
-    folders.enforce(skipped, total, max_bad_fraction, out_dir)
+    badfiles.settle(skipped, total, max_bad_fraction, out_dir)
     if len(train) == 0:
         raise UserError(f"--data {name}: none of the {len(train_list.files)} images could be decoded; see skipped.txt")
     labelled = train.labels is not None
@@ -116,7 +118,7 @@ def _file_set(listing: folders.Listing, side: float, bad: BadFiles) -> FileSet:
 
 
 def _splits(name, train_list, test_list, size, *, out_dir, max_bad_fraction, workers, limit) -> DataSplits:
-    """A folder's tier (``tiers.py``): decoded now when it fits the budget, else files read by workers."""
+    """A folder's tier (``loaders/tiers.py``): decoded now when it fits the budget, else files read by workers."""
     side, _ = survey.median_short_side(train_list.files)
     count = len(train_list.files)
     tier = tiers.folder_tier(count, size, side, limit)
@@ -191,7 +193,7 @@ def load(
     workers: int = 0,
     memory_limit: int = 0,
 ) -> DataSplits:
-    """Resolve a data spec (see the module docstring) to images, in the tier ``tiers.py`` picks.
+    """Resolve a data spec (see the module docstring) to images, in the tier ``loaders/tiers.py`` picks.
 
     Args:
         image_size: S, the side folders and lists are decoded to (standard sets keep their own size).
@@ -210,7 +212,7 @@ def load(
     if kind == "prepared":
         return cache.load_prepared(path, sources, limit, workers)
     if kind == "shards":
-        from fastclr.data.shards import load_shards
+        from fastclr.data.sources.shards import load_shards
 
         name, shard_train, shard_test = load_shards(
             spec.partition(":")[2], out_dir=Path(out_dir) if out_dir else None, max_bad_fraction=max_bad_fraction
@@ -283,7 +285,7 @@ def median_side(spec: str) -> tuple[float, int] | None:
         return None
     kind, path = parse(spec)
     if kind == "shards":
-        from fastclr.data.shards import shards_median_side
+        from fastclr.data.sources.shards import shards_median_side
 
         side, sampled = shards_median_side(str(path))
     elif kind in ("folder", "list"):

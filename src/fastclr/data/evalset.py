@@ -22,12 +22,12 @@ import torch
 from fastclr.data.badfiles import BadFiles
 from fastclr.data.datasets import DataSplits, ImageSet, balanced_subset
 from fastclr.data.images import BadImage, decode
-from fastclr.data.listing import cache_dir
+from fastclr.data.loaders.shards import eval_batches as shard_eval_batches
+from fastclr.data.loaders.tiers import decoded_bytes
+from fastclr.data.loaders.workers import in_order, worker_cap
 from fastclr.data.sets import FileSet
-from fastclr.data.shard_loader import eval_batches as shard_eval_batches
-from fastclr.data.shards import ShardSet
-from fastclr.data.tiers import decoded_bytes
-from fastclr.data.workers import in_order, worker_cap
+from fastclr.data.sources.listing import cache_dir
+from fastclr.data.sources.shards import ShardSet
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]
 
@@ -57,7 +57,7 @@ class _Chunks(torch.utils.data.Dataset):
 def batches(data: FileSet, size: int, batch_size: int = 256, workers: int = 0) -> Iterator[Batch]:
     """(index [b], evaluation views uint8 [b, 3, S, S], bad files) of every file, in dataset order."""
     workers = worker_cap(workers)  # this process's share of the node's cores under torchrun
-    if isinstance(data, ShardSet):  # tar shards: read sequentially (shard_loader.py)
+    if isinstance(data, ShardSet):  # tar shards: read sequentially (loaders/shards.py)
         yield from shard_eval_batches(data, size, batch_size, workers)
         return
     yield from in_order(_Chunks(data.files, size, batch_size), workers)

@@ -12,7 +12,7 @@ The policy for odd inputs, applied to every file the data loaders read:
 - animated GIF/WebP and multi-page TIFF: the first frame.
 
 A file that cannot be decoded (zero bytes, not an image, truncated, unreadable, too large) raises
-:class:`BadImage` with a short reason; the caller decides whether to skip it (see ``folders.py``).
+:class:`BadImage` with a short reason; the caller decides whether to skip it (see ``badfiles.py``).
 """
 
 from __future__ import annotations

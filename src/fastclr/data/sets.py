@@ -2,7 +2,7 @@
 
 An :class:`ImageSet` holds uint8 images on the host (or memory-mapped from a prepared cache); a
 :class:`FileSet` lists files left on disk (listed, not decoded), read by loader workers
-(:mod:`fastclr.data.stream`; the tiers: :mod:`fastclr.data.tiers`); :class:`DataSplits` is what
+(:mod:`fastclr.data.loaders.files`; the tiers: :mod:`fastclr.data.loaders.tiers`); :class:`DataSplits` is what
 :func:`fastclr.data.datasets.load` returns for a spec: the images to pretrain on and the labelled
 train / test splits.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from fastclr.data.badfiles import BadFiles
-from fastclr.data.listing import PathList
+from fastclr.data.sources.listing import PathList
 
 
 def count_classes(classes: list[str] | None, labels: torch.Tensor | None) -> int:
@@ -32,7 +32,7 @@ class ImageSet:
 
     images: uint8 [N, 3, H, W]; labels: int64 [N] or None; ids: N strings (file paths or
     indices); classes: label names, or None; mapped: the cache file ``images`` is mapped from,
-    read per batch by loader workers (tier b, :mod:`fastclr.data.mapped`), or None.
+    read per batch by loader workers (tier b, :mod:`fastclr.data.loaders.mapped`), or None.
     """
 
     images: torch.Tensor
@@ -100,7 +100,7 @@ class FileSet:
 class DataSplits:
     """What a spec provides: images to pretrain on, and labelled train/test splits when known.
 
-    Each split is an ImageSet (decoded: tier a, or a mapped cache: tier b, see ``tiers.py``) or a
+    Each split is an ImageSet (decoded: tier a, or a mapped cache: tier b, see ``loaders/tiers.py``) or a
     FileSet (files read by loader workers: tier c; ``evalset.decoded`` gives its evaluation views).
     ``skipped`` holds (path, reason) of files that could not be decoded: a list when the set was
     decoded at the start, else the run's ``BadFiles`` tally, filled as the files are met.

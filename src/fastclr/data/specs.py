@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastclr.data import standard
+from fastclr.data.sources import standard
 from fastclr.errors import UserError
 
 LIST_SUFFIXES = (".csv", ".txt")

@@ -2,7 +2,7 @@
 
 Reading an image's size needs only its header (PIL opens lazily), so a sample of 1,000 files
 takes well under a second. Used for the settings chosen from the data (``fastclr/defaults.py``)
-and for picking the data tier (``tiers.py``).
+and for picking the data tier (``loaders/tiers.py``).
 """
 
 from __future__ import annotations

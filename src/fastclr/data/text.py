@@ -9,7 +9,7 @@
   uses the distinct sentences of sts-train and sts-dev (scores unused, as in unsupervised SimCSE,
   Gao et al. 2021 section 3); the pairs of every split stay available for the STS evaluation.
 
-Bad lines are handled like undecodable image files (:func:`fastclr.data.folders.enforce`): an empty
+Bad lines are handled like undecodable image files (:func:`fastclr.data.badfiles.settle`): an empty
 text, one that is not UTF-8, holds NUL characters (binary junk) or is over ``MAX_TEXT_CHARS``
 characters is skipped, counted and listed in ``OUT/skipped.txt``; more than ``max_bad_fraction`` of
 them stops the run (exit 2). Texts longer than ``max_length`` tokens are truncated, and counted.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from fastclr.data.folders import enforce
+from fastclr.data.badfiles import settle
 from fastclr.data.specs import text_parts
 from fastclr.errors import UserError
 
@@ -230,7 +230,7 @@ def _load_file(path: Path, tokenizer, max_length: int, column: str, max_bad_frac
     test_raw = read_texts(test_path, column) if test_path is not None and train_raw.labels is not None else None
     skipped = train_raw.skipped + (test_raw.skipped if test_raw else [])
     total = train_raw.total + (test_raw.total if test_raw else 0)
-    enforce(skipped, total, max_bad_fraction, out_dir, what="texts", failed="were unusable")
+    settle(skipped, total, max_bad_fraction, out_dir, what="texts", failed="were unusable")
     if not train_raw.texts:
         raise UserError(f"--data text:{path}: no usable text in {train_raw.total} line(s); see skipped.txt")
     tokens, cut = tokenize(tokenizer, train_raw.texts, max_length)

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from fastclr.config import Config
-from fastclr.data import evalset, tiers
+from fastclr.data import evalset
+from fastclr.data.loaders import tiers
 from fastclr.data.sets import FileSet
 from fastclr.errors import UserError, require_positive
 from fastclr.eval.features import extract

@@ -12,7 +12,7 @@ outvoted by the full ones and a featureless encoder scores below chance (5 class
 9 votes against 10 for each other class); with k within the smallest class a perfect encoder fills
 every vote with its own class.
 
-The CSV follows the data lists' conventions (``data/folders.py``): blank lines and ``#`` lines are
+The CSV follows the data lists' conventions (``data/sources/folders.py``): blank lines and ``#`` lines are
 skipped, and so is a first line ``path,label``. Images are decoded by :func:`fastclr.data.images.decode`
 (short side resized to the run's size, centre crop) and encoded as evaluation views.
 """

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from fastclr import config
-from fastclr.data import datasets, evalset, tiers
+from fastclr.data import datasets, evalset
 from fastclr.data.chosen import preset_from_data
+from fastclr.data.loaders import tiers
 from fastclr.errors import UserError
 from fastclr.eval.evaluate import FeatureSettings, split_features
 from fastclr.method.augment import MEAN, STD, AugmentConfig, augment

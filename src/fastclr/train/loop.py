@@ -33,22 +33,22 @@ import torch
 from torch import nn
 
 from fastclr import config, log
-from fastclr.data import datasets, tiers
-from fastclr.data.loader import Loader, build_loader
+from fastclr.data import datasets
+from fastclr.data.loaders import tiers
+from fastclr.data.loaders.base import Batch, Loader, ViewRecipe
+from fastclr.data.loaders.tiers import build_loader
 from fastclr.data.sets import FileSet, ImageSet
 from fastclr.data.text import TextSet
 from fastclr.errors import UserError
-from fastclr.method.augment import AugmentConfig
 from fastclr.method.lars import build_optimizer, scaled_lr, set_lr
 from fastclr.method.model import SimCLR
 from fastclr.method.schedule import lr_at
-from fastclr.method.text_views import TextViewConfig
 from fastclr.train import budget, checkpoint, dist, preflight
 from fastclr.train.callbacks import Callback, LoopState, batch_hook, merged_state
 from fastclr.train.precision import pick_device, resolve
 from fastclr.train.restore import build_model
 from fastclr.train.signals import StopSignal
-from fastclr.train.step import Objective, augment_config, make_small_views, make_views, objective, train_step
+from fastclr.train.step import Objective, objective, train_step, view_recipe
 from fastclr.train.tracking import MetricsLog
 
 # --- setup --------------------------------------------------------------------------------------
@@ -91,7 +91,7 @@ class Run:
     model: SimCLR  # the bare network: checkpoints and evaluation use it
     net: nn.Module  # what the step runs: DDP and/or compiled around ``model``
     optimizer: torch.optim.Optimizer
-    aug: AugmentConfig | TextViewConfig
+    recipe: ViewRecipe  # how each batch draws its views
     schedule: Schedule
     objective: Objective  # the loss and the views' layout the step optimises, built once
 
@@ -113,14 +113,14 @@ def setup(cfg: config.Config) -> Run:
         torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN time its kernels once
     torch.manual_seed(cfg.seed)
     data, images = load_images(cfg, out, tiers.budget(cfg.data_memory_gb, device))
-    aug = augment_config(cfg)
+    recipe = view_recipe(cfg)
     loader = build_loader(
         images,
         cfg.batch_size,
         cfg.seed,
         device,
         views=cfg.views,
-        aug=aug,
+        aug=recipe.aug,
         workers=cfg.workers,
         rank=dist.rank(),
         world_size=dist.world_size(),
@@ -135,13 +135,13 @@ def setup(cfg: config.Config) -> Run:
     if dist.is_main():
         config.save(cfg, out / "config.yaml")
     return Run(
-        cfg, out, device, dist.world_size(), precision, data, images, loader, model, net, optimizer, aug, schedule,
+        cfg, out, device, dist.world_size(), precision, data, images, loader, model, net, optimizer, recipe, schedule,
         objective(cfg),
     )  # fmt: skip
 
 
 def load_images(cfg: config.Config, out: Path, limit: int) -> tuple[datasets.DataSplits, Any]:
-    """The run's data (images in their tier, ``data/tiers.py``, ``limit`` bytes of decoded images at
+    """The run's data (images in their tier, ``data/loaders/tiers.py``, ``limit`` bytes of decoded images at
     most) and its pretraining images (``max_images``: a class-balanced subset), checked."""
     out_dir = out if dist.is_main() else None
     if config.is_text(cfg):  # tokenised texts: the same fields, token tensors instead of pixels
@@ -244,10 +244,10 @@ def adopt_saved_epochs(run: Run) -> None:
 def fit_budget(run: Run) -> None:
     """Time a few steps (``train/budget.py``), set ``epochs`` to what fits in ``budget_minutes``, save the config."""
     cfg = run.cfg
-    index, images = next(iter(run.loader.epoch(0, 0)))
+    batch = next(iter(run.loader.epoch(0, 0)))
 
     def step() -> torch.Tensor:
-        return one_step(run, 0, 0, run.schedule.peak_lr * 1e-3, index, images, ())
+        return one_step(run, 0, 0, run.schedule.peak_lr * 1e-3, batch, ())
 
     step_s = dist.largest(budget.seconds_per_step(step, run.model, run.optimizer, run.device), run.device)
     epochs = budget.epochs_for(cfg.budget_minutes * 60, step_s, run.schedule.steps_per_epoch)
@@ -319,13 +319,13 @@ def loop(run: Run, step: int, saved: Path, callbacks: Sequence[Callback]) -> tup
     with stop.installed():
         while tally.step < s.run_steps and not tally.stopping:
             epoch, first = divmod(tally.step, s.steps_per_epoch)
-            for index, images in run.loader.epoch(epoch, first):
+            for batch in run.loader.epoch(epoch, first):
                 lr = lr_at(tally.step, s.peak_lr, s.warmup_steps, s.total_steps)
-                value = one_step(run, tally.step, epoch, lr, index, images, callbacks)
+                value = one_step(run, tally.step, epoch, lr, batch, callbacks)
                 tally.step += 1
                 tally.bad_step = torch.where((tally.bad_step < 0) & ~torch.isfinite(value), tally.step, tally.bad_step)
-                tally.images_done += index.shape[0] * run.world  # global images
-                tally.images_log += index.shape[0] * run.world
+                tally.images_done += len(batch) * run.world  # global images
+                tally.images_log += len(batch) * run.world
                 log_now = tally.step % cfg.log_every == 0 or tally.step == s.run_steps
                 if log_now:
                     log_step(run, tally, value, lr, write_record, progress)
@@ -358,17 +358,15 @@ def one_step(
     step: int,
     epoch: int,
     lr: float,
-    index: torch.Tensor,
-    images: torch.Tensor,
+    batch: Batch,
     callbacks: Sequence[Callback],
 ) -> torch.Tensor:
-    """Views of one batch, one optimisation step at learning rate ``lr``; the loss as a device tensor."""
+    """Views of one batch (the batch draws them), one optimisation step at learning rate ``lr``; the loss
+    as a device tensor."""
     set_lr(run.optimizer, lr)
-    x = make_views(images, index, epoch, run.cfg, run.aug)
-    if run.cfg.channels_last and x.dim() == 4:  # images; text views are token ids [V*b, L]
-        x = x.contiguous(memory_format=torch.channels_last)
-    small = make_small_views(images, index, epoch, run.cfg, run.aug)  # multi-crop's small views, or None
-    on_h = batch_hook(callbacks, index)
+    x = batch.views(run.recipe, epoch)
+    small = batch.small_views(run.recipe, epoch)  # multi-crop's small views, or None
+    on_h = batch_hook(callbacks, batch.index)
     return train_step(run.net, run.optimizer, x, run.objective, step, run.device, run.precision, on_h, small)
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from fastclr import config
-from fastclr.data import datasets, evalset, tiers
+from fastclr.data import datasets, evalset
+from fastclr.data.loaders import tiers
 from fastclr.errors import UserError
 from fastclr.method.encoder import freeze_patch_embedding
 from fastclr.method.model import SimCLR

@@ -5,9 +5,10 @@ shapes, and it returns the loss as a device tensor that the loop reads only ever
 steps. tests/train/test_sync_free.py runs it under a dispatch mode that fails on any host sync.
 
 Multi-crop (Caron et al. 2020, SwAV section 3.2): ``small_crops`` extra low-resolution views per
-image (:func:`make_small_views`). Views of two sizes cannot share a tensor, so the encoder runs once
-per size group and the projections are concatenated view-major, all full-size views then all small
-ones, before the loss: every other view of an image, small or full, is a positive.
+image (``ViewRecipe.small``, drawn by the batch: ``data/loaders/base.py``). Views of two sizes cannot
+share a tensor, so the encoder runs once per size group and the projections are concatenated
+view-major, all full-size views then all small ones, before the loss: every other view of an image,
+small or full, is a positive.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from fastclr import config
-from fastclr.data.stream import finish_views
-from fastclr.errors import UserError
+from fastclr.data.loaders.base import ViewRecipe
 from fastclr.method import loss
-from fastclr.method.augment import AugmentConfig, small_view_config, small_view_size, views
+from fastclr.method.augment import AugmentConfig, small_view_config, small_view_size
 from fastclr.method.rng import keyed_uniform
-from fastclr.method.text_views import TextViewConfig, make_text_views
+from fastclr.method.text_views import TextViewConfig
 from fastclr.train import dist, gradcache
 from fastclr.train.precision import autocast
 
@@ -41,23 +41,13 @@ def augment_config(cfg: config.Config) -> AugmentConfig | TextViewConfig:
     )
 
 
-def make_views(
-    images: torch.Tensor, index: torch.Tensor, epoch: int, cfg: config.Config, aug: AugmentConfig | TextViewConfig
-) -> torch.Tensor:
-    """All V views of a batch, view-major: rows v*b .. (v+1)*b - 1 are view v. [V*b, 3, S, S].
-
-    ``images`` is uint8 [b, 3, H, W] (in-memory path), or [V, b, 3, S, S]: views already cropped by
-    the CPU workers of the large-image path (stream.py), which only need the pixel ops here, or
-    float [V*b, 3, S, S]: views those workers finished too (when the device is the CPU). Text:
-    token tensors [b, 2, L] -> token ids [V*b, L] (:func:`fastclr.method.text_views.make_text_views`).
-    """
-    if isinstance(aug, TextViewConfig):
-        return make_text_views(images, index, cfg.seed, epoch, cfg.views, aug)
-    if images.is_floating_point():
-        return images
-    if images.dim() == 5:
-        return finish_views(images, index, seed=cfg.seed, epoch=epoch, cfg=aug)
-    return views(images, index, seed=cfg.seed, epoch=epoch, first=0, count=cfg.views, cfg=aug)
+def view_recipe(cfg: config.Config) -> ViewRecipe:
+    """How this run's batches draw their views (``data/loaders/base.py``): ``views`` full-size ones with
+    :func:`augment_config`, multi-crop's ``small_crops`` with :func:`small_augment_config`, in the
+    channels_last layout when ``channels_last`` is set."""
+    aug = augment_config(cfg)
+    small = small_augment_config(cfg, aug) if cfg.small_crops and isinstance(aug, AugmentConfig) else None
+    return ViewRecipe(cfg.seed, cfg.views, aug, cfg.small_crops, small, cfg.channels_last)
 
 
 def view_count(cfg: config.Config) -> int:
@@ -69,26 +59,6 @@ def small_augment_config(cfg: config.Config, aug: AugmentConfig) -> AugmentConfi
     """The small views' settings: ``aug`` at ``small_crop_size`` with the small crop-area range."""
     size = small_view_size(cfg.image_size, cfg.small_crop_size)
     return small_view_config(aug, size, cfg.small_crop_min_scale, cfg.small_crop_max_scale)
-
-
-def make_small_views(
-    images: torch.Tensor, index: torch.Tensor, epoch: int, cfg: config.Config, aug: AugmentConfig | TextViewConfig
-) -> torch.Tensor | None:
-    """Multi-crop's small views of a batch, view-major: [small_crops*b, 3, s, s] (None when off).
-
-    Keyed on view numbers ``views`` .. ``views + small_crops - 1``, after the full-size views, so a
-    sample's small views do not depend on the batch, worker or process count either.
-    """
-    if not cfg.small_crops or isinstance(aug, TextViewConfig):
-        return None
-    if images.dim() != 4 or images.is_floating_point():
-        raise UserError(
-            f"small_crops={cfg.small_crops} needs images held in memory, but these are cropped by loader workers "
-            "(images larger than image_size, shards, or over data_memory_gb): set small_crops=0, or decode them once "
-            f"with `fastclr prepare DATA --size {cfg.image_size} --out DIR` and train on --data prepared:DIR"
-        )
-    small = small_augment_config(cfg, aug)
-    return views(images, index, seed=cfg.seed, epoch=epoch, first=cfg.views, count=cfg.small_crops, cfg=small)
 
 
 LossFn = Callable[[torch.Tensor, int], torch.Tensor]  # (z [V*b, D] view-major, step) -> scalar
@@ -169,7 +139,7 @@ def forward_backward(
 ) -> torch.Tensor:
     """Loss and gradients (in ``.grad``) of one step on this rank's views x [V*b, 3, S, S].
 
-    ``small`` [small_crops*b, 3, s, s]: multi-crop's small views (:func:`make_small_views`), or None.
+    ``small`` [small_crops*b, 3, s, s]: multi-crop's small views (``Batch.small_views``), or None.
     The encoder runs once on x and once on them (BN statistics per size group, as SwAV) and the
     loss sees their projections concatenated view-major, x's first.
     With ``obj.chunk_size`` > 0 the gradient cache of :mod:`fastclr.train.gradcache` computes the same

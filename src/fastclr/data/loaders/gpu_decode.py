@@ -1,7 +1,7 @@
 """JPEG decoding on the GPU: loader workers read bytes, the device decodes, crops and resizes in batches.
 
 At ImageNet size the CPU decode is the bottleneck of a GPU run (two cores decode a few hundred 224 px
-images a second). With ``decode=gpu`` the shard workers (``shard_loader.py``) send the encoded
+images a second). With ``decode=gpu`` the shard workers (``shards.py``) send the encoded
 bytes; ``torchvision.io.decode_jpeg(device="cuda")`` (nvJPEG) decodes the batch, and the random
 resized crop + flip are cut on the device with the same keyed draws as the CPU path
 (``augment.sample_params`` on the full-resolution size, then a bilinear antialiased resize, as PIL's

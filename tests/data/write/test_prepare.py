@@ -9,7 +9,7 @@ import torch
 
 from conftest import CIFAR_ARCHIVE
 from fastclr.data import datasets
-from fastclr.data.prepare import prepare
+from fastclr.data.write.prepare import prepare
 from fastclr.errors import UserError
 from makeimages import write_bad, write_good
 

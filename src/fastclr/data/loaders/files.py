@@ -21,11 +21,12 @@ from PIL import Image
 
 from fastclr.data.badfiles import BadFiles
 from fastclr.data.images import BadImage, open_rgb
-from fastclr.data.order import batch_index, epoch_order
+from fastclr.data.loaders.base import Batch, CroppedViews, FinishedViews, finish_views
+from fastclr.data.loaders.order import batch_index, epoch_order
+from fastclr.data.loaders.workers import EpochSampler, epoch_loader, guarded
 from fastclr.data.sets import FileSet
-from fastclr.data.workers import EpochSampler, epoch_loader, guarded
 from fastclr.errors import UserError
-from fastclr.method.augment import AugmentConfig, apply_pixel_ops, normalize, sample_params, to_float
+from fastclr.method.augment import AugmentConfig, sample_params
 
 
 def crop_views(
@@ -54,23 +55,6 @@ def crop_views(
                 view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             out[v, i] = np.asarray(view)
     return torch.from_numpy(out).permute(0, 1, 4, 2, 3).contiguous()
-
-
-def finish_views(
-    views: torch.Tensor, index: torch.Tensor, *, seed: int, epoch: int, cfg: AugmentConfig
-) -> torch.Tensor:
-    """The pixel part on the device: uint8 [V, b, 3, S, S] -> normalised float32 [V*b, 3, S, S] (view-major).
-
-    The colour, grayscale and blur numbers do not depend on the image size, so the keyed draws
-    equal those of ``crop_views`` (and of ``augment.augment``) for the same (seed, epoch, index, view).
-    """
-    index = index.to(views.device)
-    one = torch.ones(index.shape[0], device=views.device)
-    out = []
-    for v in range(views.shape[0]):
-        p = sample_params(index, one, one, seed=seed, epoch=epoch, view=v, cfg=cfg)
-        out.append(normalize(apply_pixel_ops(to_float(views[v]), p, cfg)))
-    return torch.cat(out)
 
 
 MAX_REPLACEMENTS = 64  # files tried in a row before a batch gives up
@@ -125,13 +109,13 @@ class _Batches(torch.utils.data.Dataset):
         return index, views, bad
 
 
-class StreamLoader:
-    """Yields (index [b], views uint8 [V, b, 3, S, S]) on ``device``; b = batch_size / world_size.
+class FileLoader:
+    """Yields CroppedViews (index [b], uint8 [V, b, 3, S, S]) on ``device``; b = batch_size / world_size.
 
-    Same order and batching as ``loader.InMemoryLoader``; ``workers`` CPU processes decode and crop
+    Same order and batching as ``memory.InMemoryLoader``; ``workers`` CPU processes decode and crop
     (0: this process), a few batches ahead of the device. When the device is the CPU itself and there
     are workers, they apply the pixel ops too (same keyed draws, so the same views) and the loader
-    yields finished float32 views [V*b, 3, S, S]: the main process is left to the model. Bad files met
+    yields FinishedViews, float32 [V*b, 3, S, S]: the main process is left to the model. Bad files met
     are reported to ``bad`` (``badfiles.py``: skipped.txt, the count, the max_bad_fraction stop); a
     worker's death ends the run with one line naming ``resume``, the command that continues it.
     """
@@ -158,16 +142,17 @@ class StreamLoader:
         self.sampler = EpochSampler(len(self))
         finish = device.type == "cpu" and workers > 0
         self.batches = _Batches(data.files, batch_size, seed, views, cfg, rank, world_size, finish)
+        self.batch: type[Batch] = FinishedViews if finish else CroppedViews
         self.loader = epoch_loader(self.batches, self.sampler, workers, device.type == "cuda")
 
     def __len__(self) -> int:
         """Steps per epoch."""
         return self.n // self.batch_size
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Batches of ``epoch`` from step ``start`` on (for resuming mid-epoch)."""
         self.sampler.epoch, self.sampler.start = epoch, start
         for index, views, bad in guarded(self.loader, self.resume):
             if self.bad is not None:
                 self.bad.met(index.shape[0] + len(bad), bad)
-            yield index.to(self.device, non_blocking=True), views.to(self.device, non_blocking=True)
+            yield self.batch(index.to(self.device, non_blocking=True), views.to(self.device, non_blocking=True))

@@ -18,7 +18,7 @@ Every position is a pure function of (seed, epoch, k, w, step), so resuming at s
 (``epoch(e, s)``) reads exactly the samples an uninterrupted run would have read from there on;
 this holds for the same number of ranks and workers (another worker count lays the rest of that
 epoch out anew). The random crop and colour draws are keyed on the sample's position in the set
-(``stream.crop_views``), so a sample's views do not depend on the rank, the worker or the order.
+(``files.crop_views``), so a sample's views do not depend on the rank, the worker or the order.
 A member that cannot be decoded is reported like a bad file (``badfiles.py``) and replaced by the
 next readable sample of its batch.
 """
@@ -32,9 +32,10 @@ import numpy as np
 import torch
 
 from fastclr.data.images import BadImage, decode, open_rgb
-from fastclr.data.shards import ShardSet, image_bytes, sample_id, samples
-from fastclr.data.stream import crop_views, finish_views
-from fastclr.data.workers import EpochSampler, epoch_loader, guarded, in_order
+from fastclr.data.loaders.base import Batch, CroppedViews, FinishedViews, finish_views
+from fastclr.data.loaders.files import crop_views
+from fastclr.data.loaders.workers import EpochSampler, epoch_loader, guarded, in_order
+from fastclr.data.sources.shards import ShardSet, image_bytes, sample_id, samples
 from fastclr.errors import UserError
 from fastclr.method.augment import AugmentConfig
 from fastclr.method.rng import keyed_generator
@@ -190,10 +191,10 @@ class _ShardBatches(torch.utils.data.Dataset):
 
 
 class ShardLoader:
-    """Yields (index [b], views) on ``device`` for a ShardSet; b = batch_size / world_size.
+    """Yields batches of views on ``device`` for a ShardSet; b = batch_size / world_size.
 
-    Views as ``stream.StreamLoader`` yields them (uint8 [V, b, 3, S, S], or float32 when the device is
-    the CPU and there are workers); with ``decode="gpu"`` the workers only read bytes and
+    Views as ``files.FileLoader`` yields them (CroppedViews uint8 [V, b, 3, S, S], or FinishedViews
+    float32 when the device is the CPU and there are workers); with ``decode="gpu"`` the workers only read bytes and
     ``gpu_decode.decode_crop_views`` decodes and crops on the device.
     """
 
@@ -209,6 +210,7 @@ class ShardLoader:
             data, batch_size, seed, views, cfg, rank=rank, world_size=world_size, streams=max(workers, 1), mode=mode,
             window=window,
         )  # fmt: skip
+        self.batch: type[Batch] = FinishedViews if mode == "finish" else CroppedViews
         self.sampler = EpochSampler(len(self))
         self.loader = epoch_loader(self.batches, self.sampler, workers, device.type == "cuda" and mode != "bytes")
 
@@ -216,9 +218,9 @@ class ShardLoader:
         """Steps per epoch."""
         return self.n // self.batch_size
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Batches of ``epoch`` from step ``start`` on (resume: exact at step granularity)."""
-        from fastclr.data import gpu_decode
+        from fastclr.data.loaders import gpu_decode
 
         self.sampler.epoch, self.sampler.start = epoch, start
         for index, views, bad in guarded(self.loader, self.resume):
@@ -230,7 +232,7 @@ class ShardLoader:
                 )
             if self.bad is not None:
                 self.bad.met(index.shape[0] + len(bad), bad)
-            yield index.to(self.device, non_blocking=True), views.to(self.device, non_blocking=True)
+            yield self.batch(index.to(self.device, non_blocking=True), views.to(self.device, non_blocking=True))
 
 
 class _EvalChunks(torch.utils.data.Dataset):

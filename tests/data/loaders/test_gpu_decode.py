@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from fastclr import config
-from fastclr.data import gpu_decode
-from fastclr.data.stream import crop_views
+from fastclr.data.loaders import gpu_decode
+from fastclr.data.loaders.files import crop_views
 from fastclr.errors import UserError
 from fastclr.train.step import augment_config
 

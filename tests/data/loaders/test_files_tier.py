@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from fastclr.data import badfiles, datasets, evalset, images
-from fastclr.data.loader import build_loader
+from fastclr.data.loaders.tiers import build_loader
 from fastclr.data.sets import FileSet
 from fastclr.errors import UserError
 from fastclr.method.augment import AugmentConfig
@@ -23,7 +23,7 @@ def _large(folder, n, start=0):
 
 def _epoch(data, workers=0, batch=8, epoch=0):
     loader = build_loader(data.pretrain, batch, 0, torch.device("cpu"), views=2, aug=CFG, workers=workers)
-    return [(i.clone(), v.clone()) for i, v in loader.epoch(epoch)]
+    return [(b.index.clone(), b.rows.clone()) for b in loader.epoch(epoch)]
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -1,4 +1,4 @@
-"""Users' own images: listing a folder or a file list, decoding all of it, and the bad-file policy.
+"""Users' own images: listing a folder or a file list, and decoding all of it.
 
 A sample's identity is its index in a sorted, stable listing (sorted by path relative to the
 root), so it is the same on every machine, worker count and process count.
@@ -7,9 +7,8 @@ Listing: the folder is walked recursively, following symbolic links but never en
 twice (a link loop cannot derail the scan); hidden files and folders (``.DS_Store``, ``._x.jpg``,
 ``.git``) and ``__MACOSX`` are ignored; only files with an image suffix are kept.
 
-Bad files: a file that cannot be decoded is skipped with a warning and listed with its reason in
-``OUT/skipped.txt``; if more than ``max_bad_fraction`` of the files are bad the run stops (exit 2)
-before training.
+Bad files: a file that cannot be decoded is left out and reported with its reason, for the policy of
+``data/badfiles.py`` (skipped.txt, the warning, the ``max_bad_fraction`` stop before training).
 """
 
 from __future__ import annotations
@@ -23,15 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fastclr import log
 from fastclr.data.images import BadImage, decode
-from fastclr.data.listing import cached_scan
-from fastclr.data.workers import worker_cap
+from fastclr.data.loaders.workers import worker_cap
+from fastclr.data.sources.listing import cached_scan
 from fastclr.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _IGNORED_DIRS = ("__MACOSX",)
-_WARN_FIRST = 10  # warnings printed one per file; the rest are summed up
 
 
 @dataclass
@@ -193,42 +190,3 @@ def decode_all(
     if not keep.all():
         images, hw = images[keep], hw[keep]
     return images, keep, hw, skipped
-
-
-def enforce(
-    skipped: list[tuple[str, str]],
-    total: int,
-    max_fraction: float,
-    out_dir: Path | None,
-    what: str = "files",
-    failed: str = "could not be decoded",
-) -> None:
-    """The bad-file policy: warn, write ``out_dir/skipped.txt``, stop if too many files are bad.
-
-    Args:
-        skipped: (path, reason) of every file that could not be decoded.
-        total: how many files were listed (good and bad).
-        what, failed: the words of the messages ("texts", "were unusable" for text data).
-    Raises:
-        UserError: more than ``max_fraction`` of the files are bad (after writing skipped.txt).
-    """
-    if not skipped:
-        return
-    where = "skipped.txt"
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        where = str(out_dir / "skipped.txt")
-        with open(where, "w") as f:
-            f.write("# path\treason\n")
-            f.writelines(f"{p}\t{r}\n" for p, r in skipped)
-    for p, r in skipped[:_WARN_FIRST]:
-        log.warn(f"skipped {p}: {r}")
-    if len(skipped) > _WARN_FIRST:
-        log.warn(f"... and {len(skipped) - _WARN_FIRST} more")
-    fraction = len(skipped) / max(total, 1)
-    log.warn(f"skipped {len(skipped)} of {total} {what} that {failed} (list: {where})")
-    if fraction > max_fraction:
-        raise UserError(
-            f"{len(skipped)} of {total} {what} ({fraction:.1%}) {failed}, more than max_bad_fraction="
-            f"{max_fraction:g}; see {where}, fix or remove those {what}, or raise it with --set max_bad_fraction=F"
-        )

@@ -2,7 +2,7 @@
 
 SPEC is one of:
 
-- a folder written by ``fastclr prepare --format shards`` (``shard_writer.py``): its ``index.json``
+- a folder written by ``fastclr prepare --format shards`` (``data/write/shards.py``): its ``index.json``
   lists each split's shards with their member keys and labels, so nothing is read to count them;
 - a folder of ``*.tar`` files without an index: ``train-*.tar`` (or all of them) is the training
   split, ``val-*.tar`` / ``test-*.tar`` the evaluation split;
@@ -215,7 +215,7 @@ def shards_median_side(spec: str, count: int = SURVEY) -> tuple[float, int]:
 
 
 def read_index(folder: Path) -> dict:
-    """The folder's ``index.json`` (``shard_writer.py``), checked."""
+    """The folder's ``index.json`` (``data/write/shards.py``), checked."""
     try:
         index = json.loads((folder / INDEX).read_text())
     except (OSError, ValueError) as e:

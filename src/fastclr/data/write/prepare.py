@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastclr.data import datasets, folders, specs, standard
-from fastclr.data.cache import FORMAT, VERSION, fingerprint
+from fastclr.data import badfiles, datasets, specs
 from fastclr.data.images import fit
 from fastclr.data.sets import FileSet, ImageSet
+from fastclr.data.sources import folders, standard
+from fastclr.data.sources.cache import FORMAT, VERSION, fingerprint
 from fastclr.errors import UserError, require_fraction
 
 
@@ -163,7 +164,7 @@ def _write_listed(
     if test is not None:
         splits["test"], bad = _folder_split(out, "test", test, size, workers)
         skipped, total = skipped + bad, total + len(test.files)
-    folders.enforce(skipped, total, max_bad_fraction, out)
+    badfiles.settle(skipped, total, max_bad_fraction, out)
     if splits["train"]["count"] == 0:
         raise UserError(f"{spec}: none of the {total} images could be decoded; see {out / 'skipped.txt'}")
     return splits, list(train.files) + (list(test.files) if test is not None else []), len(skipped)

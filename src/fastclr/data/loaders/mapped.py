@@ -3,7 +3,7 @@
 Each worker opens the cache's ``.u8`` file as a read-only ``np.memmap`` and copies out the rows of
 its batch, so only the batches in flight exist as private memory; the OS page cache holds the
 file's pages once for every worker and rank. Order and batching are those of
-``loader.InMemoryLoader`` (same keyed permutation, same per-rank slices), and the device then
+``memory.InMemoryLoader`` (same keyed permutation, same per-rank slices), and the device then
 augments the uint8 batch exactly as it does an in-memory one, so a run on tier (b) equals a run on
 tier (a) step for step.
 """
@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastclr.data.order import batch_index, epoch_order
-from fastclr.data.workers import EpochSampler, epoch_loader, guarded
+from fastclr.data.loaders.base import Batch, RawImages
+from fastclr.data.loaders.order import batch_index, epoch_order
+from fastclr.data.loaders.workers import EpochSampler, epoch_loader, guarded
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -75,8 +76,8 @@ class MappedLoader:
         """Steps per epoch."""
         return self.n // self.batch_size
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Batches of ``epoch`` from step ``start`` on (for resuming mid-epoch)."""
         self.sampler.epoch, self.sampler.start = epoch, start
         for index, images in guarded(self.loader, self.resume):
-            yield index.to(self.device, non_blocking=True), images.to(self.device, non_blocking=True)
+            yield RawImages(index.to(self.device, non_blocking=True), images.to(self.device, non_blocking=True))

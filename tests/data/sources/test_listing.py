@@ -7,7 +7,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from fastclr.data import datasets, folders, images, listing, survey
+from fastclr.data import datasets, images, survey
+from fastclr.data.sources import folders, listing
 from makeimages import write_good
 
 

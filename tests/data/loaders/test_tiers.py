@@ -1,13 +1,14 @@
-"""The data tiers: the memory-mapped loader equals the in-memory one, the bad-file tally, a worker's death."""
+"""The data tiers: the memory-mapped loader equals the in-memory one, a worker's death."""
 
 import numpy as np
 import pytest
 import torch
 
-from fastclr.data import badfiles, tiers
-from fastclr.data.loader import InMemoryLoader
-from fastclr.data.mapped import MappedLoader
-from fastclr.data.workers import death_cause, guarded
+from fastclr.data.loaders import tiers
+from fastclr.data.loaders.base import RawImages
+from fastclr.data.loaders.mapped import MappedLoader
+from fastclr.data.loaders.memory import InMemoryLoader
+from fastclr.data.loaders.workers import death_cause, guarded
 from fastclr.errors import UserError
 
 
@@ -22,32 +23,9 @@ def test_mapped_loader_yields_the_in_memory_batches(tmp_path, workers):
     for epoch, start in ((0, 0), (1, 2)):
         got, want = list(mapped.epoch(epoch, start)), list(ref.epoch(epoch, start))
         assert len(got) == len(want) == 4 - start
-        for (i, x), (j, y) in zip(got, want):
-            assert torch.equal(i, j) and torch.equal(x, y)
-
-
-def test_bad_files_stop_only_after_the_minimum_sample(tmp_path, monkeypatch):
-    monkeypatch.setattr(badfiles, "MIN_SEEN", 100)
-    bad = badfiles.BadFiles(tmp_path, 0.05, total=10_000)
-    bad.met(50, [(f"/x/{i}.jpg", "empty file (0 bytes)") for i in range(4)])  # 8% of 50, but only 50 seen
-    assert len(bad) == 4
-    bad.met(50, [("/x/0.jpg", "empty file (0 bytes)")])  # met again: counted once; 4% of 100
-    new = [(f"/x/new{i}.jpg", "not an image (unknown format)") for i in range(4)]
-    with pytest.raises(UserError, match=r"8 of the 150 .*max_bad_fraction=0.05.*skipped.txt"):
-        bad.met(50, new)
-    lines = (tmp_path / "skipped.txt").read_text().splitlines()
-    assert (
-        lines[0].startswith("#") and len(lines) == 1 + 8 and lines[-1] == "/x/new3.jpg\tnot an image (unknown format)"
-    )
-    again = badfiles.BadFiles(tmp_path, 0.05, total=10_000)  # a resumed run keeps the list
-    assert len(again) == 8
-
-
-def test_small_sets_check_once_every_file_is_seen(tmp_path):
-    bad = badfiles.BadFiles(None, 0.1, total=20)
-    bad.met(19, [("/a.jpg", "x"), ("/b.jpg", "x"), ("/c.jpg", "x")])
-    with pytest.raises(UserError, match="3 of the 20"):
-        bad.met(1, [])
+        for a, b in zip(got, want, strict=True):
+            assert type(a) is type(b) is RawImages  # drawn on the device exactly as in-memory images are
+            assert torch.equal(a.index, b.index) and torch.equal(a.rows, b.rows)
 
 
 @pytest.mark.parametrize(
@@ -66,7 +44,7 @@ def test_worker_death_cause(message, cause):
 
 KILLED_WORKER = """
 import os, signal, sys, torch
-from fastclr.data.mapped import MappedLoader
+from fastclr.data.loaders.mapped import MappedLoader
 from fastclr.errors import UserError
 path = sys.argv[1]
 torch.zeros(64, 3, 4, 4, dtype=torch.uint8).numpy().tofile(path)

@@ -1,12 +1,12 @@
 """``fastclr prepare``: a data set written once for fast reading, as the decoded cache (``prepare.py``,
-``--data prepared:DIR``) or as tar shards of encoded images (``shard_writer.py``, ``--data shards:DIR``)."""
+``--data prepared:DIR``) or as tar shards of encoded images (``shards.py``, ``--data shards:DIR``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fastclr.data.prepare import prepare
-from fastclr.data.shard_writer import write_shards
+from fastclr.data.write.prepare import prepare
+from fastclr.data.write.shards import write_shards
 
 
 def command(

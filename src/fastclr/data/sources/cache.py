@@ -1,6 +1,6 @@
 """The prepared cache, read side: ``prepared:DIR`` as DataSplits, refused when its source changed.
 
-The layout (written by :mod:`fastclr.data.prepare`): per split, ``DIR/{split}.images.u8`` (raw uint8
+The layout (written by :mod:`fastclr.data.write.prepare`): per split, ``DIR/{split}.images.u8`` (raw uint8
 [N, 3, S, S]), ``DIR/{split}.labels.npy`` and ``DIR/{split}.ids.json``; ``DIR/meta.json`` holds the
 format, size, the absolute spec, the splits and the source's file list with byte sizes.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from fastclr import log
-from fastclr.data import tiers
+from fastclr.data.loaders import tiers
 from fastclr.data.sets import DataSplits, FileSet, ImageSet
 from fastclr.errors import UserError
 
@@ -70,7 +70,7 @@ def _split(d: Path, name: str, info: dict, size: int, limit: int) -> ImageSet:
 
 
 def load_prepared(d: Path, sources: Callable[[str], list[Path]], limit: int = 0, workers: int = 0) -> DataSplits:
-    """A cache written by :func:`fastclr.data.prepare.prepare` as DataSplits (images memory-mapped,
+    """A cache written by :func:`fastclr.data.write.prepare.prepare` as DataSplits (images memory-mapped,
     not read up front); ``sources`` lists a spec's files, to refuse a cache whose source changed.
 
     Args:

@@ -1,16 +1,18 @@
-"""The large-image path (CPU crop + device pixel ops) draws the same views as the in-memory path."""
+"""The files tier (CPU crop + device pixel ops) draws the same views as the in-memory path."""
 
 import pytest
 import torch
 from PIL import Image
 
+from fastclr.data.loaders.base import CroppedViews, FinishedViews, ViewRecipe, finish_views
+from fastclr.data.loaders.files import FileLoader, crop_views
 from fastclr.data.sets import FileSet
-from fastclr.data.stream import StreamLoader, crop_views, finish_views
 from fastclr.method import augment
 from fastclr.method.augment import AugmentConfig
 from makeimages import pixels
 
 CFG = AugmentConfig(size=32, min_scale=0.08, flip=True, color_strength=0.5)
+RECIPE = ViewRecipe(seed=1, views=2, aug=CFG)
 
 
 def smooth_images(n, h, w):
@@ -57,7 +59,7 @@ def test_stream_views_match_device_views(h, w):
     assert ((full - ref) * std).abs().mean() < 0.01  # in [0, 1] units, after the colour ops
 
 
-def test_stream_loader_independent_of_worker_count(tmp_path):
+def test_file_loader_independent_of_worker_count(tmp_path):
     files = []
     for i in range(12):
         p = tmp_path / f"{i:02d}.png"
@@ -66,21 +68,23 @@ def test_stream_loader_independent_of_worker_count(tmp_path):
     data = FileSet(files, side=36)
     runs = []
     for workers in (0, 2):
-        loader = StreamLoader(data, 4, seed=1, device=torch.device("cpu"), views=2, cfg=CFG, workers=workers)
-        runs.append([(i.clone(), v.clone(), e) for e in (0, 1) for i, v in loader.epoch(e)])
+        loader = FileLoader(data, 4, seed=1, device=torch.device("cpu"), views=2, cfg=CFG, workers=workers)
+        batches = [(b, e) for e in (0, 1) for b in loader.epoch(e)]
+        # workers on a CPU device finish the views themselves (pixel ops included); in this process, only crops
+        assert all(type(b) is (FinishedViews if workers else CroppedViews) for b, _ in batches)
+        runs.append([(b.index.clone(), b.rows.clone(), e) for b, e in batches])
     assert [len(r) for r in runs] == [6] * len(runs)  # 12 files, batch 4, 2 epochs: nothing dropped or truncated
     for (i0, v0, e), (i1, v1, _) in zip(*runs, strict=True):
-        # workers on a CPU device finish the views themselves (pixel ops included): the same views
-        assert v0.dtype == torch.uint8 and v1.dtype == torch.float32
+        assert v0.dtype == torch.uint8 and v1.dtype == torch.float32  # the same views, finished where they were cut
         finished = finish_views(v0, i0, seed=1, epoch=e, cfg=CFG)
         assert torch.equal(i0, i1) and torch.allclose(finished, v1, atol=1e-5)
+        assert torch.equal(CroppedViews(i0, v0).views(RECIPE, e), FinishedViews(i1, finished).views(RECIPE, e))
     # two processes of batch 2 each cover the single process's batch of 4, in order
     halves = [
-        StreamLoader(data, 4, seed=1, device=torch.device("cpu"), views=2, cfg=CFG, rank=r, world_size=2)
-        for r in (0, 1)
+        FileLoader(data, 4, seed=1, device=torch.device("cpu"), views=2, cfg=CFG, rank=r, world_size=2) for r in (0, 1)
     ]
     for (i, v, _), a, b in zip(runs[0][:3], halves[0].epoch(0), halves[1].epoch(0), strict=True):
-        assert torch.equal(i, torch.cat([a[0], b[0]])) and torch.equal(v, torch.cat([a[1], b[1]], 1))
+        assert torch.equal(i, torch.cat([a.index, b.index])) and torch.equal(v, torch.cat([a.rows, b.rows], 1))
 
 
 def test_resume_mid_epoch_gives_the_same_batches(tmp_path):
@@ -88,12 +92,12 @@ def test_resume_mid_epoch_gives_the_same_batches(tmp_path):
     for i in range(8):
         Image.fromarray(pixels(i, 40, 40)).save(tmp_path / f"{i}.png")
         files.append(tmp_path / f"{i}.png")
-    loader = StreamLoader(FileSet(files, side=40), 2, seed=0, device=torch.device("cpu"), views=2, cfg=CFG)
+    loader = FileLoader(FileSet(files, side=40), 2, seed=0, device=torch.device("cpu"), views=2, cfg=CFG)
     full = list(loader.epoch(3))
     resumed = list(loader.epoch(3, start=2))
     assert len(full) == 4 and len(resumed) == 2  # 8 files, batch 2: resumed at batch 2 of 4
     for a, b in zip(full[2:], resumed, strict=True):
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        assert torch.equal(a.index, b.index) and torch.equal(a.rows, b.rows)
 
 
 @pytest.mark.parametrize(
@@ -102,12 +106,12 @@ def test_resume_mid_epoch_gives_the_same_batches(tmp_path):
 )
 def test_workers_capped_by_the_cores_each_process_shares(monkeypatch, cores, local_world, asked, expected):
     """torchrun's LOCAL_WORLD_SIZE processes of a node split its cores: 8 ranks x 16 workers on 16 cores -> 2 each."""
-    from fastclr.data import loader, tiers, workers
+    from fastclr.data.loaders import tiers, workers
 
     monkeypatch.setattr(workers.os, "cpu_count", lambda: cores)
     if local_world is None:
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     else:
         monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
-    assert loader.worker_cap(asked) == expected
+    assert workers.worker_cap(asked) == expected
     assert f"by {expected} loader workers" in tiers.describe(tiers.FILES, 10, 96, 2**30, asked)  # the log says so

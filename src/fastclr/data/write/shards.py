@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from fastclr.data import datasets, folders, survey
+from fastclr.data import badfiles, datasets, survey
 from fastclr.data.images import BadImage, open_rgb
-from fastclr.data.prepare import fingerprint, open_output
-from fastclr.data.shards import FORMAT, INDEX, VERSION, webdataset
+from fastclr.data.sources.shards import FORMAT, INDEX, VERSION, webdataset
+from fastclr.data.write.prepare import fingerprint, open_output
 from fastclr.errors import UserError, require_fraction
 from fastclr.method.rng import keyed_generator
 
@@ -125,7 +125,7 @@ def write_shards(
             splits[name] = {"classes": listing.classes, "shards": write_split(out, name, items, shard_size)}
             total += len(listing.files)
             sources += list(listing.files)
-        folders.enforce(bad, total, max_bad_fraction, out)
+        badfiles.settle(bad, total, max_bad_fraction, out)
         side = size or int(survey.median_short_side(train.files)[0])
     else:
         data = datasets.load(source, 32, download=False)  # digits and the standard sets: decoded arrays
