@@ -392,20 +392,6 @@ def validate(cfg: Config) -> None:
         raise UserError(f"small_crops={cfg.small_crops} crops images; text runs take small_crops=0")
     if cfg.min_scale > 1.0:
         raise UserError(f"min_scale={cfg.min_scale} must be <= 1")
-    _validate_modality(cfg)
-
-
-def _validate_modality(cfg: Config) -> None:
-    """Text encoders go with text data, image encoders with images."""
-    text_data = cfg.data.startswith(("text:", "stsb:"))
-    if is_text(cfg) and not text_data:
-        raise UserError(
-            f"arch={cfg.arch!r} is a text encoder but data={cfg.data!r} is not text: use --data text:FILE or stsb:DIR"
-        )
-    if text_data and not is_text(cfg):
-        raise UserError(
-            f"data={cfg.data!r} is text but arch={cfg.arch!r} is an image encoder: use --arch hf:minilm or hf:PATH"
-        )
 
 
 def describe_fields() -> str:

@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fastclr.config import Config, build_config, from_dict, parse_value, to_dict, validate
+from fastclr.config import Config, build_config, from_dict, parse_value, to_dict
 from fastclr.eval import linear
 from fastclr.eval.evaluate import run_knn
 from fastclr.pipeline import pretrain_and_evaluate, resolve_config
+from fastclr.train import preflight
 from fastclr.train.callbacks import Callback
 
 
@@ -31,7 +32,7 @@ def load_config(name_or_file: str | Path = "digits", **overrides: Any) -> Config
         fastclr.errors.UserError: an unknown preset or key, or a value out of range (one line saying which).
     """
     cfg = build_config(str(name_or_file), overrides, [])
-    validate(cfg)
+    preflight.settings(cfg)
     return cfg
 
 

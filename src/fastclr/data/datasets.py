@@ -12,7 +12,8 @@ A spec names where the images come from:
   ``train.*`` list with a ``test.*`` (or ``val.*``) list beside it gives the evaluation split.
 - ``prepared:DIR``: a cache written by ``fastclr prepare`` (``write/prepare.py``), memory-mapped.
 - ``shards:SPEC``: tar shards (a folder written by ``fastclr prepare --format shards``, a brace
-  pattern, a glob or ``pipe:`` URLs), read sequentially by loader workers (``sources/shards.py``, ``loaders/shards.py``).
+  pattern, a glob or ``pipe:`` URLs), read sequentially by loader workers (``sources/shards.py``,
+  ``loaders/shards.py``).
 
 Folders and lists are decoded once (``sources/folders.py``, ``images.py``) to uint8 [N, 3, S, S] at the
 training size S (short side resized to S, centre crop). When the pretraining images are larger than

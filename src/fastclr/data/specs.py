@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fastclr import config
+from fastclr.config import Config
 from fastclr.data.sources import standard
 from fastclr.errors import UserError
 
@@ -33,6 +35,18 @@ SPEC_HELP = (  # every form of a data spec, as `fastclr pretrain --help` shows i
 def is_text(spec: str) -> bool:
     """Whether ``spec`` names texts (``text:FILE``, ``stsb:DIR``) rather than images."""
     return spec.partition(":")[0] in TEXT_KINDS
+
+
+def check_modality(cfg: Config) -> None:
+    """Text encoders (``arch hf:...``) go with text data, image encoders with images: UserError otherwise."""
+    if config.is_text(cfg) and not is_text(cfg.data):
+        raise UserError(
+            f"arch={cfg.arch!r} is a text encoder but data={cfg.data!r} is not text: use --data text:FILE or stsb:DIR"
+        )
+    if is_text(cfg.data) and not config.is_text(cfg):
+        raise UserError(
+            f"data={cfg.data!r} is text but arch={cfg.arch!r} is an image encoder: use --arch hf:minilm or hf:PATH"
+        )
 
 
 def text_parts(spec: str) -> tuple[str, Path]:

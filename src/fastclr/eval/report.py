@@ -36,7 +36,7 @@ from fastclr.eval.evaluate import FeatureSettings, split_features
 from fastclr.method.augment import MEAN, STD, AugmentConfig, augment
 from fastclr.method.lars import scaled_lr
 from fastclr.method.model import SimCLR
-from fastclr.train import tracking
+from fastclr.train import preflight, tracking
 from fastclr.train.step import augment_config
 
 MAP_POINTS = 1000  # test images on the 2-D map (a seeded subset above this)
@@ -747,5 +747,5 @@ def run_show_augment(
         raise UserError(f"--count {count}: must be 1 to 64")
     from_data = preset_from_data(config.given({"data": data}, sets)) if preset is None else None
     cfg = config.build_config(preset, {"data": data}, sets, base=from_data)
-    config.validate(cfg)
+    preflight.settings(cfg)
     return show_augment(cfg.data, out, cfg, count, epoch)

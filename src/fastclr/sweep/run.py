@@ -34,6 +34,7 @@ from typing import Any
 from fastclr import config
 from fastclr.errors import UserError
 from fastclr.sweep import objective, outputs, space, study
+from fastclr.train import preflight
 from fastclr.train.callbacks import Callback
 
 PRUNERS = ("median", "halving", "none")
@@ -117,7 +118,7 @@ def trial_config(spec: SweepSpec, dims: list[space.Dimension], trial: Any, out: 
         setattr(cfg, every, 1)  # pruning needs the metric's monitor (kNN or label-free) during training
     cfg.tracker_group = cfg.tracker_group or name  # each trial its own tracked run, grouped by study
     cfg.tracker_dir = cfg.tracker_dir or str(out)
-    config.validate(cfg)
+    preflight.settings(cfg)
     return cfg
 
 

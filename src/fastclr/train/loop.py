@@ -102,7 +102,7 @@ class Run:
 
 def setup(cfg: config.Config) -> Run:
     """Check the config, join the process group, load the data, build the model and optimiser."""
-    config.validate(cfg)
+    preflight.settings(cfg)
     preflight.per_process_batch(cfg, preflight.world_size_from_env())
     device = dist.setup(pick_device(cfg.device))  # joins torchrun's process group, if any
     dist.check_same(config.to_dict(cfg))

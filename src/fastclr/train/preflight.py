@@ -1,6 +1,7 @@
 """Checks before any work starts that need more than the config: the data, the processes, the disk.
 
-:func:`fastclr.config.validate` checks each value against its range; the checks here compare
+:func:`fastclr.config.validate` checks each value against its range; :func:`settings` adds the checks
+between values that need a layer above the config (the data spec against the encoder); the others compare
 values with the world: the crop size against the data's images, the per-process batch against
 the process count, the output folder against the file system. Each raises UserError with one
 line naming the field, the value and the valid range.
@@ -16,11 +17,19 @@ from pathlib import Path
 
 import torch
 
-from fastclr.config import Config
+from fastclr.config import Config, validate
+from fastclr.data.specs import check_modality
 from fastclr.errors import UserError
 
 MAX_UPSCALE = 4  # views may be up to 4x the stored images' side (digits: 8 px -> up to 32 px)
 MIN_CROP_PIXELS = 2  # the smallest random crop must still be 2 x 2 source pixels
+
+
+def settings(cfg: Config) -> None:
+    """Every check of the config alone: each value in its range (:func:`fastclr.config.validate`), and the
+    data spec against the encoder (text data for text encoders, :func:`fastclr.data.specs.check_modality`)."""
+    validate(cfg)
+    check_modality(cfg)
 
 
 def output_folder(out: Path) -> None:

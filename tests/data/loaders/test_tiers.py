@@ -9,7 +9,6 @@ from fastclr.data.loaders.base import RawImages
 from fastclr.data.loaders.mapped import MappedLoader
 from fastclr.data.loaders.memory import InMemoryLoader
 from fastclr.data.loaders.workers import death_cause, guarded
-from fastclr.errors import UserError
 
 
 @pytest.mark.parametrize("workers", [0, 2])
