@@ -17,15 +17,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 
 from fastclr import config, log
 from fastclr.data import evalset
 from fastclr.data.chosen import preset_from_data
-from fastclr.data.datasets import DataSplits, ImageSet, balanced_subset
 from fastclr.data.loaders import tiers
+from fastclr.data.sets import DataSplits, ImageSet
+from fastclr.data.subsets import balanced_subset
+from fastclr.data.text import TextSplits
 from fastclr.eval import fewshot, quality
 from fastclr.eval.evaluate import FeatureSettings, against_random_init
 from fastclr.eval.features import all_threads
@@ -61,27 +63,28 @@ def pretrain_and_evaluate(
 def _train_and_evaluate(run: loop.Run, resume: bool, callbacks: Sequence[Callback]) -> dict[str, Any]:
     cfg = run.cfg
     labels = getattr(run.images, "labels", None)
-    image = not config.is_text(cfg)
-    watched = evaluation_data(run.data, cfg, run.device) if cfg.knn_every and image else run.data
-    # checked before training, so that a bad CSV costs seconds, not a whole run
-    probe = fewshot.load(cfg.probe_labels, cfg.image_size) if cfg.probe_labels and cfg.eval and image else None
-    held = held_aside(watched, run.images, cfg, run.device) if cfg.quality_every and image and dist.is_main() else None
+    watched: DataSplits | TextSplits = run.data
+    probe: ImageSet | None = None
+    held: tuple[ImageSet, str] | None = None
+    if isinstance(run.data, DataSplits):  # an image run
+        watched = evaluation_data(run.data, cfg, run.device) if cfg.knn_every else run.data
+        # checked before training, so that a bad CSV costs seconds, not a whole run
+        probe = fewshot.load(cfg.probe_labels, cfg.image_size) if cfg.probe_labels and cfg.eval else None
+        held = held_aside(watched, run.images, cfg, run.device) if cfg.quality_every and dist.is_main() else None
     monitors = Monitors(
         cfg, run.model.feature_dim, watched, labels, run.device, run.precision, log.warn, held[0] if held else None
     )
     result = loop.train(run, resume, [monitors, *callbacks])
     if result.get("interrupted"):
         return result
-    data = run.data
-    if cfg.eval and dist.is_main() and not image:
-        from fastclr.data.text import TextSplits
+    if cfg.eval and dist.is_main() and isinstance(run.data, TextSplits):
         from fastclr.eval.sts import evaluate_text
 
         log.info("evaluating: STS-B and/or kNN and linear probe, trained encoder and its starting weights")
         torch.manual_seed(cfg.seed)  # the starting weights: the file's, or the run's own random draw
         start = build_model(cfg).to(run.device)
-        result["eval"] = evaluate_text(run.model, start, cast(TextSplits, data), cfg, run.device, run.precision)
-    elif cfg.eval and dist.is_main():
+        result["eval"] = evaluate_text(run.model, start, run.data, cfg, run.device, run.precision)
+    elif cfg.eval and dist.is_main() and isinstance(watched, DataSplits):
         with all_threads():  # the other ranks have left: under torchrun (OMP_NUM_THREADS=1) take every core
             result["eval"] = evaluate_images(run, watched, held, probe)
     if dist.is_main():
@@ -95,9 +98,11 @@ def evaluate_images(
     """The result's ``eval`` entry of an image run: kNN and probe where labelled splits exist, the
     label-free figures always, the few-shot probe with ``probe``; each beside the random-init encoder's."""
     cfg, data = run.cfg, run.data
+    if not isinstance(data, DataSplits):
+        raise TypeError("evaluate_images needs an image run")
     settings = FeatureSettings(cfg.image_size, run.device, cfg.eval_batch_size, run.precision, cfg.channels_last)
     scores: dict[str, Any] = {}
-    scored = run.data
+    scored = data
     if data.train is not None and data.test is not None:
         scored = watched if cfg.knn_every else evaluation_data(data, cfg, run.device)
         train, test = scored.train, scored.test

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from fastclr.data import datasets
-from fastclr.data.sets import FileSet
+from fastclr.data.sets import FileSet, ImageSet
 from fastclr.data.sources import folders
 from fastclr.errors import UserError
 from makeimages import pixels, write_bad, write_good
@@ -106,7 +106,7 @@ def test_large_images_stream_small_images_stay_in_memory(tmp_path):
     data = datasets.load(str(big), 16)
     assert isinstance(data.pretrain, FileSet) and data.pretrain.side == 30 and len(data.pretrain) == 3
     small = datasets.load(str(big), 32)  # short side 30 <= 32: decoded into memory at 32
-    assert isinstance(small.pretrain, datasets.ImageSet) and small.pretrain.images.shape == (3, 3, 32, 32)
+    assert isinstance(small.pretrain, ImageSet) and small.pretrain.images.shape == (3, 3, 32, 32)
 
 
 def _write_cifar(root, name, n_train, n_test, n_classes):
@@ -181,27 +181,3 @@ def test_stl10_binary(tmp_path):
     assert len(data.pretrain) == 7 and data.pretrain.labels is None  # train + unlabeled
     assert torch.equal(data.pretrain.images[3:], torch.from_numpy(imgs["unlabeled"]))
     assert data.train.classes == [f"c{i}" for i in range(10)]
-
-
-def test_balanced_subset_is_balanced_and_depends_only_on_labels_count_seed():
-    import torch
-
-    from fastclr.data.datasets import ImageSet, balanced_subset
-
-    labels = torch.arange(100) % 4
-    data = ImageSet(torch.zeros(100, 3, 2, 2, dtype=torch.uint8), labels, [str(i) for i in range(100)], list("abcd"))
-    sub = balanced_subset(data, 10, seed=1)
-    assert torch.bincount(sub.labels).tolist() == [3, 3, 2, 2]
-    assert sub.ids == balanced_subset(data, 10, seed=1).ids != balanced_subset(data, 10, seed=2).ids
-    assert len(balanced_subset(data, 0, seed=1)) == 100
-
-
-def test_a_class_smaller_than_its_share_gives_all_it_has_and_the_rest_is_shared():
-    labels = torch.tensor([0] * 2 + [1] * 20 + [2] * 20)  # class 0 holds 2 samples, its share of 12 is 4
-    pick = datasets.balanced_indices(labels, 12, seed=0)
-    assert len(pick) == 12 and len(set(pick.tolist())) == 12
-    assert torch.bincount(labels[pick], minlength=3).tolist() == [2, 5, 5]
-    assert datasets.class_quotas([2, 20, 20], 13) == [2, 6, 5]
-    assert datasets.class_quotas([5, 5, 5], 7) == [3, 2, 2]  # no class short: equal shares, first classes +1
-    assert datasets.class_quotas([1, 0, 3], 10) == [1, 0, 3]  # more than there is: everything
-    assert len(datasets.balanced_indices(labels, 100, seed=0)) == 42

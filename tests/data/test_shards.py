@@ -15,6 +15,7 @@ from fastclr import config
 from fastclr.data import datasets, evalset, specs
 from fastclr.data.loaders.shards import ShardLoader, batch_positions
 from fastclr.data.sources.shards import ShardSet
+from fastclr.data.subsets import balanced_subset
 from fastclr.data.write.shards import reencode, write_shards
 from fastclr.train.step import augment_config
 from makeimages import jpeg_bytes
@@ -148,7 +149,7 @@ def test_eval_batches_in_set_order_whatever_workers(shards_dir):
 
 def test_subset_keeps_shard_order(shards_dir):
     data = load(str(shards_dir)).pretrain
-    sub = datasets.balanced_subset(data, 9, seed=0)
+    sub = balanced_subset(data, 9, seed=0)
     assert isinstance(sub, ShardSet) and len(sub) == 9 and sum(sub.counts) == 9
     full = evalset.decoded(data, 8)
     part = evalset.decoded(sub, 8)

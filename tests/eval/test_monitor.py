@@ -124,7 +124,7 @@ def test_knn_monitor_runs_on_rank_0_only(monkeypatch):
     import dataclasses
 
     from fastclr.config import Config
-    from fastclr.data.datasets import DataSplits, ImageSet
+    from fastclr.data.sets import DataSplits, ImageSet
     from fastclr.eval.monitor import Monitors
 
     g = torch.Generator().manual_seed(0)

@@ -21,6 +21,7 @@ from fastclr.api.models import Encoder
 from fastclr.data import datasets, specs
 from fastclr.data.images import BadImage
 from fastclr.data.preprocess import Preprocess
+from fastclr.data.sets import ImageSet
 from fastclr.errors import UserError
 from fastclr.eval.features import extract
 from fastclr.method.model import SimCLR
@@ -112,7 +113,7 @@ def _spec_batches(
         yield from _item_batches(iter(listing.files), preprocess, batch_size)
         return
     images = getattr(datasets.load(spec, preprocess.image_size), split)
-    if images is None or not isinstance(images, datasets.ImageSet):
+    if images is None or not isinstance(images, ImageSet):
         raise UserError(f"split={split!r}: data set {spec!r} has no such split in memory; use split='pretrain'")
     for lo in range(0, len(images), batch_size):
         yield images.images[lo : lo + batch_size], images.ids[lo : lo + batch_size]

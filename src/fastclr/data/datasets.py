@@ -3,7 +3,7 @@
 A spec names where the images come from:
 
 - ``digits``: scikit-learn's 8x8 digits (shipped with the dependency, no download).
-- ``cifar10[:ROOT]``, ``cifar100[:ROOT]``: torchvision's on-disk format (``standard.py``); pretrain on
+- ``cifar10[:ROOT]``, ``cifar100[:ROOT]``: torchvision's on-disk format (``sources/standard.py``); pretrain on
   train, evaluate train -> test. ``stl10[:ROOT]``: pretrain on train + unlabeled, evaluate train -> test.
   ROOT defaults to ``$FASTCLR_DATA`` or ``~/.cache/fastclr/data``; ``download=True`` fetches missing files.
 - a folder: ``train/`` with ``test/`` (or ``val/``) gives the evaluation split; class sub-folders are
@@ -39,53 +39,6 @@ from fastclr.data.sources import cache, folders, standard
 from fastclr.data.sources.listing import PathList
 from fastclr.data.specs import parse
 from fastclr.errors import UserError
-from fastclr.method.rng import keyed_generator
-
-IMAGE_SUFFIXES = folders.IMAGE_SUFFIXES
-
-
-def load_digits() -> DataSplits:
-    """scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels), a fixed stratified 80/20 split."""
-    from sklearn.datasets import load_digits as _load
-    from sklearn.model_selection import train_test_split
-
-    d = _load()
-    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)  # [N, 8, 8]
-    x = torch.from_numpy(images)[:, None].expand(-1, 3, -1, -1).contiguous()
-    y = torch.from_numpy(d.target.astype(np.int64))
-    idx = np.arange(len(y))
-    tr, te = train_test_split(idx, test_size=0.2, random_state=0, stratify=d.target)  # fixed: the test set never moves
-    tr, te = np.sort(tr), np.sort(te)
-    classes = [str(c) for c in range(10)]
-    ids = [str(i) for i in range(len(y))]
-    train = ImageSet(x[tr], y[tr], [ids[i] for i in tr], classes)
-    test = ImageSet(x[te], y[te], [ids[i] for i in te], classes)
-    return DataSplits("digits", train, train, test)
-
-
-def _arrays(name: str, x: np.ndarray, y: np.ndarray | None, classes: list[str] | None) -> ImageSet:
-    labels = None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64))
-    return ImageSet(
-        standard.to_tensor(x), labels, [f"{name}:{i}" for i in range(len(x))], classes if y is not None else None
-    )
-
-
-def load_standard(name: str, root: Path, download: bool = False) -> DataSplits:
-    """cifar10 / cifar100 / stl10 from ``root`` in torchvision's format (see ``standard.py``)."""
-    standard.ensure(name, root, download)
-    sources = standard.files(name, root)
-    if name == "stl10":
-        unlabeled, (xtr, ytr), (xte, yte), classes = standard.load_stl10(root)
-        train, test = _arrays("train", xtr, ytr, classes), _arrays("test", xte, yte, classes)
-        pre = ImageSet(
-            torch.cat([train.images, standard.to_tensor(unlabeled)]),
-            None,
-            train.ids + [f"unlabeled:{i}" for i in range(len(unlabeled))],
-        )
-        return DataSplits(name, pre, train, test, sources=sources)
-    (xtr, ytr), (xte, yte), classes = standard.load_cifar(name, root)
-    train, test = _arrays("train", xtr, ytr, classes), _arrays("test", xte, yte, classes)
-    return DataSplits(name, train, train, test, sources=sources)
 
 
 def _decode_listing(listing: folders.Listing, size: int, workers: int) -> tuple[ImageSet, list[tuple[str, str]]]:
@@ -207,9 +160,9 @@ def load(
     kind, path = parse(spec)
     limit = memory_limit or tiers.budget()
     if kind == "digits" or path is None:
-        return load_digits()
+        return standard.digits()
     if kind in standard.STANDARD:
-        return load_standard(kind, path, download)
+        return standard.load(kind, path, download)
     if kind == "prepared":
         return cache.load_prepared(path, sources, limit, workers)
     if kind == "shards":
@@ -232,50 +185,6 @@ def load(
         workers=workers,
         limit=limit,
     )
-
-
-def balanced_indices(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
-    """Sorted indices of a class-balanced subset of ``min(count, N)`` samples.
-
-    Equal shares per class, the first (count mod C) classes taking one more; a class smaller than
-    its share gives all it has and the rest is shared among the others the same way, so the subset
-    always holds ``count`` samples. Each class's pick is a permutation keyed on (seed, class), so the
-    subset depends on nothing but the labels, the count and the seed. Used for ``max_images`` and
-    for the semi-supervised label fractions.
-    """
-    classes = labels.unique().tolist()
-    members = {c: torch.nonzero(labels == c).flatten() for c in classes}
-    quotas = class_quotas([len(members[c]) for c in classes], min(count, len(labels)))
-    picks = []
-    for c, quota in zip(classes, quotas):
-        order = torch.randperm(len(members[c]), generator=keyed_generator(seed, c, 0x1ABE1))
-        picks.append(members[c][order[:quota]])
-    return torch.cat(picks).sort().values
-
-
-def class_quotas(sizes: list[int], count: int) -> list[int]:
-    """How many samples each class gives to a balanced subset of ``count`` (at most ``sum(sizes)``)."""
-    quotas = [0] * len(sizes)
-    left = min(count, sum(sizes))
-    while left > 0:
-        open_ = [i for i, n in enumerate(sizes) if quotas[i] < n]
-        share, extra = divmod(left, len(open_))
-        for rank, i in enumerate(open_):
-            give = min(sizes[i] - quotas[i], share + (1 if rank < extra else 0))
-            quotas[i] += give
-            left -= give
-    return quotas
-
-
-def balanced_subset(data, count: int, seed: int):
-    """A seeded subset of ``count`` samples (ImageSet or FileSet), class-balanced when labels are known."""
-    if count <= 0 or count >= len(data):
-        return data
-    if data.labels is None:
-        pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].sort().values
-    else:
-        pick = balanced_indices(data.labels, count, seed)
-    return data.subset(pick)
 
 
 def median_side(spec: str) -> tuple[float, int] | None:

@@ -20,14 +20,14 @@ import numpy as np
 import torch
 
 from fastclr.data.badfiles import BadFiles
-from fastclr.data.datasets import DataSplits, ImageSet, balanced_subset
 from fastclr.data.images import BadImage, decode
 from fastclr.data.loaders.shards import eval_batches as shard_eval_batches
 from fastclr.data.loaders.tiers import decoded_bytes
 from fastclr.data.loaders.workers import in_order, worker_cap
-from fastclr.data.sets import FileSet
+from fastclr.data.sets import DataSplits, FileSet, ImageSet
 from fastclr.data.sources.listing import cache_dir
 from fastclr.data.sources.shards import ShardSet
+from fastclr.data.subsets import balanced_subset
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]
 

@@ -77,7 +77,7 @@ class StsPairs:
 
 @dataclass
 class TextSplits:
-    """What a text spec provides, with the fields of :class:`fastclr.data.datasets.DataSplits`: texts to
+    """What a text spec provides, with the fields of :class:`fastclr.data.sets.DataSplits`: texts to
     pretrain on, labelled train/test splits when known, skipped lines; ``sts`` holds STS-B's pairs by split."""
 
     name: str

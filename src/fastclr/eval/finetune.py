@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from fastclr import config, log
-from fastclr.data.datasets import ImageSet, balanced_indices
+from fastclr.data.sets import ImageSet
+from fastclr.data.subsets import balanced_indices
 from fastclr.errors import UserError, require_fraction, require_positive
 from fastclr.eval import supervised
 from fastclr.method.augment import AugmentConfig
@@ -70,7 +71,7 @@ class Classifier(nn.Module):
 def label_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
     """Sorted indices of a class-balanced subset holding ``fraction`` of the labels.
 
-    round(fraction * N) examples (at least one per class), drawn by :func:`datasets.balanced_indices`.
+    round(fraction * N) examples (at least one per class), drawn by :func:`fastclr.data.subsets.balanced_indices`.
     """
     require_fraction("label_fraction", fraction, hint=", e.g. 0.01 or 0.1")
     if fraction == 1:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fastclr import log
-from fastclr.data.datasets import ImageSet
+from fastclr.data.sets import ImageSet
 from fastclr.errors import require_fraction, require_positive
 from fastclr.eval import supervised
 from fastclr.eval.evaluate import FeatureSettings, evaluate

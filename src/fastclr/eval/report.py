@@ -31,6 +31,7 @@ from fastclr import config
 from fastclr.data import datasets, evalset
 from fastclr.data.chosen import preset_from_data
 from fastclr.data.loaders import tiers
+from fastclr.data.sets import DataSplits, ImageSet
 from fastclr.errors import UserError
 from fastclr.eval.evaluate import FeatureSettings, split_features
 from fastclr.method.augment import MEAN, STD, AugmentConfig, augment
@@ -621,7 +622,7 @@ def _restore(run: Path, device: str, notes: list[str]) -> tuple[SimCLR | None, c
     return None, None, None
 
 
-def _evaluation_data(cfg: config.Config, notes: list[str]) -> datasets.DataSplits | None:
+def _evaluation_data(cfg: config.Config, notes: list[str]) -> DataSplits | None:
     """The run's data as evaluation views (at most ``eval_max_images``); None and a note when it cannot be loaded."""
     try:
         return evalset.eval_splits(
@@ -640,7 +641,7 @@ def _evaluation_data(cfg: config.Config, notes: list[str]) -> datasets.DataSplit
 def _representation_sections(
     model: SimCLR,
     cfg: config.Config,
-    data: datasets.DataSplits,
+    data: DataSplits,
     method: str,
     queries: int,
     device: str,
@@ -649,7 +650,7 @@ def _representation_sections(
     """The 2-D map of test representations and the nearest-neighbour retrievals; a note instead when the
     labelled splits are not in memory."""
     train, test = data.train, data.test
-    if not isinstance(test, datasets.ImageSet) or not isinstance(train, datasets.ImageSet):
+    if not isinstance(test, ImageSet) or not isinstance(train, ImageSet):
         notes.append(f"data {cfg.data!r} has no labelled train and test splits in memory: no map or retrievals")
         return []
     if len(test) > MAP_POINTS:

@@ -37,8 +37,9 @@ from fastclr.data import datasets
 from fastclr.data.loaders import tiers
 from fastclr.data.loaders.base import Batch, Loader, ViewRecipe
 from fastclr.data.loaders.tiers import build_loader
-from fastclr.data.sets import FileSet, ImageSet
-from fastclr.data.text import TextSet
+from fastclr.data.sets import DataSplits, FileSet, ImageSet
+from fastclr.data.subsets import balanced_subset
+from fastclr.data.text import TextSet, TextSplits
 from fastclr.errors import UserError
 from fastclr.method.lars import build_optimizer, scaled_lr, set_lr
 from fastclr.method.model import SimCLR
@@ -76,6 +77,9 @@ class Schedule:
         )
 
 
+Pretraining = ImageSet | FileSet | TextSet  # what a run pretrains on (a ShardSet is a FileSet)
+
+
 @dataclass
 class Run:
     """Everything :func:`setup` builds: what training, the monitors and the evaluation share."""
@@ -85,8 +89,8 @@ class Run:
     device: torch.device
     world: int
     precision: str
-    data: datasets.DataSplits
-    images: ImageSet | FileSet | TextSet  # the pretraining images (a FileSet is streamed from disk)
+    data: DataSplits | TextSplits
+    images: Pretraining  # the pretraining set (a FileSet is streamed from disk, a ShardSet too)
     loader: Loader
     model: SimCLR  # the bare network: checkpoints and evaluation use it
     net: nn.Module  # what the step runs: DDP and/or compiled around ``model``
@@ -140,40 +144,42 @@ def setup(cfg: config.Config) -> Run:
     )  # fmt: skip
 
 
-def load_images(cfg: config.Config, out: Path, limit: int) -> tuple[datasets.DataSplits, Any]:
+def load_images(cfg: config.Config, out: Path, limit: int) -> tuple[DataSplits | TextSplits, Pretraining]:
     """The run's data (images in their tier, ``data/loaders/tiers.py``, ``limit`` bytes of decoded images at
-    most) and its pretraining images (``max_images``: a class-balanced subset), checked."""
+    most; or tokenised texts) and its pretraining set (``max_images``: a class-balanced subset), checked."""
     out_dir = out if dist.is_main() else None
+    data: DataSplits | TextSplits
     if config.is_text(cfg):  # tokenised texts: the same fields, token tensors instead of pixels
-        from fastclr.data import text as text_data
-        from fastclr.method.text_encoder import RANDOM_INIT_NOTE, load_tokenizer
-
-        tokenizer = load_tokenizer(cfg.arch)
-        if cfg.hf_random_init:
-            log.warn(RANDOM_INIT_NOTE)
-        args = dict(column=cfg.text_column, max_bad_fraction=cfg.max_bad_fraction, out_dir=out_dir)
-        data: Any = text_data.load(cfg.data, tokenizer, cfg.max_length, **args)  # type: ignore[arg-type]
+        data = load_texts(cfg, out_dir)
     else:
         data = datasets.load(
-            cfg.data,
-            cfg.image_size,
-            out_dir=out_dir,
-            download=cfg.download,
-            max_bad_fraction=cfg.max_bad_fraction,
-            workers=cfg.workers,
-            memory_limit=limit,
-        )
-    images = datasets.balanced_subset(data.pretrain, cfg.max_images, cfg.seed)
-    stored = getattr(images, "images", None)
+            cfg.data, cfg.image_size, out_dir=out_dir, download=cfg.download, max_bad_fraction=cfg.max_bad_fraction,
+            workers=cfg.workers, memory_limit=limit,
+        )  # fmt: skip
+    images = balanced_subset(data.pretrain, cfg.max_images, cfg.seed)
     side: int | None
-    if config.is_text(cfg):
+    if isinstance(images, TextSet):
         side = None  # no pixels to check the crop against
-    elif isinstance(stored, torch.Tensor):
-        side = int(min(stored.shape[-2:]))
+    elif isinstance(images, ImageSet):
+        side = int(min(images.images.shape[-2:]))
     else:
         side = images.side or None  # the median short side of a sample of the files
     preflight.against_data(cfg, len(images), side, data.name)
     return data, images
+
+
+def load_texts(cfg: config.Config, out_dir: Path | None) -> TextSplits:
+    """A text run's data, tokenised by its encoder's tokenizer."""
+    from fastclr.data import text as text_data
+    from fastclr.method.text_encoder import RANDOM_INIT_NOTE, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.arch)
+    if cfg.hf_random_init:
+        log.warn(RANDOM_INIT_NOTE)
+    return text_data.load(
+        cfg.data, tokenizer, cfg.max_length, column=cfg.text_column, max_bad_fraction=cfg.max_bad_fraction,
+        out_dir=out_dir,
+    )  # fmt: skip
 
 
 def build_network(cfg: config.Config, device: torch.device, out: Path) -> tuple[SimCLR, nn.Module]:

@@ -20,6 +20,7 @@ import torch
 from fastclr import config
 from fastclr.data import datasets, evalset
 from fastclr.data.loaders import tiers
+from fastclr.data.sets import DataSplits, ImageSet
 from fastclr.errors import UserError
 from fastclr.method.encoder import freeze_patch_embedding
 from fastclr.method.model import SimCLR
@@ -127,9 +128,9 @@ def open_for_command(
     return restored, dev, precision
 
 
-def in_memory(images: object, what: str) -> datasets.ImageSet:
+def in_memory(images: object, what: str) -> ImageSet:
     """The split as decoded images (``load_data`` gives them); UserError for anything else."""
-    if not isinstance(images, datasets.ImageSet):
+    if not isinstance(images, ImageSet):
         raise UserError(f"{what}: expected decoded images; load the data with restore.load_data")
     return images
 
@@ -140,7 +141,7 @@ def device_and_precision(cfg: config.Config, device: str | None) -> tuple[torch.
     return dev, resolve(cfg.precision, dev)
 
 
-def load_data(cfg: config.Config, spec: str | None) -> datasets.DataSplits:
+def load_data(cfg: config.Config, spec: str | None) -> DataSplits:
     """The data a command evaluates on: ``--data``, else the data the checkpoint was trained on.
 
     Images of any size: the labelled splits come as evaluation views at the training size (resize +
@@ -157,7 +158,7 @@ def load_data(cfg: config.Config, spec: str | None) -> datasets.DataSplits:
     return evalset.eval_splits(data, cfg.image_size, workers=cfg.workers, limit=tiers.budget(cfg.data_memory_gb))
 
 
-def labelled_splits(data: datasets.DataSplits, command: str) -> tuple[datasets.ImageSet, datasets.ImageSet]:
+def labelled_splits(data: DataSplits, command: str) -> tuple[ImageSet, ImageSet]:
     """The labelled train and test splits, or a UserError saying what the data set lacks."""
     if data.train is None or data.train.labels is None:
         raise UserError(
@@ -172,9 +173,7 @@ def labelled_splits(data: datasets.DataSplits, command: str) -> tuple[datasets.I
     return in_memory(data.train, command), in_memory(data.test, command)
 
 
-def labelled_data(
-    cfg: config.Config, spec: str | None, command: str
-) -> tuple[datasets.DataSplits, datasets.ImageSet, datasets.ImageSet]:
+def labelled_data(cfg: config.Config, spec: str | None, command: str) -> tuple[DataSplits, ImageSet, ImageSet]:
     """The command's data (:func:`load_data`) with its labelled train and test splits (:func:`labelled_splits`)."""
     data = load_data(cfg, spec)
     return (data, *labelled_splits(data, command))
@@ -187,9 +186,9 @@ class Labelled:
     restored: Restored
     device: torch.device
     precision: str
-    data: datasets.DataSplits
-    train: datasets.ImageSet
-    test: datasets.ImageSet
+    data: DataSplits
+    train: ImageSet
+    test: ImageSet
 
 
 def open_labelled(

@@ -1,4 +1,5 @@
-"""The standard data sets in torchvision's on-disk format: CIFAR-10, CIFAR-100, STL-10.
+"""The standard data sets: scikit-learn's digits (:func:`digits`, shipped with the dependency) and, in
+torchvision's on-disk format, CIFAR-10, CIFAR-100 and STL-10 (:func:`load`).
 
 ``ROOT`` holds what torchvision's ``download=True`` leaves there (the extracted archives):
 
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastclr.data.sets import DataSplits, ImageSet
 from fastclr.errors import UserError
 
 STANDARD = ("cifar10", "cifar100", "stl10")
@@ -132,3 +134,45 @@ def load_stl10(
 def to_tensor(x: np.ndarray) -> torch.Tensor:
     """A contiguous uint8 tensor that owns its memory (copies memory-mapped or strided arrays)."""
     return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def digits() -> DataSplits:
+    """scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels), a fixed stratified 80/20 split."""
+    from sklearn.datasets import load_digits as _load
+    from sklearn.model_selection import train_test_split
+
+    d = _load()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)  # [N, 8, 8]
+    x = torch.from_numpy(images)[:, None].expand(-1, 3, -1, -1).contiguous()
+    y = torch.from_numpy(d.target.astype(np.int64))
+    idx = np.arange(len(y))
+    tr, te = train_test_split(idx, test_size=0.2, random_state=0, stratify=d.target)  # fixed: the test set never moves
+    tr, te = np.sort(tr), np.sort(te)
+    classes = [str(c) for c in range(10)]
+    ids = [str(i) for i in range(len(y))]
+    train = ImageSet(x[tr], y[tr], [ids[i] for i in tr], classes)
+    test = ImageSet(x[te], y[te], [ids[i] for i in te], classes)
+    return DataSplits("digits", train, train, test)
+
+
+def _arrays(name: str, x: np.ndarray, y: np.ndarray | None, classes: list[str] | None) -> ImageSet:
+    labels = None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64))
+    return ImageSet(to_tensor(x), labels, [f"{name}:{i}" for i in range(len(x))], classes if y is not None else None)
+
+
+def load(name: str, root: Path, download: bool = False) -> DataSplits:
+    """cifar10 / cifar100 / stl10 from ``root`` in torchvision's format (module docstring)."""
+    ensure(name, root, download)
+    sources = files(name, root)
+    if name == "stl10":
+        unlabeled, (xtr, ytr), (xte, yte), classes = load_stl10(root)
+        train, test = _arrays("train", xtr, ytr, classes), _arrays("test", xte, yte, classes)
+        pre = ImageSet(
+            torch.cat([train.images, to_tensor(unlabeled)]),
+            None,
+            train.ids + [f"unlabeled:{i}" for i in range(len(unlabeled))],
+        )
+        return DataSplits(name, pre, train, test, sources=sources)
+    (xtr, ytr), (xte, yte), classes = load_cifar(name, root)
+    train, test = _arrays("train", xtr, ytr, classes), _arrays("test", xte, yte, classes)
+    return DataSplits(name, train, train, test, sources=sources)

@@ -27,6 +27,7 @@ from PIL import Image
 
 from fastclr.data import badfiles, datasets, survey
 from fastclr.data.images import BadImage, open_rgb
+from fastclr.data.sets import ImageSet
 from fastclr.data.sources.shards import FORMAT, INDEX, VERSION, webdataset
 from fastclr.data.write.prepare import fingerprint, open_output
 from fastclr.errors import UserError, require_fraction
@@ -130,11 +131,11 @@ def write_shards(
     else:
         data = datasets.load(source, 32, download=False)  # digits and the standard sets: decoded arrays
         for name, s in (("train", data.train or data.pretrain), ("test", data.test)):
-            if isinstance(s, datasets.ImageSet):
+            if isinstance(s, ImageSet):
                 shards = write_split(out, name, array_samples(s.images, s.labels), shard_size)
                 splits[name] = {"classes": s.classes, "shards": shards}
         first = data.pretrain
-        side = int(min(first.images.shape[-2:])) if isinstance(first, datasets.ImageSet) else 0
+        side = int(min(first.images.shape[-2:])) if isinstance(first, ImageSet) else 0
         sources = list(data.sources)
     if not splits.get("train", {}).get("shards"):
         raise UserError(f"{spec}: no training image could be written; see {out / 'skipped.txt'}")
