@@ -39,6 +39,26 @@ def test_folder_defaults_by_image_size(tmp_path, capsys, side, size, stem, blur,
     assert f"budget_minutes={defaults.CPU_BUDGET_MINUTES}" in err[0]
 
 
+@pytest.mark.parametrize(
+    "count,cpu,gpu", [(2, 2, 2), (12, 8, 8), (120, 64, 64), (256, 256, 256), (300, 256, 256), (5000, 256, 512)]
+)
+def test_the_batch_is_halved_until_the_images_fill_it(count, cpu, gpu):
+    assert defaults.choose(64, gpu=False, count=count)["batch_size"] == cpu
+    assert defaults.choose(64, gpu=True, count=count)["batch_size"] == gpu
+    assert defaults.choose(64, gpu=False)["batch_size"] == 256  # not counted (shards without an index)
+
+
+def test_a_folder_smaller_than_a_batch_trains(tmp_path, capsys):
+    """120 photos used to stop with 'batch_size=256 is larger than the 120 training images'."""
+    from fastclr.train import preflight
+
+    data = str(_folder(tmp_path / "imgs", 64, count=60))
+    cfg = from_data({"data": data, "device": "cpu"}, [])
+    assert cfg.batch_size == 64 and "batch_size=64" in capsys.readouterr().err
+    preflight.against_data(cfg, 120, 64, "imgs")  # the check that refused it
+    assert from_data({"data": data, "device": "cpu"}, ["batch_size=100"]).batch_size == 100  # a choice of one's own
+
+
 def test_flags_and_set_override_the_chosen_values(tmp_path, capsys):
     data = str(_folder(tmp_path / "imgs", 300))
     cfg = from_data({"data": data, "epochs": 3}, ["image_size=64", "data=" + data])

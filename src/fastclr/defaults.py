@@ -85,11 +85,23 @@ def band(side: float) -> str:
     return "small" if side <= SMALL_MAX else "medium" if side <= MEDIUM_MAX else "large"
 
 
-def choose(side: float, gpu: bool) -> dict[str, object]:
-    """Config values for images whose median short side is ``side`` px, on a GPU or a CPU."""
+def choose(side: float, gpu: bool, count: int | None = None) -> dict[str, object]:
+    """Config values for ``count`` training images (None: not counted) whose median short side is ``side`` px,
+    on a GPU or a CPU."""
     b = band(side)
-    device = {**_GPU[b], **_GPU_SCHEDULE} if gpu else dict(_CPU)
+    device: dict[str, object] = {**_GPU[b], **_GPU_SCHEDULE} if gpu else dict(_CPU)
+    batch = device["batch_size"]
+    if count is not None and isinstance(batch, int):
+        device["batch_size"] = fit_batch(batch, count)
     return {**_COMMON, **_BANDS[b], **device, "image_size": image_size(side, gpu)}
+
+
+def fit_batch(batch: int, count: int) -> int:
+    """The band's batch size, halved until a step holds no more than the ``count`` training images (a folder
+    smaller than one batch still trains; the learning rate follows the batch through ``lr_rule``)."""
+    while batch > 2 and batch > count:
+        batch //= 2
+    return batch
 
 
 def describe(spec: str, side: float, sampled: int, gpu: bool, values: dict[str, object]) -> str:

@@ -1,6 +1,6 @@
 """Similarity search: the exact index equals brute force, the approximate index reports its recall correctly,
 ``fastclr index`` writes a folder that ``fastclr search`` and :class:`fastclr.Index` read, and ``--update``
-embeds only the files not indexed yet (and refuses another encoder's index)."""
+follows the files (new and changed ones embedded, rows of files gone dropped) and refuses another encoder's index."""
 
 from __future__ import annotations
 
@@ -175,7 +175,9 @@ def test_index_then_search_finds_each_file_first(photos, tmp_path):
     assert lines[-1]["queries"] == 3 and lines[-1]["k"] == 4
 
 
-def test_update_embeds_only_new_files(photos, tmp_path):
+def test_update_follows_the_files(photos, tmp_path):
+    """--update embeds new files and changed ones again, drops the rows of files gone (or no longer images), and
+    leaves every other row as it was."""
     root, folder, ckpt, other = photos
     data = tmp_path / "data"
     shutil.copytree(folder / "train", data)
@@ -183,20 +185,34 @@ def test_update_embeds_only_new_files(photos, tmp_path):
     moved = [shutil.move(str(f), str(tmp_path)) for f in sorted((data / "9").glob("*.png"))[:3]]  # kept out at first
     out = tmp_path / "ix"
     first = last_json(cli("index", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out)))
-    assert first["count"] == 37
-    before = np.load(out / "vectors.npy")
-    old_ids = json.loads((out / "ids.json").read_text())
+    assert first["count"] == first["added"] == 37 and first["removed"] == first["replaced"] == 0
+    before = dict(zip(json.loads((out / "ids.json").read_text()), np.load(out / "vectors.npy")))
+    stamps = json.loads((out / "files.json").read_text())[str(data.resolve())]
+    assert sorted(stamps) == sorted(before) and all(len(s) == 2 for s in stamps.values())
     new[0].parent.mkdir()
     for src, dst in zip(moved, new):
         shutil.copy(src, dst)
-    (data / "0" / "000.png").write_bytes(b"not an image any more")  # an old file: re-embedding it would skip it
+    junk, changed, gone = data / "0" / "000.png", data / "1" / "000.png", data / "3" / "000.png"
+    junk.write_bytes(b"not an image any more")  # changed, and no longer decodes: its row goes
+    shutil.copy(data / "2" / "000.png", changed)  # other pixels under the same name: embedded again
+    st = changed.stat()
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a later time, whatever the clock's grain
+    gone.unlink()
     res = last_json(cli("index", "--out", str(out), "--update"))  # checkpoint and data: the index's own
-    assert res["added"] == 3 and res["count"] == 40 and res["skipped"] == 0
-    ids = json.loads((out / "ids.json").read_text())
-    assert ids[:37] == old_ids and ids[37:] == [str(p.resolve()) for p in new]
-    np.testing.assert_array_equal(np.load(out / "vectors.npy")[:37], before)  # old rows as they were
+    assert (res["added"], res["replaced"], res["removed"], res["skipped"], res["count"]) == (3, 1, 2, 1, 38)
+    rows = dict(zip(json.loads((out / "ids.json").read_text()), np.load(out / "vectors.npy")))
+    assert str(junk.resolve()) not in rows and str(gone.resolve()) not in rows
+    assert all(str(p.resolve()) in rows for p in new)
+    for name, row in before.items():  # the other rows as they were
+        if name not in (str(junk.resolve()), str(gone.resolve()), str(changed.resolve())):
+            np.testing.assert_array_equal(rows[name], row)
+    np.testing.assert_allclose(rows[str(changed.resolve())], rows[str((data / "2" / "000.png").resolve())], atol=1e-5)
     again = last_json(cli("index", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out), "--update"))
-    assert again["added"] == 0 and again["count"] == 40
+    assert (again["added"], again["replaced"], again["removed"], again["count"]) == (0, 0, 0, 38)
+    (out / "files.json").unlink()  # an index without stamps: files gone from its folder still leave it
+    (data / "4" / "000.png").unlink()
+    older = last_json(cli("index", "--out", str(out), "--update"))
+    assert (older["added"], older["removed"], older["count"]) == (0, 1, 37) and (out / "files.json").is_file()
     line = one_line_error(cli("index", "--checkpoint", str(other), "--data", str(data), "--out", str(out), "--update"))
     assert "built by another encoder" in line and "sha256" in line
 
@@ -243,3 +259,7 @@ def test_python_index_equals_the_command(photos, tmp_path):
     assert loaded.add(str(folder)) == 0  # every file is in already
     assert loaded.add([str(folder / "test" / "5" / "000.png")]) == 1 and len(loaded) == 41
     assert "Index(41 vectors" in repr(loaded)
+    gone = [str(folder / "test" / "5" / "000.png"), index.ids[0], "not-indexed"]
+    assert loaded.remove(gone) == 2 and len(loaded) == 39 and index.ids[0] not in loaded.ids
+    assert loaded.search(index.ids[1], k=50)[0][-1][0] != index.ids[0]  # the faiss index lost the row too
+    assert len(loaded.search(index.ids[1], k=50)[0]) == 38

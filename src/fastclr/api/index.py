@@ -135,6 +135,12 @@ class Index:
         fresh = [i for i, name in enumerate(ids) if name not in self.store.rows]
         return self.store.add(rows[fresh], [ids[i] for i in fresh])
 
+    def remove(self, ids: Sequence[str | Path]) -> int:
+        """Drop the rows of ``ids`` (a file's id is its absolute path; ids not indexed are ignored); returns how
+        many rows went. The faiss index is rebuilt from the vectors left: nothing is embedded again."""
+        rows = self.store.rows
+        return self.store.remove([str(i) if str(i) in rows else os.path.abspath(i) for i in ids])
+
     def search(self, queries: ImageData | np.ndarray, k: int = 10) -> list[Neighbours]:
         """The k nearest indexed images of each query, by cosine similarity, best first.
 

@@ -20,9 +20,9 @@ def preset_from_data(given: dict[str, Any]) -> dict[str, Any] | None:
     found = median_side(spec)
     if found is None:
         return None
-    side, sampled = found
+    side, sampled, count = found
     gpu = str(given.get("device", "auto")) != "cpu" and torch.cuda.is_available()
-    values: dict[str, Any] = {"data": spec, **defaults.choose(side, gpu)}
+    values: dict[str, Any] = {"data": spec, **defaults.choose(side, gpu, count)}
     log.info(defaults.describe(spec, side, sampled, gpu, values))
     if "epochs" in given and "budget_minutes" not in given:
         values.pop("budget_minutes", None)  # --epochs replaces the budget

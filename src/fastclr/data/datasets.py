@@ -187,22 +187,23 @@ def load(
     )
 
 
-def median_side(spec: str) -> tuple[float, int] | None:
-    """(median short side in px, files sampled) of a folder, list or shards spec's train images, headers
-    only (``survey.py``, ``shards.shards_median_side``); None for any other spec (digits, standard sets,
-    prepared caches, texts)."""
+def median_side(spec: str) -> tuple[float, int, int | None] | None:
+    """(median short side in px, files sampled, train images or None when not counted) of a folder, list or
+    shards spec's train images, headers only (``survey.py``, ``shards.shards_median_side``); None for any
+    other spec (digits, standard sets, prepared caches, texts)."""
     if specs.is_text(spec):
         return None
     kind, path = parse(spec)
+    count: int | None = None
     if kind == "shards":
         from fastclr.data.sources.shards import shards_median_side
 
         side, sampled = shards_median_side(str(path))
     elif kind in ("folder", "list"):
         train, _ = listings(str(path))
-        side, sampled = survey.median_short_side(train.files)
+        (side, sampled), count = survey.median_short_side(train.files), len(train.files)
     else:
         return None
     if sampled == 0:
         raise UserError(f"--data {spec}: none of the sampled image files could be read; see whether they are images")
-    return side, sampled
+    return side, sampled, count

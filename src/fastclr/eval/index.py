@@ -12,21 +12,29 @@ An index is a folder that any later command (``search``, ``dedup``, ``serve``) a
 - ``meta.json``: the encoder's identity (checkpoint path, SHA-256, size, mtime, arch, image_size,
   projection), the data specs, the kind of index and its measured ``recall_at_10`` (1.0 for exact search);
 - ``vectors.parquet`` (when pyarrow is installed): columns ``id`` (string) and ``embedding``
-  (fixed-size list of float32), the table a vector database loads as it is (README: Qdrant).
+  (fixed-size list of float32), the table a vector database loads as it is (README: Qdrant);
+- ``files.json``: for folder and list specs, each indexed file's size and modification time (ns), by spec:
+  what ``--update`` compares with the files as they are now.
 
 Embedding runs in bounded memory through the paths of ``fastclr embed`` (``eval/embed.py``): files are
 decoded by loader workers a batch at a time and their rows written to a memory-mapped file, so memory holds
-the batches in flight and the vectors themselves (faiss keeps one copy). ``--update`` embeds only the files
-whose ids are not in the index yet, and refuses an index that another encoder built.
+the batches in flight and the vectors themselves (faiss keeps one copy). ``--update`` brings the index in
+line with its data: for folders and lists it embeds the files not indexed yet and those whose size or
+modification time changed, and drops the rows of files that are gone (or no longer decode); other specs
+(standard sets, prepared caches, shards) gain the ids not indexed yet. It refuses an index that another
+encoder built.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +55,7 @@ RECALL_TARGET = 0.95  # the recall@10 the IVF index's nprobe is tuned to reach
 FORMAT = "fastclr-index"
 CHUNK = 65_536  # rows a time through faiss, normalisation and file writes (bounded memory)
 INSTALL = "pip install 'fastclr[search]'"
+STAMPS = "files.json"  # per spec, each indexed file's [size, mtime_ns]
 
 
 def faiss_module() -> Any:
@@ -287,6 +296,19 @@ class VectorIndex:
                 self._measure()
         return len(ids)
 
+    def remove(self, ids: list[str]) -> int:
+        """Drop the rows of ``ids`` (those not indexed are ignored); the faiss index is rebuilt from the
+        remaining vectors (an IVF index retrains its lists and re-measures its recall). Returns rows removed."""
+        drop = {self.rows[str(i)] for i in ids if str(i) in self.rows}
+        if not drop:
+            return 0
+        keep = np.array([r for r in range(len(self)) if r not in drop], dtype=np.int64)
+        self.vectors = np.ascontiguousarray(np.asarray(self.vectors)[keep])
+        self.ids = [self.ids[r] for r in keep.tolist()]
+        self.rows = _row_table(self.ids)
+        self._build_faiss()
+        return len(drop)
+
     def facts(self) -> dict:
         """The index's own facts for a result line: count, dim, kind, recall@10 and how it was measured."""
         keys = ("kind", "recall_at_10", "recall_queries", "nlist", "nprobe")
@@ -414,16 +436,76 @@ def _listed(spec: str) -> FileSet | None:
     return FileSet([Path(os.path.abspath(f)) for f in train.files])
 
 
-def _embed_new(
-    fn: Any, spec: str, known: dict[str, int], cfg: Any, device: torch.device, precision: str, scratch: Path,
-    batch_size: int,
-) -> tuple[np.ndarray, list[str], int]:  # fmt: skip
-    """Rows and ids of the images of ``spec`` whose ids are not in ``known``, and how many could not be read.
+@dataclass
+class FileChanges:
+    """What ``--update`` finds for a folder or list spec: the files to embed (not indexed yet, or changed since),
+    the ids to drop (changed or gone), and the stamp of every file listed now (:func:`file_stamp`)."""
 
-    Folders and lists: only the new files are decoded, by loader workers, and their rows written to the
-    memory-mapped ``scratch`` file (:func:`fastclr.eval.embed.embed_files`). Other specs (digits, cifar10,
-    prepared:DIR, shards:) are loaded as ``fastclr embed`` loads them and only the new rows embedded."""
+    embed: FileSet
+    drop: list[str]
+    now: dict[str, list[int] | None]
+
+
+def file_stamp(path: str | Path) -> list[int] | None:
+    """[size, mtime_ns] of a file (None when it cannot be read): a file whose stamp moved is embedded again."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def file_changes(spec: str, known: dict[str, int], tracked: dict[str, list[int]] | None) -> FileChanges | None:
+    """A folder's or list's files against the ids already indexed (``known``) and their stamps when indexed
+    (``tracked``; None: not kept, as for a spec new to the index); None for specs that are not files."""
     files = _listed(spec)
+    if files is None:
+        return None
+    now = {str(f): file_stamp(f) for f in files.files}
+    if tracked is None:  # no stamps to compare: a folder's indexed ids are those below it, none known changed
+        kind, path = parse_spec(spec)
+        root = os.path.join(os.path.abspath(str(path)), "") if kind == "folder" else None
+        mine, changed = [i for i in known if root and i.startswith(root)], []
+    else:
+        mine = list(tracked)
+        changed = [i for i, stamp in now.items() if i in known and i in tracked and tracked[i] != stamp]
+    gone = [i for i in mine if i in known and i not in now]
+    redo = set(changed)
+    return FileChanges(FileSet([f for f in files.files if str(f) not in known or str(f) in redo]), gone + changed, now)
+
+
+def read_stamps(folder: Path) -> dict[str, dict[str, list[int]]]:
+    """``files.json`` of an index folder: {spec: {id: [size, mtime_ns]}}; empty when the index has none."""
+    path = folder / STAMPS
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        raise UserError(f"{path}: unreadable; rebuild the index") from None
+
+
+def _save_stamps(folder: Path, tracked: dict, changes: dict[str, FileChanges | None], rows: dict[str, int]) -> str:
+    """Write ``files.json``: the stamps of the files the index holds now, by spec (atomically)."""
+    stamps = {spec: {i: s for i, s in old.items() if i in rows} for spec, old in tracked.items()}
+    for spec, c in changes.items():
+        if c is not None:
+            stamps[spec] = {i: s for i, s in c.now.items() if i in rows and s is not None}
+    (folder / f".{STAMPS}.tmp").write_text(json.dumps(stamps))
+    os.replace(folder / f".{STAMPS}.tmp", folder / STAMPS)
+    return str(folder / STAMPS)
+
+
+def _embed_new(
+    fn: Any, spec: str, files: FileSet | None, known: dict[str, int], cfg: Any, device: torch.device, precision: str,
+    scratch: Path, batch_size: int,
+) -> tuple[np.ndarray, list[str], int]:  # fmt: skip
+    """Rows and ids of the images of ``spec`` to add, and how many could not be read.
+
+    Folders and lists: ``files`` (:func:`file_changes`) are decoded by loader workers and their rows written to
+    the memory-mapped ``scratch`` file (:func:`fastclr.eval.embed.embed_files`). Other specs (``files`` None:
+    digits, cifar10, prepared:DIR, shards:) are loaded as ``fastclr embed`` loads them and the rows whose ids
+    are not in ``known`` embedded."""
     if files is None:
         images = restore.load_data(cfg, spec).pretrain
         if isinstance(images, ImageSet):
@@ -432,8 +514,6 @@ def _embed_new(
                                         device, batch_size, precision)  # fmt: skip
             return rows.numpy(), [str(images.ids[i]) for i in new], 0
         files = images  # files streamed from disk (large images) or shards
-    else:
-        files = FileSet([f for f in files.files if str(f) not in known])
     if len(files) == 0:
         return np.zeros((0, 0), np.float32), [], 0
     count, _, _ = embedding.embed_files(fn, files, scratch, cfg.image_size, device, batch_size=batch_size,
@@ -501,19 +581,20 @@ def command(
 ) -> dict:
     """``fastclr index``: embed a data set, L2-normalise, and write a similarity-search index folder.
 
-    The folder holds vectors.npy, ids.json, index.faiss, meta.json and vectors.parquet (with pyarrow; a vector
-    database loads it as it is). faiss searches exactly up to 200,000 vectors, with an IVF index beyond whose
-    recall@10 against exact search is measured at build time and reported. Files are decoded by workers and
-    embedded a batch at a time: memory holds the vectors and the batches in flight. --update embeds only the
-    files not indexed yet (ids: absolute paths for folders and lists) and refuses an index another encoder
-    built. Needs pip install 'fastclr[search]'.
+    The folder holds vectors.npy, ids.json, index.faiss, meta.json, files.json (the files' sizes and times) and
+    vectors.parquet (with pyarrow; a vector database loads it as it is). faiss searches exactly up to 200,000
+    vectors, with an IVF index beyond whose recall@10 against exact search is measured at build time and reported.
+    Files are decoded by workers and embedded a batch at a time: memory holds the vectors and the batches in
+    flight. --update follows the data: files not indexed yet and files changed since (size or modification time)
+    are embedded, rows of files gone are dropped, unchanged files are not read; an index another encoder built is
+    refused. Needs pip install 'fastclr[search]'.
 
     Args:
         checkpoint: a fastclr checkpoint (OUT/checkpoints/last.pt); with update, default: the index's.
         data: data spec of the images to index; with update, default: the specs the index was built from.
         out: the index folder to write (or, with update, to extend).
         projection: index z = g(h) instead of h.
-        update: add the images not yet in the index at OUT, embedding nothing twice.
+        update: bring the index at OUT in line with its data (new, changed and removed files).
         batch_size: images embedded at a time.
         device: auto (default: the checkpoint's setting), cpu, cuda.
         exact_limit: vectors searched exactly; beyond, an approximate IVF index.
@@ -524,24 +605,53 @@ def command(
     fn, cfg, dev, precision, identity = _encoder(checkpoint, device, projection)
     if old is not None:
         check_same_encoder(old.meta["encoder"], identity, f"--update {out}")
-    folder, width = Path(out), identity["dim"]
+    folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    start, scratch = time.perf_counter(), [folder / f".new{k}.npy" for k in range(len(specs))]
-    try:
-        known = old.rows if old is not None else {}
-        rows, skipped, ids = np.zeros((0, width), np.float32), 0, list[str]()
-        for spec, path in zip(specs, scratch):
-            r, i, bad = _embed_new(fn, spec, {**known, **dict.fromkeys(ids, 0)}, cfg, dev, precision, path, batch_size)
-            rows, ids, skipped = (np.concatenate([rows, r]) if ids else r) if i else rows, ids + i, skipped + bad
+    start = time.perf_counter()
+    known = dict(old.rows) if old is not None else {}
+    tracked = read_stamps(folder) if old is not None else {}
+    changes = {spec: file_changes(spec, known, tracked.get(spec)) for spec in specs}
+    drop = sorted({i for c in changes.values() if c is not None for i in c.drop})
+    for name in drop:
+        known.pop(name)
+    with _scratch_files(folder, len(specs)) as scratch:  # the new rows, memory-mapped until the index is written
+        rows, ids, skipped = _embed_all(fn, specs, changes, known, cfg, dev, precision, scratch, batch_size,
+                                        identity["dim"])  # fmt: skip
+        if old is not None:
+            old.remove(drop)
         meta = {"encoder": identity, "data": sorted({*(old.meta.get("data", []) if old else []), *specs})}
         index = _grown(old, rows, ids, meta, exact_limit, specs[0])
-        files = index.save(folder)
-    finally:
-        for path in scratch:
-            path.unlink(missing_ok=True)
-            path.with_suffix(".ids.json").unlink(missing_ok=True)
+        files = [*index.save(folder), _save_stamps(folder, tracked, changes, index.rows)]
     if skipped:
         log.warn(f"index: {skipped} file(s) could not be decoded and were left out")
     speed = round(len(ids) / (time.perf_counter() - start), 1) if ids else None  # embedded, indexed and written
-    return {"out": str(folder), **index.facts(), "added": len(ids), "skipped": skipped, "images_per_s": speed,
-            "files": files}  # fmt: skip
+    added, dropped = set(ids), set(drop)
+    return {"out": str(folder), **index.facts(), "added": len(added - dropped), "replaced": len(added & dropped),
+            "removed": len(dropped - added), "skipped": skipped, "images_per_s": speed, "files": files}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _scratch_files(folder: Path, count: int) -> Iterator[list[Path]]:
+    """``count`` scratch files in the index folder for new rows, removed at the end whatever happens."""
+    paths = [folder / f".new{k}.npy" for k in range(count)]
+    try:
+        yield paths
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)
+            path.with_suffix(".ids.json").unlink(missing_ok=True)
+
+
+def _embed_all(
+    fn: Any, specs: list[str], changes: dict[str, FileChanges | None], known: dict[str, int], cfg: Any,
+    dev: torch.device, precision: str, scratch: list[Path], batch_size: int, width: int,
+) -> tuple[np.ndarray, list[str], int]:  # fmt: skip
+    """The rows and ids every spec adds (:func:`_embed_new`, through its ``scratch`` file), and how many files
+    could not be read."""
+    rows, skipped, ids = np.zeros((0, width), np.float32), 0, list[str]()
+    for spec, path in zip(specs, scratch):
+        c = changes[spec]
+        r, i, bad = _embed_new(fn, spec, c.embed if c is not None else None, {**known, **dict.fromkeys(ids, 0)}, cfg,
+                               dev, precision, path, batch_size)  # fmt: skip
+        rows, ids, skipped = (np.concatenate([rows, r]) if ids else r) if i else rows, ids + i, skipped + bad
+    return rows, ids, skipped
