@@ -96,7 +96,8 @@ def evaluate_images(
     run: loop.Run, watched: DataSplits, held: tuple[ImageSet, str] | None, probe: ImageSet | None
 ) -> dict[str, Any]:
     """The result's ``eval`` entry of an image run: kNN and probe where labelled splits exist, the
-    label-free figures always, the few-shot probe with ``probe``; each beside the random-init encoder's."""
+    label-free figures always, the few-shot probe with ``probe``, and a leave-one-out kNN over the training
+    images when they are labelled without a test split; each beside the random-init encoder's."""
     cfg, data = run.cfg, run.data
     if not isinstance(data, DataSplits):
         raise TypeError("evaluate_images needs an image run")
@@ -127,6 +128,8 @@ def evaluate_images(
     scores.update(label_free(run, images, source, settings))
     if probe is not None:
         scores.update(few_shot(run, probe, settings))
+    elif data.train is not None and data.test is None:  # class folders, no test split
+        scores.update(train_knn(run, data, settings))
     return scores
 
 
@@ -159,13 +162,40 @@ def label_free(run: loop.Run, images: ImageSet, source: str, settings: FeatureSe
     return {"label_free": ours, "random_init_label_free": base, "label_free_source": source}
 
 
+def leave_one_out(run: loop.Run, images: ImageSet, settings: FeatureSettings) -> tuple[float, float, int]:
+    """Leave-one-out weighted kNN top-1 of the trained and of the random-init encoder on labelled ``images``,
+    and the k used (:func:`fastclr.eval.fewshot.probe_k`)."""
+    cfg = run.cfg
+    assert images.labels is not None
+    k, t = fewshot.probe_k(images.labels, cfg.knn_k), cfg.knn_temperature
+    ours = fewshot.top1(run.model, images, settings, k, t)
+    return ours, fewshot.top1(random_init_like(cfg, run.device), images, settings, k, t), k
+
+
+def train_knn(run: loop.Run, data: DataSplits, settings: FeatureSettings) -> dict[str, Any]:
+    """For labelled images without a test split (class folders, a labelled list): leave-one-out kNN over at most
+    ``eval_max_images`` of the training images (class-balanced). They were seen, without their labels, in
+    pretraining, so the figure flatters both encoders alike; a test/ folder gives held-out accuracy."""
+    train = evaluation_data(data, run.cfg, run.device).train
+    if not isinstance(train, ImageSet) or train.labels is None or train.num_classes < 2:
+        return {}
+    ours, base, k = leave_one_out(run, train, settings)
+    log.info(
+        f"no test split: leave-one-out kNN (k {k}) over {len(train)} labelled training images of {train.num_classes} "
+        f"classes, seen unlabelled in pretraining: top-1 {ours:.3f} vs {base:.3f} at random init (train/ and test/ "
+        "sub-folders give held-out accuracy)"
+    )
+    return {
+        "train_knn_top1": ours,
+        "random_init_train_knn_top1": base,
+        "train_knn_images": len(train),
+        "train_knn_k": k,
+    }
+
+
 def few_shot(run: loop.Run, probe: ImageSet, settings: FeatureSettings) -> dict[str, Any]:
     """Leave-one-out weighted kNN top-1 on the ``probe_labels`` images, trained and random-init encoders."""
-    cfg = run.cfg
-    assert probe.labels is not None  # fewshot.load labels every image
-    k, t = fewshot.probe_k(probe.labels, cfg.knn_k), cfg.knn_temperature
-    ours = fewshot.top1(run.model, probe, settings, k, t)
-    base = fewshot.top1(random_init_like(cfg, run.device), probe, settings, k, t)
+    ours, base, k = leave_one_out(run, probe, settings)  # fewshot.load labels every image
     log.info(
         f"few-shot probe, {len(probe)} images of {probe.num_classes} classes, {fewshot.PROTOCOL} weighted kNN "
         f"(k {k}): top-1 {ours:.3f} vs {base:.3f} at random init"

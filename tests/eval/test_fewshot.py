@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -153,3 +155,34 @@ def test_k_is_capped_within_the_smallest_class():
     t = 100.0  # nearly equal vote weights: only the count of neighbours per class decides
     assert topk_accuracy(fewshot.leave_one_out_scores(f, y, 5, fewshot.probe_k(y, 200), t), y) == 1.0
     assert topk_accuracy(fewshot.leave_one_out_scores(f, y, 5, 49, t), y) == 0.0  # the bias the cap removes
+
+
+def test_class_folders_without_a_test_split_get_a_leave_one_out_knn(tmp_path):
+    """Labelled digits in class folders, no test/ split: the run scores leave-one-out kNN over the training images,
+    equal to the hand-written vote on the encoder's features of the same files, beside the random-init encoder."""
+    from sklearn.datasets import load_digits
+
+    import fastclr
+
+    d = load_digits()
+    folder = tmp_path / "digits"
+    for i in range(90):
+        if d.target[i] < 3:
+            (folder / str(d.target[i])).mkdir(parents=True, exist_ok=True)
+            im = np.round(d.images[i] * (255.0 / 16.0)).astype(np.uint8)
+            Image.fromarray(np.repeat(im[:, :, None], 3, 2)).save(folder / str(d.target[i]) / f"{i:03d}.png")
+    out = tmp_path / "run"
+    sets = ["image_size=8", "precision=fp32", "knn_k=5"]
+    r = cli("pretrain", "--data", str(folder), "--out", str(out), "--batch-size", "16", "--epochs", "1",
+            *(a for s in sets for a in ("--set", s)))  # fmt: skip
+    ev = last_json(r)["eval"]
+    files = sorted(folder.rglob("*.png"))
+    labels = torch.tensor([int(f.parent.name) for f in files])
+    assert "knn_top1" not in ev and "probe_knn_top1" not in ev and ev["train_knn_images"] == len(files)
+    assert ev["train_knn_k"] == 5 and "no test split: leave-one-out kNN (k 5)" in r.stderr
+    h, _ = fastclr.embed(fastclr.load_encoder(out / "checkpoints" / "last.pt"), [str(f) for f in files])
+    want = reference_loo_top1(torch.from_numpy(h), labels, 3, 5, 0.1)
+    assert ev["train_knn_top1"] == pytest.approx(want, abs=1e-6)
+    assert 0 <= ev["random_init_train_knn_top1"] <= 1
+    page = Path(last_json(cli("report", str(out)))["out"]).read_text()
+    assert "train-set kNN top-1 (leave-one-out)" in page and f"{100 * ev['train_knn_top1']:.1f}%" in page

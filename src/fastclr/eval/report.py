@@ -140,6 +140,7 @@ HEADLINE_ROWS = (
     ("kNN top-1", "knn_top1", "higher", True),
     ("linear top-1", "linear_top1", "higher", True),
     ("few-shot kNN top-1", "probe_knn_top1", "higher", True),
+    ("train-set kNN top-1 (leave-one-out)", "train_knn_top1", "higher", True),
     ("STS-B Spearman", "sts_spearman", "higher", False),
 )
 LABEL_FREE_ROWS = (
@@ -457,6 +458,7 @@ _LABELS = {
     "train_images": "evaluation train images",
     "test_images": "evaluation test images",
     "probe_images": "few-shot probe images",
+    "train_knn_images": "train-set kNN images (leave-one-out)",
     "label_free_source": "label-free images from",
     "batch_size": "batch size",
     "linear_top5": "linear top-5",
