@@ -391,15 +391,18 @@ def clear(folder: Path, main: bool = True) -> None:
                 path.unlink(missing_ok=True)
 
 
-def resume_state(folder: Path, cfg: config.Config, main: bool = True) -> dict | None:
-    """The newest checkpoint of ``folder`` to continue from (None: start at step 0), every tensor on the CPU.
+def resume_state(
+    folder: Path, cfg: config.Config, main: bool = True, found: tuple[dict, Path] | None = None
+) -> dict | None:
+    """The newest checkpoint of ``folder`` to continue from (None: start at step 0), every tensor on the CPU;
+    ``found``: that checkpoint and its path when the caller has loaded it already (:func:`load_latest`).
 
     The generators' states must be read there; the weights and the optimiser state reach the run's
     device when :func:`restore_training` loads them into the model and optimiser that live there.
     UserError when it was written with other weight shapes (``SHAPE_KEYS``); a warning when other
     settings that change the run differ (everything but ``FREE_KEYS``).
     """
-    found = load_latest(folder, map_location="cpu", warn=log.warn, set_aside=main)
+    found = found or load_latest(folder, map_location="cpu", warn=log.warn, set_aside=main)
     if found is None:
         return None
     state, path = found

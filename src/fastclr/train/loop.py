@@ -213,9 +213,10 @@ def resume_or_start(run: Run, resume: bool, callbacks: Sequence[Callback]) -> tu
         checkpoint.remove_temporaries(folder)
     if not resume:
         checkpoint.clear(folder, main)
-    if resume and run.cfg.budget_minutes:
-        adopt_saved_epochs(run)  # a budgeted run that started already chose its epochs
-    state = checkpoint.resume_state(folder, run.cfg, main) if resume else None
+    found = checkpoint.load_latest(folder, map_location="cpu", warn=log.warn, set_aside=main) if resume else None
+    if found is not None and run.cfg.budget_minutes:
+        adopt_saved_epochs(run, found[0].get("config", {}))  # a budgeted run that started already chose its epochs
+    state = checkpoint.resume_state(folder, run.cfg, main, found) if resume else None
     if state is None and run.cfg.budget_minutes:
         fit_budget(run)
     if state is not None:
@@ -236,10 +237,8 @@ def resume_or_start(run: Run, resume: bool, callbacks: Sequence[Callback]) -> tu
     return step, saved
 
 
-def adopt_saved_epochs(run: Run) -> None:
-    """Take ``epochs`` from the newest checkpoint's config, when there is one (the budget is then spent)."""
-    found = checkpoint.load_latest(run.ckpt_dir, map_location="cpu", set_aside=False)
-    saved = found[0].get("config", {}) if found else {}
+def adopt_saved_epochs(run: Run, saved: dict[str, Any]) -> None:
+    """Take ``epochs`` from the newest checkpoint's config ``saved``, when it has them (the budget is then spent)."""
     if "epochs" in saved:
         run.cfg.epochs, run.cfg.budget_minutes = int(saved["epochs"]), float(saved.get("budget_minutes", 0.0))
         run.schedule = Schedule.of(run.cfg, run.schedule.steps_per_epoch)
