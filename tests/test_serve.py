@@ -259,3 +259,40 @@ def test_the_page_shows_the_neighbours_in_headless_chromium(served, tmp_path):
     query_column = pixels[140:410, :300]
     own = np.array(colour(int(query.rsplit("c", 1)[1][:2])))
     assert (np.abs(query_column - own).max(axis=2) <= 40).sum() > 2000  # the query itself (under the overlay), left
+
+
+def test_the_service_follows_an_updated_index(indexed, tmp_path, capsys):
+    """fastclr index --update rewrites the folder under a running service: the next request sees the new
+    images; an index rewritten by another encoder is not taken."""
+    from fastapi.testclient import TestClient
+
+    from fastclr.api.index import Index
+    from fastclr.api.serve import create_app
+
+    root, folder, out = indexed
+    data, ix = tmp_path / "colours", tmp_path / "ix"
+    shutil.copytree(folder, data)
+    (data / "c00.png").unlink()
+    ckpt = json.loads((out / "meta.json").read_text())["encoder"]["checkpoint"]
+    last_json(cli("index", "--checkpoint", ckpt, "--data", str(data), "--out", str(ix)))
+    client = TestClient(create_app(Index.load(ix)))
+    assert client.get("/health").json()["count"] == COLOURS - 1
+    new = str((data / "c00.png").resolve())
+    assert client.post("/search", data={"id": new, "k": 2}).status_code == 404
+    shutil.copy(folder / "c00.png", data / "c00.png")
+    last_json(cli("index", "--out", str(ix), "--update"))
+    assert client.get("/health").json()["count"] == COLOURS
+    found = client.post("/search", files={"image": ("q.png", (folder / "c00.png").read_bytes())}, data={"k": 1})
+    assert (
+        found.json()["neighbours"][0]["id"] == new
+        and client.get("/thumb/" + urllib.parse.quote(new)).status_code == 200
+    )
+    other, _ = make_checkpoint(tmp_path / "other.pt", str(data), image_size=16, seed=3)
+    last_json(cli("index", "--checkpoint", str(other), "--data", str(data), "--out", str(tmp_path / "o")))
+    for name in ("vectors.npy", "ids.json", "index.faiss", "meta.json"):  # another encoder's index in its place
+        shutil.copy(tmp_path / "o" / name, ix / name)
+    capsys.readouterr()
+    health = client.get("/health").json()
+    assert health["count"] == COLOURS and client.post("/search", data={"id": new, "k": 1}).status_code == 200
+    warned = capsys.readouterr().err
+    assert "changed but was not reloaded" in warned and "built by another encoder" in warned

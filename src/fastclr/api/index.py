@@ -47,12 +47,14 @@ class Index:
     Attributes:
         store: the vectors, ids and faiss index (:class:`fastclr.eval.index.VectorIndex`).
         projection: whether the vectors are z = g(h) rather than h.
+        folder: the folder it was loaded from (:meth:`load`), or None.
     """
 
     def __init__(self, store: VectorIndex, encoder: Encoder | None = None, projection: bool = False):
         self.store = store
         self.projection = bool(projection)
         self._encoder = encoder
+        self.folder: Path | None = None
 
     def __len__(self) -> int:
         return len(self.store)
@@ -183,7 +185,9 @@ class Index:
         """Read an index folder (``fastclr index`` or :meth:`save`); ``encoder`` overrides the recorded one
         (default: loaded from the index's checkpoint on the first image query)."""
         vectors = VectorIndex.load(folder)
-        return cls(vectors, encoder, bool((vectors.meta.get("encoder") or {}).get("projection")))
+        index = cls(vectors, encoder, bool((vectors.meta.get("encoder") or {}).get("projection")))
+        index.folder = Path(folder)
+        return index
 
 
 def _identity(encoder: Encoder, projection: bool, dim: int) -> dict:

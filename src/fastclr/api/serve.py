@@ -13,6 +13,11 @@ Endpoints (OpenAPI schema at ``/openapi.json``, interactive docs at ``/docs``):
 - ``GET /health``: status and the index's facts; ``GET /``: a self-contained page (drop or pick an image,
   see its neighbours as thumbnails with scores and the explanation overlay).
 
+The service follows its index folder: when ``fastclr index --update`` (or :meth:`fastclr.Index.save`) rewrites
+it, the next request finds a new ``meta.json`` (written last, by an atomic rename) and loads the new vectors;
+requests already running finish on the ones they started with. An index rewritten by another encoder is not
+taken (the service keeps the one it has, with a warning): restart it for that.
+
 It listens on the loopback interface by default. Binding any other address needs a token (``--token`` or
 ``$FASTCLR_SERVE_TOKEN``): every endpoint that reads the index then wants ``Authorization: Bearer TOKEN``
 (the page asks for it, or takes it from ``#token=...`` in its address); ``/``, ``/health`` and the docs stay
@@ -180,8 +185,30 @@ class Service:
         self.lock = threading.Lock()  # one forward pass at a time: the CPU threads are shared by every request
         self.images = Images(index)
         self.facts = {**index.store.facts(), "projection": index.projection, "image_size": self.size}
+        self.stamp = _stamp(index.folder)
+        self.reload_lock = threading.Lock()
         enc = self.encoder
         self.fn = (lambda x: enc.project(enc(x).float())) if index.projection else enc.forward
+
+    def follow(self) -> None:
+        """Load the index folder again when it was rewritten since (a new ``meta.json``); every request calls it."""
+        folder, stamp = self.index.folder, _stamp(self.index.folder)
+        if folder is None or stamp == self.stamp:
+            return
+        with self.reload_lock:
+            if stamp == self.stamp:  # another request has just loaded it
+                return
+            self.stamp = stamp
+            try:
+                fresh = store.VectorIndex.load(folder)
+                store.check_same_encoder(self.index.store.meta.get("encoder") or {}, fresh.meta.get("encoder") or {},
+                                         str(folder))  # fmt: skip
+            except UserError as e:
+                log.warn(f"serve: {folder} changed but was not reloaded ({e}); serving the index loaded before")
+                return
+            self.index.store, self.images = fresh, Images(self.index)
+            self.facts = {**fresh.facts(), "projection": self.index.projection, "image_size": self.size}
+            log.info(f"serve: reloaded {folder}: {len(fresh)} vectors")
 
     def known(self, id: str) -> str:
         if id not in self.index.store.rows:
@@ -212,7 +239,9 @@ class Service:
         if pixels is not None:
             scores, rows = st.search(self.vector_of(pixels), k)
         else:
-            row = st.rows[self.known(str(id))]
+            if str(id) not in st.rows:  # this request's index (a reload may swap the service's meanwhile)
+                raise _http(404, "no such id in the index")
+            row = st.rows[str(id)]
             scores, rows = st.search(np.asarray(st.vectors[row : row + 1]), k, exclude=np.array([row]))
         return [{"id": st.ids[r], "score": round(float(s), 6)} for s, r in zip(scores[0], rows[0]) if r >= 0]
 
@@ -251,7 +280,7 @@ def create_app(index: Index, token: str | None = None, max_upload_mb: float = MA
 
     service = Service(index)
     description = f"Embedding and similarity search over an index of {len(index)} images (fastclr serve)."
-    app = FastAPI(title="fastclr", version=__version__, description=description)
+    app = FastAPI(title="fastclr", version=__version__, description=description, dependencies=[Depends(service.follow)])
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:  # never a traceback to the client
@@ -317,6 +346,17 @@ def _cached_thumb(images: Images, id: str) -> bytes:
     im = images.image(id)
     im.thumbnail((THUMB, THUMB), Image.Resampling.BICUBIC)
     return png(im)
+
+
+def _stamp(folder: Any) -> tuple[int, int, int] | None:
+    """(inode, mtime_ns, size) of an index folder's meta.json: a rewrite (an atomic rename) changes the inode."""
+    if folder is None:
+        return None
+    try:
+        st = os.stat(os.path.join(folder, "meta.json"))
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _port_free(host: str, port: int) -> None:
