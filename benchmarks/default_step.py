@@ -25,7 +25,8 @@ from fastclr import config
 from fastclr.data import datasets
 from fastclr.data.loaders.base import RawImages
 from fastclr.method.lars import build_optimizer
-from fastclr.train.step import build_model, objective, train_step, view_recipe
+from fastclr.train.restore import build_model
+from fastclr.train.step import objective, train_step, view_recipe
 
 SETTINGS = (
     {"image_size": 16, "arch": "resnet_mini", "channels_last": True},  # the previous default

@@ -10,8 +10,8 @@ study and the gap. Prints a Markdown table (benchmarks/README.md, "Tuning withou
 
 from __future__ import annotations
 
+import argparse
 import csv
-import sys
 from pathlib import Path
 
 from fastclr.sweep.objective import MAXIMIZE, METRICS
@@ -46,7 +46,10 @@ def table(path: Path) -> list[str]:
     return lines
 
 
-def main(paths: list[str]) -> None:
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("paths", nargs="+", metavar="TRIALS_CSV", help="a finished sweep's trials.csv (several: one table)")
+    paths = ap.parse_args().paths
     print("| study | metric (direction) | trial it picks | its value | its kNN | best kNN | choice |")
     print("|---|---|---|---|---|---|---|")
     for path in paths:
@@ -54,4 +57,4 @@ def main(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -68,7 +68,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys):
     (tmp_path / "l.csv").write_text("missing.jpg\n")
     for data, needle in (
         (str(tmp_path / "empty"), "no images found"),
-        (str(tmp_path / "d"), "differ from the train split's"),
+        (str(tmp_path / "d"), "are not among the train split's"),
         (str(tmp_path / "l.csv"), "listed files do not exist"),
         ("cifar11", "not a known data set"),
         (f"cifar10:{tmp_path / 'none'}", "--download"),

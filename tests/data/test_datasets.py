@@ -63,10 +63,21 @@ def test_labelled_folder_with_test_split(tmp_path):
     assert data.train.ids == sorted(data.train.ids, key=lambda s: s.split("/train/")[1])
 
 
+def test_a_test_split_may_leave_classes_out(tmp_path):
+    """A class without test images (a small val/ folder) keeps the train split's numbering."""
+    for c in ("ant", "bee", "cat"):
+        write_good(tmp_path / "train" / c, 2, start=10 * len(c) + ord(c[0]))
+    for c in ("ant", "cat"):
+        write_good(tmp_path / "val" / c, 1, start=ord(c[0]))
+    data = datasets.load(str(tmp_path), 8)
+    assert data.train.classes == data.test.classes == ["ant", "bee", "cat"]
+    assert data.test.labels.tolist() == [0, 2] and data.train.labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
 def test_class_mismatch_empty_folder_unknown_spec(tmp_path):
     write_good(tmp_path / "d" / "train" / "cat", 2)
     write_good(tmp_path / "d" / "test" / "cow", 2)
-    with pytest.raises(UserError, match=r"classes \['cow'\] differ from the train split's \['cat'\]"):
+    with pytest.raises(UserError, match=r"class folders cow are not among the train split's 1 classes"):
         datasets.load(str(tmp_path / "d"), 8)
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / ".DS_Store").write_bytes(b"x")

@@ -89,11 +89,18 @@ def list_folder(root: Path, classes: list[str] | None = None) -> Listing:
         return Listing(files, None, None)
     found_bytes, labels = np.unique(top[:, 0], return_inverse=True)
     found = [c.decode() for c in found_bytes]
-    if classes is not None and found != classes:
-        raise UserError(
-            f"{root}: classes {found} differ from the train split's {classes}; both splits need the same class folders"
-        )
-    return Listing(files, labels.astype(np.int64).reshape(-1), found)
+    labels = labels.astype(np.int64).reshape(-1)
+    if classes is not None:  # a test split may hold fewer classes (none of its images in some), never others
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            raise UserError(
+                f"{root}: class folders {shown} are not among the train split's {len(classes)} classes; a test split "
+                "needs the train split's class folders (it may leave some out)"
+            )
+        lookup = np.array([classes.index(c) for c in found], dtype=np.int64)
+        return Listing(files, lookup[labels], classes)
+    return Listing(files, labels, found)
 
 
 def read_list(path: Path, classes: list[str] | None = None) -> Listing:
