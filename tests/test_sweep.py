@@ -233,6 +233,7 @@ def _result(capsys) -> dict:
     "flags,match",
     [
         (("--metric", "probe_knn"), "--metric probe_knn needs --set probe_labels=FILE"),
+        (("--metric", "train_knn"), "--metric train_knn scores a labelled folder or list without a test split"),
         (("--metric", "top1"), "--metric 'top1': use one of knn_top1, linear_top1, rankme"),
         (("--metric", "rankme", "--set", "eval=false"), "remove --set eval=false"),
         (("--sampler", "grid"), "--sampler grid: temperature is a range"),
@@ -466,3 +467,43 @@ def test_two_workers_share_one_storage_and_run_every_trial_once(tmp_path):
     assert sorted(t.params["temperature"] for t in trials) == [0.1, 0.2, 0.5]  # each point of the grid once
     assert sorted(t.user_attrs["folder"] for t in trials) == [str(out / "trials" / str(n)) for n in range(3)]
     assert [r["number"] for r in _rows(out)] == ["0", "1", "2"] and {r["state"] for r in _rows(out)} == {"COMPLETE"}
+
+
+def test_train_knn_tunes_a_labelled_folder_without_a_test_split(tmp_path, capsys):
+    """Class folders and nothing held out: each trial reports the leave-one-out kNN over its training images, the
+    study maximises it; a folder with a test split, or without labels, is refused before any trial."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    folder = tmp_path / "digits"
+    for i in range(120):
+        (folder / str(d.target[i])).mkdir(parents=True, exist_ok=True)
+        im = np.round(d.images[i] * (255.0 / 16.0)).astype(np.uint8)
+        Image.fromarray(np.repeat(im[:, :, None], 3, 2)).save(folder / str(d.target[i]) / f"{i:03d}.png")
+    out = tmp_path / "sweep"
+    flags = ("--metric", "train_knn", "--set", f"data={folder}", "--set", "batch_size=32")
+    assert main(_args(tmp_path, out, trials=2, flags=flags)) == 0
+    result = _result(capsys)
+    rows = _rows(out)
+    assert (
+        result["complete"] == 2 and result["direction"] == "maximize" and all(r["metric"] == "train_knn" for r in rows)
+    )
+    for r in rows:
+        scores = json.loads((out / "trials" / r["number"] / "result.json").read_text())["eval"]
+        assert float(r["value"]) == pytest.approx(scores["train_knn_top1"]) == pytest.approx(float(r["train_knn"]))
+    assert result["best"]["value"] == max(float(r["value"]) for r in rows)
+    (tmp_path / "flat").mkdir()
+    for f in sorted(folder.rglob("*.png"))[:40]:
+        (tmp_path / "flat" / f.name).write_bytes(f.read_bytes())
+    split = tmp_path / "split"
+    every = sorted(folder.rglob("*.png"))
+    for part, files in (("train", every[0::2]), ("test", every[1::2])):
+        for f in files:
+            (split / part / f.parent.name).mkdir(parents=True, exist_ok=True)
+            (split / part / f.parent.name / f.name).write_bytes(f.read_bytes())
+    for data, words in ((tmp_path / "flat", "has no labels"), (split, "has a test split; use knn_top1")):
+        flags = ("--metric", "train_knn", "--set", f"data={data}")
+        assert main(_args(tmp_path, tmp_path / "no", flags=flags)) == 2
+        assert words in capsys.readouterr().err

@@ -326,7 +326,7 @@ def add_sweep(sub) -> None:
     p.add_argument("--metric", help=METRIC_HELP)
     p.add_argument("--pruner", help="median, halving (successive halving) or none; prunes on the kNN monitor "
                    "(knn_every) for knn_top1 / linear_top1, the label-free monitor (quality_every) for the label-free "
-                   "metrics; never for probe_knn")  # fmt: skip
+                   "metrics; never for probe_knn or train_knn")  # fmt: skip
     p.add_argument("--sampler", help="tpe (optuna's TPE) or grid (every point of a space of choices once, no "
                    "baseline trial)")  # fmt: skip
     p.add_argument("--out", help="study folder")

@@ -9,6 +9,8 @@ and the monitor in metrics.jsonl its pruner reads while the trial trains.
   (``quality_every``), which needs no labels either.
 * ``probe_knn`` (maximised): the few-shot leave-one-out kNN on the images ``probe_labels`` names
   (:mod:`fastclr.eval.fewshot`). Nothing measures it during training, so its trials are not pruned.
+* ``train_knn`` (maximised): the same leave-one-out kNN over the training images of a labelled folder or
+  list without a test split (``eval.train_knn_top1``); not pruned either.
 
 A label-free figure is a proxy: alignment is perfect (0) for a collapsed encoder, and uniformity
 rewards spread whatever the classes. benchmarks/README.md ("Tuning without labels") measures how
@@ -50,6 +52,7 @@ METRICS = {
         Metric("uniformity", ("label_free", "uniformity"), MINIMIZE, "uniformity", "quality_every"),
         Metric("view_agreement", ("label_free", "view_agreement"), MAXIMIZE, "view_agreement", "quality_every"),
         Metric("probe_knn", ("probe_knn_top1",), MAXIMIZE, None, None),
+        Metric("train_knn", ("train_knn_top1",), MAXIMIZE, None, None),
     )
 }
 # every figure trials.csv carries (column: path into result["eval"]), so that a study can be read against another
@@ -57,6 +60,7 @@ FIGURES = {
     "knn_top1": ("knn_top1",),
     "linear_top1": ("linear_top1",),
     "probe_knn": ("probe_knn_top1",),
+    "train_knn": ("train_knn_top1",),
     "rankme": ("label_free", "rankme"),
     "alignment": ("label_free", "alignment"),
     "uniformity": ("label_free", "uniformity"),
@@ -66,7 +70,8 @@ FIGURES = {
 
 HELP = (
     "objective; maximised: knn_top1, linear_top1 (both need a labelled test split), rankme, view_agreement, "
-    "probe_knn (few-shot kNN; needs --set probe_labels=FILE); minimised: alignment, uniformity. The label-free ones "
+    "probe_knn (few-shot kNN; needs --set probe_labels=FILE), train_knn (leave-one-out kNN over a labelled folder "
+    "without a test split); minimised: alignment, uniformity. The label-free ones "
     "(rankme, view_agreement, alignment, uniformity) need no labels but are proxies (benchmarks/README.md: how often "
     "each picks what kNN would); alignment and view_agreement are measured on each trial's own views, so they "
     "favour milder augmentation: do not search color_strength with them"
@@ -111,4 +116,6 @@ def missing_reason(metric: Metric) -> str:
         return f"no label_free.{metric.name} in the result (eval=false, a text run, or under 2 held-aside images)"
     if metric.name == "probe_knn":
         return "no probe_knn_top1 in the result (eval=false, or probe_labels unset)"
+    if metric.name == "train_knn":
+        return "no train_knn_top1 in the result (eval=false, unlabelled data, or data with a test split)"
     return f"no {metric.name} in the result (eval=false, or no labelled test split: try --metric rankme)"

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from fastclr import config
+from fastclr.data import datasets, specs
 from fastclr.errors import UserError
 from fastclr.sweep import objective, outputs, space, study
 from fastclr.train import preflight
@@ -209,6 +210,18 @@ def _check_flags(spec: SweepSpec, trials: int) -> objective.Metric:
     return metric
 
 
+def _check_labelled_without_test(data: str) -> None:
+    """UserError unless ``data`` is a labelled folder or list without a test split (what train_knn scores)."""
+    kind = "text" if specs.is_text(data) else specs.parse(data)[0]
+    if kind not in ("folder", "list"):
+        raise UserError(f"--metric train_knn scores a labelled folder or list without a test split, not {data}")
+    train, test = datasets.listings(data)
+    if train.labels is None:
+        raise UserError(f"--metric train_knn: {data} has no labels (class sub-folders); use probe_knn or rankme")
+    if test is not None:
+        raise UserError(f"--metric train_knn: {data} has a test split; use knn_top1 (held-out accuracy)")
+
+
 def _check_metric(spec: SweepSpec, cfg: config.Config) -> None:
     """UserError when no trial of ``cfg`` can report the metric; says once what a metric without a monitor prunes."""
     metric = objective.get(spec.metric)
@@ -218,6 +231,8 @@ def _check_metric(spec: SweepSpec, cfg: config.Config) -> None:
         raise UserError(
             "--metric probe_knn needs --set probe_labels=FILE (a CSV of path,label lines, 5-20 images a class)"
         )
+    if metric.name == "train_knn":
+        _check_labelled_without_test(cfg.data)
     if metric.path[0] == "label_free" and config.is_text(cfg):
         raise UserError(f"--metric {metric.name}: a label-free figure of images; a text run has none (use knn_top1)")
     if spec.pruner != "none" and metric.monitor is None:
