@@ -18,6 +18,7 @@ draw (``method/rng.py``), so a sample's views are the same whichever loader, wor
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -50,7 +51,7 @@ class ViewRecipe:
 
 
 @dataclass(frozen=True)
-class Batch:
+class Batch(ABC):
     """One process's share of one global batch: ``index`` int64 [b] and the ``rows`` its type describes."""
 
     index: torch.Tensor
@@ -59,9 +60,9 @@ class Batch:
     def __len__(self) -> int:
         return self.index.shape[0]
 
+    @abstractmethod
     def views(self, recipe: ViewRecipe, epoch: int) -> torch.Tensor:
         """All ``recipe.views`` views, view-major: rows v*b .. (v+1)*b - 1 are view v."""
-        raise NotImplementedError
 
     def small_views(self, recipe: ViewRecipe, epoch: int) -> torch.Tensor | None:
         """Multi-crop's small views, view-major [small_crops*b, 3, s, s], or None when off. Only a batch of
