@@ -349,3 +349,20 @@ def test_views_in_one_batch_equal_each_view_alone(gather, monkeypatch):
     both = A.views(imgs, idx, seed=2, epoch=1, first=1, count=3, cfg=cfg)
     for v in range(3):
         assert torch.equal(both[5 * v : 5 * (v + 1)], A.augment(imgs, idx, seed=2, epoch=1, view=1 + v, cfg=cfg))
+
+
+@pytest.mark.parametrize("size,min_scale,aspect", [(96, 0.08, 1.0), (32, 0.2, 2.5), (224, 0.08, 4 / 3)])
+def test_every_crop_of_an_image_at_the_source_side_spans_the_view(size, min_scale, aspect):
+    """The reduced JPEG scale the files tier decodes at: at ``crop_source_side`` pixels a side, 20,000 keyed crops
+    (the smallest areas, the most extreme ratios among them) are all at least the view's size across."""
+    cfg = A.AugmentConfig(size=size, min_scale=min_scale)
+    side = A.crop_source_side(cfg)
+    assert side == math.ceil(size / math.sqrt(min_scale * 3 / 4))
+    h, w = side, round(side * aspect)  # the short side at the source side, the long one as the photo has it
+    n = 20000
+    p = A.sample_params(torch.arange(n), torch.full((n,), float(h)), torch.full((n,), float(w)), seed=1, epoch=0,
+                        view=0, cfg=cfg)  # fmt: skip
+    assert torch.minimum(p["crop_h"], p["crop_w"]).min() >= size - 1  # a pixel of rounding
+    below = A.sample_params(torch.arange(n), torch.full((n,), h / 2), torch.full((n,), w / 2), seed=1, epoch=0,
+                            view=0, cfg=cfg)  # fmt: skip
+    assert torch.minimum(below["crop_h"], below["crop_w"]).min() < size  # half the side is not enough

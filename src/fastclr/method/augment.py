@@ -66,6 +66,18 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
 
 
+def crop_source_side(cfg: AugmentConfig) -> int:
+    """The smallest image side at which every random resized crop of ``cfg`` still spans ``cfg.size`` pixels.
+
+    A crop of area fraction s and aspect ratio r of an image whose short side is L has sides of at least
+    L * sqrt(s * min(r, 1/r)); at the smallest s and the most extreme r that is ``cfg.size`` when L is this
+    side (392 px for 96-px views, min_scale 0.08, r in [3/4, 4/3]). A large photo decoded at a reduced scale
+    with sides at least this long (a JPEG's DCT scaling) gives every crop all the pixels it is resized to.
+    """
+    extreme = min(cfg.min_ratio, 1 / cfg.min_ratio, cfg.max_ratio, 1 / cfg.max_ratio)
+    return math.ceil(cfg.size / math.sqrt(max(cfg.min_scale, 1e-6) * extreme))
+
+
 def small_view_size(image_size: int, setting: int = 0) -> int:
     """The side of multi-crop's small views: ``setting``, or 0 for 3/7 of ``image_size`` (SwAV's 96 of
     224, Caron et al. 2020 section 3.2), at least 8 pixels."""

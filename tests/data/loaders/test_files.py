@@ -115,3 +115,31 @@ def test_workers_capped_by_the_cores_each_process_shares(monkeypatch, cores, loc
         monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
     assert workers.worker_cap(asked) == expected
     assert f"by {expected} loader workers" in tiers.describe(tiers.FILES, 10, 96, 2**30, asked)  # the log says so
+
+
+def test_large_jpegs_are_decoded_at_the_scale_their_crops_need(tmp_path, monkeypatch):
+    """A 1600 x 1200 JPEG cut into 32-px views decodes at 1/8 scale (200 x 150: every crop still spans 32 px),
+    and the views equal those of the full-size decode to resampling rounding."""
+    from fastclr.data.loaders import files as files_tier
+
+    full = Image.fromarray(smooth_images(1, 1200, 1600)[0].permute(1, 2, 0).numpy())
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"{i}.jpg")
+        full.save(paths[-1], quality=95)
+    sizes = []
+    original = files_tier.open_rgb
+
+    def spy(path, draft=0, data=None):
+        image, hw = original(path, draft=draft, data=data)
+        sizes.append((image.size, hw))
+        return image, hw
+
+    monkeypatch.setattr(files_tier, "open_rgb", spy)
+    loader = FileLoader(FileSet(paths, side=1200), 4, seed=2, device=torch.device("cpu"), views=2, cfg=CFG)
+    (batch,) = list(loader.epoch(0))
+    assert augment.crop_source_side(CFG) == 131 and {s for s in sizes} == {((200, 150), (1200, 1600))}
+    decoded = [Image.open(p).convert("RGB") for p in paths]  # full size
+    want = crop_views(decoded, batch.index, seed=2, epoch=0, views=2, cfg=CFG)
+    diff = (batch.rows.float() - want.float()).abs()
+    assert 0 < diff.mean() < 2.0, diff.mean()  # not the same decode, the same views

@@ -7,7 +7,10 @@ grayscale, blur) in batches with ``augment.apply_pixel_ops``. Both halves take t
 ``augment.sample_params`` keyed on (seed, epoch, sample index, view), exactly as the in-memory path
 does, so a sample's views do not depend on the worker count, the batch or the process count.
 The crop is resized with PIL's antialiased bilinear filter (torchvision's RandomResizedCrop on
-PIL images); the in-memory path resamples the same box with the same filter on the device.
+PIL images); the in-memory path resamples the same box with the same filter on the device. A JPEG is
+decoded at the reduced scale (libjpeg's DCT scaling) whose sides stay at least
+``augment.crop_source_side`` (392 px for 96-px views), so even the smallest crop keeps every pixel it is
+resized to: a 4000 x 3000 photo then decodes at 1000 x 750, about 4 times faster.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from fastclr.data.loaders.order import batch_index, epoch_order
 from fastclr.data.loaders.workers import EpochSampler, epoch_loader, guarded
 from fastclr.data.sets import FileSet
 from fastclr.errors import UserError
-from fastclr.method.augment import AugmentConfig, sample_params
+from fastclr.method.augment import AugmentConfig, crop_source_side, sample_params
 
 
 def crop_views(
@@ -60,13 +63,16 @@ def crop_views(
 MAX_REPLACEMENTS = 64  # files tried in a row before a batch gives up
 
 
-def open_or_replace(files: Sequence[Path], i: int, bad: list[tuple[str, str]]) -> tuple[int, Image.Image]:
-    """Sample ``i``'s image; a file that cannot be decoded is recorded in ``bad`` and replaced by the
-    next readable file of the listing (i + 1, i + 2, ... wrapping), whose index then keys the draws."""
+def open_or_replace(
+    files: Sequence[Path], i: int, bad: list[tuple[str, str]], draft: int = 0
+) -> tuple[int, Image.Image]:
+    """Sample ``i``'s image (a JPEG at the reduced scale whose sides stay >= ``draft``, 0: full size); a file
+    that cannot be decoded is recorded in ``bad`` and replaced by the next readable file of the listing
+    (i + 1, i + 2, ... wrapping), whose index then keys the draws."""
     for step in range(MAX_REPLACEMENTS):
         j = (i + step) % len(files)
         try:
-            return j, open_rgb(files[j])[0]
+            return j, open_rgb(files[j], draft=draft)[0]
         except BadImage as e:
             bad.append((e.path, e.reason))
     raise UserError(
@@ -91,6 +97,7 @@ class _Batches(torch.utils.data.Dataset):
     ):
         self.files, self.batch_size, self.seed, self.views, self.cfg = files, batch_size, seed, views, cfg
         self.rank, self.world_size, self.finish = rank, world_size, finish
+        self.draft = crop_source_side(cfg)  # a 12-MP photo cut into 96-px views needs no more than 392 px a side
         self._perm: tuple[int, torch.Tensor] | None = None
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
@@ -101,7 +108,7 @@ class _Batches(torch.utils.data.Dataset):
         images: list[Image.Image] = []
         bad: list[tuple[str, str]] = []
         for k, i in enumerate(index.tolist()):
-            index[k], image = open_or_replace(self.files, i, bad)
+            index[k], image = open_or_replace(self.files, i, bad, self.draft)
             images.append(image)
         views = crop_views(images, index, seed=self.seed, epoch=epoch, views=self.views, cfg=self.cfg)
         if self.finish:  # the device is this CPU: the pixel ops run here, in parallel, not in the main process

@@ -37,7 +37,7 @@ from fastclr.data.loaders.files import crop_views
 from fastclr.data.loaders.workers import EpochSampler, epoch_loader, guarded, in_order
 from fastclr.data.sources.shards import ShardSet, image_bytes, sample_id, samples
 from fastclr.errors import UserError
-from fastclr.method.augment import AugmentConfig
+from fastclr.method.augment import AugmentConfig, crop_source_side
 from fastclr.method.rng import keyed_generator
 
 WINDOW = 1024  # samples shuffled together (their encoded bytes are held in the worker)
@@ -119,15 +119,18 @@ def fetch(reader: ShardReader, stream: Stream, positions: list[int]) -> dict[int
     return out
 
 
-def open_batch(items: list[tuple[int, str, bytes | None]]) -> tuple[torch.Tensor, list, list[tuple[str, str]]]:
-    """Decode a batch's images on the CPU; a bad member is replaced by the next readable one of the batch."""
+def open_batch(
+    items: list[tuple[int, str, bytes | None]], draft: int = 0
+) -> tuple[torch.Tensor, list, list[tuple[str, str]]]:
+    """Decode a batch's images on the CPU (JPEGs at the reduced scale whose sides stay >= ``draft``, as
+    ``files.open_or_replace``); a bad member is replaced by the next readable one of the batch."""
     decoded: list = [None] * len(items)
     bad = []
     for k, (_, key, data) in enumerate(items):
         try:
             if data is None:
                 raise BadImage(key, "no image member, or the shard ended early (truncated?)")
-            decoded[k] = open_rgb(key, data=data)[0]
+            decoded[k] = open_rgb(key, draft=draft, data=data)[0]
         except BadImage as e:
             bad.append((e.path, e.reason))
     good = [k for k, im in enumerate(decoded) if im is not None]
@@ -183,7 +186,7 @@ class _ShardBatches(torch.utils.data.Dataset):
             )
             offsets = torch.tensor(np.cumsum([0, *sizes]), dtype=torch.int64)
             return index, (buffer, offsets, [k for _, k, _ in items]), []
-        index, images, bad = open_batch(items)
+        index, images, bad = open_batch(items, crop_source_side(self.cfg))
         views = crop_views(images, index, seed=self.seed, epoch=epoch, views=self.views, cfg=self.cfg)
         if self.mode == "finish":
             views = finish_views(views, index, seed=self.seed, epoch=epoch, cfg=self.cfg)
