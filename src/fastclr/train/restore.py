@@ -167,8 +167,9 @@ def labelled_splits(data: DataSplits, command: str) -> tuple[ImageSet, ImageSet]
         )
     if data.test is None or data.test.labels is None:
         raise UserError(
-            f"{command}: data set {data.name!r} has no labelled test split; add a test/ (or val/) folder with the "
-            "same class folders"
+            f"{command}: data set {data.name!r} has no labelled test split; put its class folders under train/ and "
+            "hold some images out in test/ (or val/) with the same class folders (the pretraining result's "
+            "train_knn_top1 scores it without one)"
         )
     return in_memory(data.train, command), in_memory(data.test, command)
 
