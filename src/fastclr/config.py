@@ -173,7 +173,7 @@ class Config:
     trust_coefficient: float = setting(0.001, valid=above(0))  # LARS eta
     warmup_epochs: float = setting(10.0, valid=at_least(0))  # linear warm-up, then cosine decay to zero
     epochs: int = setting(100, valid=at_least(1), flag=_EPOCHS_FLAG)
-    # training minutes: time a few steps first, then run the epochs that fit (0: off, `epochs` as given)
+    # training minutes: time a few steps, then run the epochs that fit, at most `epochs` (0: off, `epochs` as given)
     budget_minutes: float = setting(0.0, valid=at_least(0, " (0: off)"))
     batch_size: int = setting(
         256, valid=at_least(2), flag=_BATCH_SIZE_FLAG

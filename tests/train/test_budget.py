@@ -78,6 +78,13 @@ def test_a_budgeted_run_equals_the_run_given_its_chosen_epochs(tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
+def test_the_budget_never_runs_past_the_configured_epochs(tmp_path, monkeypatch):
+    """A budget that fits 1,000 epochs of a tiny set runs the configured 3 (the CPU defaults' bound is 100)."""
+    monkeypatch.setattr(budget, "seconds_per_step", lambda *a, **k: 1e-6)
+    train.pretrain(cfg_for(tmp_path, budget_minutes=5, epochs=3, max_steps=1))
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["epochs"] == 3
+
+
 def test_resuming_a_budgeted_run_keeps_its_epochs_and_does_not_time_again(tmp_path, monkeypatch):
     train.pretrain(cfg_for(tmp_path, budget_minutes=0.02, max_steps=3))
     chosen = yaml.safe_load((tmp_path / "config.yaml").read_text())["epochs"]

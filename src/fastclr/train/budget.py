@@ -1,12 +1,13 @@
 """A schedule from a compute budget: ``--set budget_minutes=M`` picks the number of epochs.
 
-The warm-up + cosine schedule needs its length before the first step, so a budgeted run times a few
-real steps of its own model, optimiser and data first (one untimed step for the first-call costs, then
+The warm-up + cosine schedule needs its length before the first step, so a budgeted run times a few real
+steps of its own model, optimiser and data first (one untimed step for the first-call costs, then
 :data:`TIMED_STEPS`), puts every state back (weights, BN statistics, optimiser, generators), and sets
 ``epochs`` to what fits: ``floor(M * 60 / (seconds per step * steps per epoch))``, at least 1 and at
-most ``MAX_EPOCHS``. The chosen value is written to ``OUT/config.yaml`` with the budget cleared, so a
-resumed run continues the same schedule and never times again. The budget covers the training steps;
-checkpoints, monitors and the end-of-run evaluation come on top.
+most the configured ``epochs`` (the data-chosen CPU settings: 100), never past ``MAX_EPOCHS``. The
+chosen value is written to ``OUT/config.yaml`` with the budget cleared, so a resumed run continues the
+same schedule and never times again. The budget covers the training steps; checkpoints, monitors and the
+end-of-run evaluation come on top.
 """
 
 from __future__ import annotations

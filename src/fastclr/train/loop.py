@@ -247,7 +247,8 @@ def adopt_saved_epochs(run: Run, saved: dict[str, Any]) -> None:
 
 
 def fit_budget(run: Run) -> None:
-    """Time a few steps (``train/budget.py``), set ``epochs`` to what fits in ``budget_minutes``, save the config."""
+    """Time a few steps (``train/budget.py``), set ``epochs`` to what fits in ``budget_minutes`` (at most the
+    configured ``epochs``: the budget shortens a schedule, never lengthens it past that), save the config."""
     cfg = run.cfg
     batch = next(iter(run.loader.epoch(0, 0)))
 
@@ -255,7 +256,8 @@ def fit_budget(run: Run) -> None:
         return one_step(run, 0, 0, run.schedule.peak_lr * 1e-3, batch, ())
 
     step_s = dist.largest(budget.seconds_per_step(step, run.model, run.optimizer, run.device), run.device)
-    epochs = budget.epochs_for(cfg.budget_minutes * 60, step_s, run.schedule.steps_per_epoch)
+    bound = min(cfg.epochs, budget.MAX_EPOCHS)
+    epochs = budget.epochs_for(cfg.budget_minutes * 60, step_s, run.schedule.steps_per_epoch, bound)
     log.info(
         f"budget {cfg.budget_minutes:g} min: {step_s:.3g} s a step x {run.schedule.steps_per_epoch} steps/epoch "
         f"-> {epochs} epochs (set epochs=N to choose them yourself)"
