@@ -26,7 +26,8 @@ from typing import Protocol
 import torch
 
 from fastclr.errors import UserError
-from fastclr.method.augment import AugmentConfig, apply_pixel_ops, normalize, sample_params, to_float, views
+from fastclr.method import augment
+from fastclr.method.augment import AugmentConfig
 from fastclr.method.text_views import TextViewConfig, make_text_views
 
 
@@ -84,7 +85,8 @@ class RawImages(Batch):
     """uint8 [b, 3, H, W] decoded images: every view is drawn here (``augment.views``)."""
 
     def views(self, recipe: ViewRecipe, epoch: int) -> torch.Tensor:
-        x = views(self.rows, self.index, seed=recipe.seed, epoch=epoch, first=0, count=recipe.views, cfg=recipe.image)
+        x = augment.views(self.rows, self.index, seed=recipe.seed, epoch=epoch, first=0, count=recipe.views,
+                          cfg=recipe.image)  # fmt: skip
         return _layout(x, recipe)
 
     def small_views(self, recipe: ViewRecipe, epoch: int) -> torch.Tensor | None:
@@ -93,7 +95,8 @@ class RawImages(Batch):
         if not recipe.small_crops or recipe.small is None:
             return None
         first, count = recipe.views, recipe.small_crops
-        return views(self.rows, self.index, seed=recipe.seed, epoch=epoch, first=first, count=count, cfg=recipe.small)
+        return augment.views(self.rows, self.index, seed=recipe.seed, epoch=epoch, first=first, count=count,
+                             cfg=recipe.small)  # fmt: skip
 
 
 def finish_views(
@@ -108,8 +111,8 @@ def finish_views(
     one = torch.ones(index.shape[0], device=crops.device)
     out = []
     for v in range(crops.shape[0]):
-        p = sample_params(index, one, one, seed=seed, epoch=epoch, view=v, cfg=cfg)
-        out.append(normalize(apply_pixel_ops(to_float(crops[v]), p, cfg)))
+        p = augment.sample_params(index, one, one, seed=seed, epoch=epoch, view=v, cfg=cfg)
+        out.append(augment.normalize(augment.apply_pixel_ops(augment.to_float(crops[v]), p, cfg)))
     return torch.cat(out)
 
 
