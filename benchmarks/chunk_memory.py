@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from provenance import commit, cpu_name
+
 
 def one_run(batch: int, chunk: int, image_size: int, threads: int) -> dict:
     import torch
@@ -64,14 +66,9 @@ def main() -> None:
         return
     import torch
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True
-    ).stdout.strip()
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
     print(
-        f"# {cpu}, {os.cpu_count()} cores, {args.threads} thread(s); torch {torch.__version__}; python "
-        f"{platform.python_version()}; commit {commit}"
+        f"# {cpu_name()}, {os.cpu_count()} cores, {args.threads} thread(s); torch {torch.__version__}; python "
+        f"{platform.python_version()}; commit {commit()}"
     )
     print(
         f"# resnet_mini, {args.image_size}x{args.image_size}, batch {args.batch} x 2 views, fp32, LARS; {args.runs} "

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from provenance import commit, print_rates
 
 from fastclr.config import Config
 from fastclr.data import datasets
@@ -31,20 +30,6 @@ from fastclr.data.sources import folders
 from fastclr.data.write.prepare import prepare
 from fastclr.method.augment import AugmentConfig
 from fastclr.train.step import view_recipe
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def commit() -> str:
-    try:
-        return (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-            ).stdout.strip()
-            or "unknown"
-        )
-    except OSError:
-        return "unknown"
 
 
 def sync(device: torch.device) -> None:
@@ -107,11 +92,7 @@ def main() -> None:
             f"epoch of {len(cached) * args.batch} images, batch {args.batch}, 2 views at {args.size} px, device "
             f"{device}, {args.runs} runs after 1 warm-up:"
         )
-        for name, r in rates.items():
-            sd = statistics.stdev(r) if len(r) > 1 else 0.0
-            print(f"  {name:15s} {statistics.mean(r):9.0f} +- {sd:.0f} images/s")
-        ratio = statistics.mean(rates["prepared cache"]) / statistics.mean(rates["JPEG folder"])
-        print(f"  ratio cache / folder: {ratio:.2f}x")
+        print_rates(rates, baseline="JPEG folder")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from provenance import commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +109,6 @@ def main() -> None:
         run(shards, mode, args.steps, args.batch, args.workers, args.device, args.arch, args.image_size)
         for mode in modes
     ]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     info = {
         "device": torch.cuda.get_device_name()
         if args.device.startswith("cuda") and torch.cuda.is_available()
@@ -116,7 +116,7 @@ def main() -> None:
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
         "workers": args.workers,
-        "commit": commit.stdout.strip(),
+        "commit": commit(),
         "images": args.images,
     }
     for row in rows:

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -23,20 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from provenance import machine, print_rates
 
 from fastclr.data.loaders.files import FileLoader
 from fastclr.data.sets import FileSet
 from fastclr.method.augment import AugmentConfig, crop_source_side
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def commit() -> str:
-    try:
-        found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        return found.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def write_photos(folder: Path, count: int, side: int) -> list[Path]:
@@ -71,8 +59,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2)
     args = ap.parse_args()
     cfg = AugmentConfig(size=args.size, min_scale=0.08, color_strength=0.5, blur=True)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}; "
-          f"commit {commit()}")  # fmt: skip
+    print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_photos(Path(tmp), args.images, args.side)
         mb = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
@@ -89,11 +76,7 @@ def main() -> None:
     print(f"{args.images} JPEGs of {args.side} x {args.side * 3 // 4} ({mb:.1f} MB each), views 2 x {args.size} px, "
           f"batch {args.batch}, {args.workers} workers, {args.runs} runs after 1 warm-up "
           f"(decode side >= {crop_source_side(cfg)} px):")  # fmt: skip
-    for name, r in rates.items():
-        spread = statistics.stdev(r) if len(r) > 1 else 0.0
-        print(f"  {name:22s} {statistics.mean(r):7.1f} +- {spread:.1f} images/s")
-    ratio = statistics.mean(rates["reduced-scale decode"]) / statistics.mean(rates["full-size decode"])
-    print(f"  ratio reduced / full: {ratio:.2f}x")
+    print_rates(rates, baseline="full-size decode")
 
 
 if __name__ == "__main__":

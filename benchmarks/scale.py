@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from provenance import commit
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = 100
@@ -252,10 +253,9 @@ def main() -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "src"))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"commit {commit.stdout.strip()}",
+        f"commit {commit()}",
         flush=True,
     )
     for n in args.sizes:

@@ -31,13 +31,13 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from unittest import mock
 
 import torch
+from provenance import commit
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
 
@@ -287,17 +287,11 @@ def main():
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     peak, peak_src = matmul_peak(device, precision)
 
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
-        ).stdout.strip()
-    except OSError:
-        commit = "unknown"
     res = {
         "config": args.config,
         "device": f"{device.type} ({name}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
-        "commit": commit,
+        "commit": commit(),
         "batch": B,
         "views": V,
         "precision": precision,
@@ -316,8 +310,8 @@ def main():
     res["aug_ratio"] = res["aug_ours_views_per_s"] / res["aug_reference_views_per_s"]
     res["step_ratio"] = res["step_ours_images_per_s"] / res["step_reference_images_per_s"]
     print(
-        f"machine     {res['device']}, torch {res['torch']}, commit {commit}, {args.config}, batch {B} x {V} views, "
-        f"{precision}",
+        f"machine     {res['device']}, torch {res['torch']}, commit {res['commit']}, {args.config}, batch {B} x {V} "
+        f"views, {precision}",
         file=sys.stderr,
     )
     print(
