@@ -33,6 +33,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "shards": ("webdataset",),
     "docs": ("pdoc",),
     "search": ("faiss", "fastapi", "uvicorn", "multipart"),
+    "heic": ("pillow_heif",),
 }
 IMPORT_NAMES = {"faiss_cpu": "faiss", "python_multipart": "multipart"}  # distributions imported under another name
 # pytest.importorskip's own reasons: "could not import 'X': ..." and "module 'X' has __version__ ..."

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from fastclr.data.images import BACKGROUND, BadImage, decode, open_rgb, to_rgb
+from fastclr.errors import UserError
 
 RGB = (200, 100, 50)
 
@@ -150,3 +151,50 @@ def test_unreadable_file(tmp_path, monkeypatch):
     with pytest.raises(BadImage) as e:
         open_rgb(path)
     assert "permission denied" in e.value.reason
+
+
+def _photo(seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((80, 60), Image.Resampling.BICUBIC)
+
+
+def test_heic_phone_photos_decode_and_are_listed(tmp_path):
+    pytest.importorskip("pillow_heif")
+    from fastclr.data import datasets, images
+
+    assert images.heif_decoder()
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    for i in range(3):
+        _photo(i).save(folder / f"IMG_{i:04d}.HEIC", quality=95)
+    _photo(3).save(folder / "x.jpg", quality=95)
+    pixels, hw = decode(folder / "IMG_0001.HEIC", 32)
+    want = np.asarray(_photo(1).resize((43, 32), Image.Resampling.BICUBIC))[:, 5:37].transpose(2, 0, 1)
+    assert hw == (60, 80) and pixels.shape == (3, 32, 32)
+    assert np.abs(pixels.astype(int) - want.astype(int)).mean() < 12  # lossy codec and resampling apart
+    data = datasets.load(str(folder), 64)  # decoded whole at the start (the memory tier)
+    assert data.pretrain.images.shape == (4, 3, 64, 64) and data.skipped == []
+    assert datasets.median_side(str(folder))[:2] == (60.0, 4)  # the survey reads HEIC headers too
+
+
+def test_without_pillow_heif_a_heic_file_says_what_to_install(tmp_path, monkeypatch):
+    from fastclr.data import datasets, images
+
+    monkeypatch.setattr(images, "_heif", [False])
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "IMG_0001.heic").write_bytes(b"\0\0\0\x18ftypheic")  # never opened: the decoder is missing
+    with pytest.raises(BadImage) as e:
+        open_rgb(tmp_path / "only" / "IMG_0001.heic")
+    assert e.value.reason == images.HEIF_HINT and "fastclr[heic]" in e.value.reason
+    with pytest.raises(UserError, match=r"none of the sampled image files could be read; HEIC/HEIF needs pillow-heif"):
+        datasets.median_side(str(tmp_path / "only"))
+
+
+def test_avif_decodes_where_pillow_has_it(tmp_path):
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow has no AVIF decoder (Pillow >= 11.3 built with libavif)")
+    _photo(5).save(tmp_path / "a.avif", quality=95)
+    image, hw = open_rgb(tmp_path / "a.avif")
+    assert hw == (60, 80) and image.mode == "RGB"

@@ -33,6 +33,7 @@ import torch
 from fastclr import log
 from fastclr.data import badfiles, specs, survey
 from fastclr.data.badfiles import BadFiles
+from fastclr.data.images import needs_missing_decoder
 from fastclr.data.loaders import tiers
 from fastclr.data.sets import DataSplits, FileSet, ImageSet
 from fastclr.data.sources import cache, folders, standard
@@ -195,6 +196,7 @@ def median_side(spec: str) -> tuple[float, int, int | None] | None:
         return None
     kind, path = parse(spec)
     count: int | None = None
+    why = "see whether they are images"
     if kind == "shards":
         from fastclr.data.sources.shards import shards_median_side
 
@@ -202,8 +204,9 @@ def median_side(spec: str) -> tuple[float, int, int | None] | None:
     elif kind in ("folder", "list"):
         train, _ = listings(str(path))
         (side, sampled), count = survey.median_short_side(train.files), len(train.files)
+        why = needs_missing_decoder(train.files[0]) or why
     else:
         return None
     if sampled == 0:
-        raise UserError(f"--data {spec}: none of the sampled image files could be read; see whether they are images")
+        raise UserError(f"--data {spec}: none of the sampled image files could be read; {why}")
     return side, sampled, count

@@ -10,6 +10,9 @@ The policy for odd inputs, applied to every file the data loaders read:
   value / 257 (65535 -> 255, exact for values that were 8-bit before); float images (``F``) are read
   as [0, 1] when their maximum is at most 1, else as [0, 255].
 - animated GIF/WebP and multi-page TIFF: the first frame.
+- HEIC/HEIF (phone photos) through pillow-heif (``pip install 'fastclr[heic]'``, registered with PIL on first
+  use in each process); without it such a file is a bad file whose reason says what to install. AVIF
+  through Pillow's own decoder (Pillow >= 11.3 built with libavif).
 
 A file that cannot be decoded (zero bytes, not an image, truncated, unreadable, too large) raises
 :class:`BadImage` with a short reason; the caller decides whether to skip it (see ``badfiles.py``).
@@ -27,6 +30,29 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 BACKGROUND = (255, 255, 255)  # transparent pixels become white
 _TO_RGB = ("1", "L", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX")
+HEIF_SUFFIXES = (".heic", ".heif")
+HEIF_HINT = "HEIC/HEIF needs pillow-heif: pip install 'fastclr[heic]'"
+_heif: list[bool] = []  # [registered?] once per process
+
+
+def heif_decoder() -> bool:
+    """Whether HEIC/HEIF files can be decoded here: pillow-heif's opener registered with PIL (once per process)."""
+    if not _heif:
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+            _heif.append(True)
+        except ImportError:
+            _heif.append(False)
+    return _heif[0]
+
+
+def needs_missing_decoder(path: Path | str) -> str | None:
+    """The reason ``path`` cannot be decoded here because of its format's missing decoder, or None."""
+    if str(path).lower().endswith(HEIF_SUFFIXES) and not heif_decoder():
+        return HEIF_HINT
+    return None
 
 
 class BadImage(Exception):
@@ -81,6 +107,9 @@ def open_rgb(path: Path | str, draft: int = 0, data: bytes | None = None) -> tup
     try:
         if (len(data) if data is not None else os.path.getsize(path)) == 0:
             raise BadImage(path, "empty file (0 bytes)")
+        missing = needs_missing_decoder(path)
+        if missing:
+            raise BadImage(path, missing)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF and palette warnings: the pixels decide
             with Image.open(io.BytesIO(data) if data is not None else path) as im:
@@ -99,6 +128,8 @@ def open_rgb(path: Path | str, draft: int = 0, data: bytes | None = None) -> tup
     except FileNotFoundError:
         raise BadImage(path, "missing (a broken link or a file removed during the run)") from None
     except UnidentifiedImageError:
+        if str(path).lower().endswith(".avif"):
+            raise BadImage(path, "AVIF needs Pillow >= 11.3 built with libavif: pip install -U pillow") from None
         raise BadImage(path, "not an image (unknown format)") from None
     except Image.DecompressionBombError as e:
         raise BadImage(path, f"too large ({e})") from None

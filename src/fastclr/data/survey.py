@@ -15,12 +15,16 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
+from fastclr.data.images import needs_missing_decoder
+
 SAMPLE = 1000
 _SEEN: dict[tuple, tuple[float, int]] = {}  # one survey per listing and process (the config and the data ask)
 
 
 def short_side(path: Path | str | BinaryIO) -> int | None:
     """The shorter side in px from the image's header (a rotation does not change it), or None if unreadable."""
+    if not hasattr(path, "read") and needs_missing_decoder(str(path)):
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

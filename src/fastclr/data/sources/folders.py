@@ -27,7 +27,7 @@ from fastclr.data.loaders.workers import worker_cap
 from fastclr.data.sources.listing import cached_scan
 from fastclr.errors import UserError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".heic", ".heif")
 _IGNORED_DIRS = ("__MACOSX",)
 
 
