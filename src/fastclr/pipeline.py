@@ -128,8 +128,8 @@ def evaluate_images(
     scores.update(label_free(run, images, source, settings))
     if probe is not None:
         scores.update(few_shot(run, probe, settings))
-    elif data.train is not None and data.test is None:  # class folders, no test split
-        scores.update(train_knn(run, data, settings))
+    elif data.train is not None and data.test is None:  # class folders, no test split: the held-aside training
+        scores.update(train_knn(run, images, settings))  # images the label-free figures used, with their labels
     return scores
 
 
@@ -172,12 +172,12 @@ def leave_one_out(run: loop.Run, images: ImageSet, settings: FeatureSettings) ->
     return ours, fewshot.top1(random_init_like(cfg, run.device), images, settings, k, t), k
 
 
-def train_knn(run: loop.Run, data: DataSplits, settings: FeatureSettings) -> dict[str, Any]:
-    """For labelled images without a test split (class folders, a labelled list): leave-one-out kNN over at most
-    ``eval_max_images`` of the training images (class-balanced). They were seen, without their labels, in
-    pretraining, so the figure flatters both encoders alike; a test/ folder gives held-out accuracy."""
-    train = evaluation_data(data, run.cfg, run.device).train
-    if not isinstance(train, ImageSet) or train.labels is None or train.num_classes < 2:
+def train_knn(run: loop.Run, train: ImageSet, settings: FeatureSettings) -> dict[str, Any]:
+    """For labelled images without a test split (class folders, a labelled list): leave-one-out kNN over
+    ``train``, the training images held aside for the label-free figures (at most ``eval_max_images``,
+    class-balanced, as evaluation views). They were seen, without their labels, in pretraining, so the figure
+    flatters both encoders alike; a test/ folder gives held-out accuracy."""
+    if train.labels is None or train.num_classes < 2:
         return {}
     ours, base, k = leave_one_out(run, train, settings)
     log.info(
